@@ -1,0 +1,77 @@
+"""Normalization and its analytic backward, written once for every convention.
+
+Every BatchNorm variant in the suite normalizes a channel with some centre m and some variance s2:
+
+    y = gamma * (x - m) * r(s2) + beta,   r(s2) = 1 / sqrt(s2 + eps)   (eps inside the root; the standard)
+                                          r(s2) = 1 / (sqrt(s2) + eps) (eps outside; a diagnosis hypothesis)
+
+where m = a * mu(x) + m0 and s2 = c * v(x) + s0 depend on the batch mean mu and biased batch variance v:
+  training, batch normalizer:   a = 1, c = 1 (c = n/(n-1) when normalizing with the unbiased variance)
+  training, EMA-blended (equinox "ema"): a = c = alpha, m0 = (1 - alpha) * R_mean, s0 = (1 - alpha) * R_var
+  inference:                    a = c = 0, m = R_mean, s2 = R_var (statistics are constants)
+Dropping the gradient through the mean or the variance (a planted bug) sets a or c to 0 in the backward only.
+
+The backward follows from the chain rule with d mu/dx_i = 1/n and d v/dx_i = 2 (x_i - mu)/n:
+
+    dx    = gamma * r * (dy - a * mean(dy)) + gamma * r'(s2) * c * (2/n) * (x - mu) * sum(dy * (x - m))
+    dgamma = sum(dy * (x - m) * r),   dbeta = sum(dy)
+
+With a = c = 1 and eps inside the root this is the familiar
+dx = gamma / (n * sigma) * [n * dy - sum(dy) - xhat * sum(dy * xhat)].
+All functions accept complex input, so the second order can be taken by complex-step differentiation.
+Statistics are kept with `keepdims`, so a leading batch of problems (used by the complex step) broadcasts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """How one step normalizes, per channel (arrays broadcastable against x)."""
+
+    m: np.ndarray  # centre
+    s2: np.ndarray  # variance inside r()
+    mu: np.ndarray  # batch mean (where the variance's derivative is taken)
+    a: float  # dm / dmu as the backward sees it
+    c: float  # ds2 / dv as the backward sees it
+    eps: float
+    eps_placement: str = "inside_sqrt"
+
+
+def reciprocal_std(s2, eps: float, placement: str):
+    if placement == "inside_sqrt":
+        return 1.0 / np.sqrt(s2 + eps)
+    if placement == "outside_sqrt":
+        return 1.0 / (np.sqrt(s2) + eps)
+    raise ValueError(f"unknown eps placement {placement!r}")
+
+
+def reciprocal_std_derivative(s2, eps: float, placement: str):
+    """d r / d s2."""
+    r = reciprocal_std(s2, eps, placement)
+    if placement == "inside_sqrt":
+        return -0.5 * r**3
+    return -0.5 * r**2 / np.sqrt(s2)
+
+
+def forward(x, gamma, beta, norm: Normalizer):
+    return gamma * (x - norm.m) * reciprocal_std(norm.s2, norm.eps, norm.eps_placement) + beta
+
+
+def backward(x, dy, gamma, norm: Normalizer, axes: tuple[int, ...], n: int):
+    """(dx, dgamma, dbeta) with dgamma/dbeta keeping the reduced axes (keepdims)."""
+    dy = np.broadcast_to(dy, np.broadcast_shapes(np.shape(dy), np.shape(x)))
+    r = reciprocal_std(norm.s2, norm.eps, norm.eps_placement)
+    xm = x - norm.m
+    dgamma = np.sum(dy * xm * r, axis=axes, keepdims=True)
+    dbeta = np.sum(dy, axis=axes, keepdims=True)
+    dx = gamma * r * dy
+    if norm.a != 0.0:
+        dx = dx - gamma * r * norm.a * np.mean(dy, axis=axes, keepdims=True)
+    if norm.c != 0.0:
+        rp = reciprocal_std_derivative(norm.s2, norm.eps, norm.eps_placement)
+        dx = dx + gamma * rp * norm.c * (2.0 / n) * (x - norm.mu) * np.sum(dy * xm, axis=axes, keepdims=True)
+    return dx, dgamma, dbeta

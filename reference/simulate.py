@@ -1,0 +1,203 @@
+"""Run a Problem's mode sequence under a Convention and return every quantity (a Trace).
+
+Step semantics (every framework in the suite agrees on these; what differs is in the Convention):
+  - a training step computes the batch mean and biased variance of its batch, normalizes (with the batch
+    statistics, or the freshly updated running ones under `train_normalizer="running"`), and updates the
+    running statistics when the problem tracks them;
+  - an inference step normalizes with the running statistics, or with the batch statistics when the problem
+    does not track running statistics (torch track_running_stats=False);
+  - gradients are those of <y, dy> at the last step, in that step's mode.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import normalize as nz
+from .convention import Convention, Problem
+from .running import RunningState, step_weight, update
+from .statistics import moments, moments_in, reduce_axes, to_channels, unbiased
+
+COMPLEX_STEP = 1e-20
+
+
+@dataclass
+class Trace:
+    """Everything the oracle computed for one problem under one convention.
+
+    Quantities are named as in `convention.QUANTITIES`. The per-step intermediates (`step_*`) are what the
+    tolerance model needs: the batch statistics and normalizer each step actually used.
+    """
+
+    quantities: dict[str, np.ndarray]
+    step_mean: np.ndarray  # (steps, C) exact batch mean of every step's batch
+    step_var: np.ndarray  # (steps, C) exact biased batch variance
+    norm_mean: np.ndarray  # (steps, C) centre each step normalized with
+    norm_var: np.ndarray  # (steps, C) variance each step normalized with
+    weights: np.ndarray  # (steps,) weight of the new batch statistic in each step's running update (0 in eval)
+    alpha: float | None
+    eps: float
+    not_applicable: dict[str, str] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.quantities[name]
+
+
+def _normalizer(x, axis, n, mode, state_before, conv, eps, track, blend, stats):
+    """The Normalizer a step uses. `stats` = (mu, v) with keepdims, already computed for x; `axis` is the
+    channel axis of x (shifted by one when x carries a leading batch of perturbations). `blend` is set for
+    a training step normalized with the updated running statistics: (offset_mean, offset_var, w, vfac)
+    such that R_new = offset + w * B(x), B = (mu, vfac * v); w is dR_new/dB for every averaging rule."""
+    mu, v = stats
+    ndim = x.ndim
+
+    def ch(vec):
+        return to_channels(vec, ndim, axis)
+
+    if mode == "eval" and track:
+        return nz.Normalizer(ch(state_before.mean), ch(state_before.var), mu, 0.0, 0.0, eps, conv.eps_placement)
+    a = 1.0 if conv.grad_through_mean else 0.0
+    c = 1.0 if conv.grad_through_var else 0.0
+    if blend is not None:
+        om, ov, w, vfac = blend
+        return nz.Normalizer(ch(om) + w * mu, ch(ov) + w * vfac * v, mu, a * w, c * w * vfac, eps,
+                             conv.eps_placement)
+    if conv.normalize_var == "unbiased":
+        fac = n / (n - 1) if n > 1 else np.inf
+        return nz.Normalizer(mu, v * fac, mu, a, c * fac, eps, conv.eps_placement)
+    return nz.Normalizer(mu, v, mu, a, c, eps, conv.eps_placement)
+
+
+def _keepdims_moments(x, axes):
+    """Complex-safe two-pass moments with a correction pass, keeping dims (works with a leading batch)."""
+    mu = np.mean(x, axis=axes, keepdims=True)
+    mu = mu + np.mean(x - mu, axis=axes, keepdims=True)
+    d = x - mu
+    return mu, np.mean(d * d, axis=axes, keepdims=True)
+
+
+def simulate(problem: Problem, convention: Convention, compute_dtype: str | None = None,
+             second_order: bool = True) -> Trace:
+    """Evaluate `problem` under `convention`.
+
+    compute_dtype=None gives the exact (float64) answer whatever the variance algorithm: the expected values
+    of conformance checks. A dtype name evaluates the batch statistics with the convention's variance
+    algorithm in that format instead, to predict what an implementation using that algorithm returns.
+    second_order=False skips d2x / d2gamma (they cost size^2). Complex inputs are accepted (complex step).
+    """
+    alpha, eps = problem.effective(convention)
+    shape, axis, n = problem.shape, problem.axis, problem.reduced_count
+    ndim, C = len(shape), problem.channels
+    axes = reduce_axes(ndim, axis)
+    track = problem.track_running_stats
+    gamma = to_channels(problem.gamma_or_ones(), ndim, axis)
+    beta = to_channels(problem.beta_or_zeros(), ndim, axis)
+
+    state = RunningState.initial(problem.running_mean, problem.running_var, convention)
+    ys, rmeans, rvars, counts = [], [], [], []
+    bmeans, bvars = [], []
+    step_mean, step_var, norm_mean, norm_var, weights = [], [], [], [], []
+    last = None
+    for x, mode in zip(problem.xs, problem.modes):
+        if compute_dtype is None:
+            mu_c, v_c = moments(x, axis)
+        else:
+            mu_c, v_c = moments_in(x, axis, convention.variance, compute_dtype)
+        stats = (to_channels(mu_c, ndim, axis), to_channels(v_c, ndim, axis))
+        before = state
+        w = 0.0
+        if mode == "train":
+            if track:
+                w = step_weight(state, alpha, convention)
+                state = update(state, mu_c, v_c, n, alpha, convention)
+            bmeans.append(mu_c)
+            bvars.append(unbiased(v_c, n) if convention.batch_var_estimator == "unbiased" else v_c)
+        elif mode != "eval":
+            raise ValueError(f"unknown mode {mode!r}")
+        blend = None
+        if mode == "train" and track and convention.train_normalizer == "running":
+            vfac = (n / (n - 1) if n > 1 else np.inf) if convention.running_var == "unbiased" else 1.0
+            blend = (state.mean - w * mu_c, state.var - w * vfac * v_c, w, vfac)
+        norm = _normalizer(x, axis, n, mode, before, convention, eps, track, blend, stats)
+        ys.append(nz.forward(x, gamma, beta, norm))
+        rmeans.append(state.mean)
+        rvars.append(state.var)
+        counts.append(state.count)
+        step_mean.append(mu_c)
+        step_var.append(v_c)
+        norm_mean.append(np.broadcast_to(norm.m, stats[0].shape).reshape(C))
+        norm_var.append(np.broadcast_to(norm.s2, stats[0].shape).reshape(C))
+        weights.append(w)
+        last = (x, mode, before, blend, norm)
+
+    x, mode, before, blend, norm = last
+    dx, dgamma, dbeta = nz.backward(x, problem.dy, gamma, norm, axes, n)
+    q = {
+        "y": np.stack(ys),
+        "running_mean": np.stack(rmeans),
+        "running_var": np.stack(rvars),
+        "num_batches_tracked": np.asarray(counts, dtype=np.float64),
+        "dx": dx,
+        "dgamma": dgamma.reshape(C),
+        "dbeta": dbeta.reshape(C),
+    }
+    if bmeans:
+        q["batch_mean"], q["batch_var"] = np.stack(bmeans), np.stack(bvars)
+
+    def last_step_dx(xb, gb):
+        """dx of the last step for a leading batch of inputs xb and scales gb (complex allowed)."""
+        b_axes = tuple(a + 1 for a in axes)
+        stats = _keepdims_moments(xb, b_axes)
+        nb = _normalizer(xb, axis + 1, n, mode, before, convention, eps, track, blend, stats)
+        return nz.backward(xb, problem.dy, gb, nb, b_axes, n)[0]
+
+    if second_order:
+        q["d2x"], q["d2gamma"] = _second_order(x, problem.gamma_or_ones(), problem.v, axis, last_step_dx)
+    not_applicable = {}
+    if not track:
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            not_applicable[name] = "the case does not track running statistics"
+    if not problem.affine:
+        for name in ("dgamma", "dbeta", "d2gamma"):
+            not_applicable[name] = "the case has no affine parameters"
+    if not bmeans:
+        for name in ("batch_mean", "batch_var"):
+            not_applicable[name] = "the case has no training step"
+    return Trace(
+        quantities=q,
+        step_mean=np.stack(step_mean),
+        step_var=np.stack(step_var),
+        norm_mean=np.stack(norm_mean),
+        norm_var=np.stack(norm_var),
+        weights=np.asarray(weights),
+        alpha=alpha,
+        eps=eps,
+        not_applicable=not_applicable,
+    )
+
+
+def _second_order(x, gamma_vec, v, axis, dx_fn, chunk: int = 256):
+    """Gradients of g = <dx(x, gamma), v> by complex step: dg/dp = Im g(p + i h e) / h, exact to rounding.
+
+    The perturbation directions are batched along a new leading axis, `chunk` at a time.
+    """
+    ndim = x.ndim
+    P = x.size
+    d2x = np.empty(P)
+    flat = x.reshape(-1)
+    g = to_channels(gamma_vec, ndim, axis)[None]
+    for start in range(0, P, chunk):
+        idx = np.arange(start, min(P, start + chunk))
+        xb = np.repeat(flat[None].astype(np.complex128), len(idx), axis=0)
+        xb[np.arange(len(idx)), idx] += 1j * COMPLEX_STEP
+        dxb = dx_fn(xb.reshape((len(idx),) + x.shape), g)
+        d2x[idx] = np.imag(np.sum(dxb * v, axis=tuple(range(1, ndim + 1)))) / COMPLEX_STEP
+    C = gamma_vec.size
+    gb = np.repeat(gamma_vec[None].astype(np.complex128), C, axis=0)
+    gb[np.arange(C), np.arange(C)] += 1j * COMPLEX_STEP
+    gshape = [C] + [1] * ndim
+    gshape[axis + 1] = C
+    dxg = dx_fn(np.repeat(x[None].astype(np.complex128), C, axis=0), gb.reshape(gshape))
+    d2gamma = np.imag(np.sum(dxg * v, axis=tuple(range(1, ndim + 1)))) / COMPLEX_STEP
+    return d2x.reshape(x.shape), d2gamma

@@ -1,0 +1,86 @@
+"""Per-channel batch statistics: exact (float64) and as a named algorithm would compute them in a narrow format.
+
+For a channel axis `axis`, statistics reduce every other axis: n = prod(shape) / C elements per channel.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .dtypes import round_to
+
+
+def reduce_axes(ndim: int, axis: int) -> tuple[int, ...]:
+    axis = axis % ndim
+    return tuple(a for a in range(ndim) if a != axis)
+
+
+def to_channels(stat: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """Reshape a (C,) vector so it broadcasts along `axis` of an ndim-array."""
+    shape = [1] * ndim
+    shape[axis % ndim] = -1
+    return np.reshape(stat, shape)
+
+
+def moments(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact-as-float64-allows mean and *biased* variance per channel.
+
+    Corrected two-pass (Chan, Golub & LeVeque 1983; Bjorck): the second pass subtracts the rounding error
+    left in the mean, so the variance's relative error is ~n*u independent of the mean's magnitude.
+    Works unchanged on complex input (complex-step differentiation passes through here).
+    """
+    axes = reduce_axes(x.ndim, axis)
+    n = x.size // x.shape[axis]
+    mean = np.mean(x, axis=axes)
+    centered = x - to_channels(mean, x.ndim, axis)
+    residual = np.sum(centered, axis=axes) / n
+    mean = mean + residual
+    centered = x - to_channels(mean, x.ndim, axis)
+    var = np.sum(centered * centered, axis=axes) / n
+    return mean, var
+
+
+def unbiased(var_biased: np.ndarray, n: int) -> np.ndarray:
+    """Bessel's correction n/(n-1); n = 1 gives inf (0/0 stays NaN), as the arithmetic does."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return var_biased * (n / (n - 1)) if n > 1 else var_biased * np.float64(np.inf)
+
+
+def moments_in(x: np.ndarray, axis: int, algorithm: str, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and biased variance as `algorithm` computes them with every operation rounded to `dtype`.
+
+    This deliberately reproduces a *worse* algorithm so the oracle can predict what a framework using it
+    returns: "fast" is E[x^2] - E[x]^2 (cancels catastrophically when |mean| >> std), "fast_clamped" the
+    same clamped at 0 (flax), "two_pass" mean first then mean of squared deviations. Summation order is
+    NumPy's pairwise order, which is not any framework's: the prediction is exact in kind and magnitude,
+    not bit for bit.
+    """
+    axes = reduce_axes(x.ndim, axis)
+    n = x.size // x.shape[axis]
+
+    def r(a):
+        return round_to(a, dtype)
+
+    if dtype in ("float64", "float32", "float16"):
+        xd = x.astype(dtype)
+        mean = (np.sum(xd, axis=axes, dtype=dtype) / np.asarray(n, dtype=dtype)).astype(dtype)
+        if algorithm == "two_pass":
+            c = xd - to_channels(mean, x.ndim, axis)
+            var = np.sum(c * c, axis=axes, dtype=dtype) / np.asarray(n, dtype=dtype)
+        else:
+            sq = np.sum(xd * xd, axis=axes, dtype=dtype) / np.asarray(n, dtype=dtype)
+            var = sq - mean * mean
+        mean, var = mean.astype(np.float64), var.astype(np.float64)
+    else:  # bfloat16 has no NumPy type: compute in float32 and round after every operation
+        xd = r(x)
+        mean = r(r(np.sum(xd.astype(np.float32), axis=axes, dtype=np.float32)) / n)
+        if algorithm == "two_pass":
+            c = r(xd - to_channels(mean, x.ndim, axis))
+            var = r(r(np.sum(r(c * c).astype(np.float32), axis=axes, dtype=np.float32)) / n)
+        else:
+            sq = r(r(np.sum(r(xd * xd).astype(np.float32), axis=axes, dtype=np.float32)) / n)
+            var = r(sq - r(mean * mean))
+    if algorithm == "fast_clamped":
+        var = np.maximum(var, 0.0)
+    elif algorithm not in ("fast", "two_pass"):
+        raise ValueError(f"unknown variance algorithm {algorithm!r}")
+    return mean, var
