@@ -1,0 +1,141 @@
+"""The contract between the engine and a framework adapter.
+
+An adapter translates a framework-neutral `reference.Problem` into one framework API's native calls, runs
+them, and returns an `Observation`: every quantity it can produce as float64 arrays plus the dtype the
+framework produced them in. It declares what it computes (a `Convention`), the precision it computes in
+(`precision`), and what it cannot run (`unsupported`, a reason string: the check becomes a skip).
+
+Adapters import their framework inside `setup()`, never at module import, so the engine can list and
+select adapters on a machine where the framework is missing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from reference import FIRST_ORDER, SECOND_ORDER, Convention, Problem
+
+
+class Unsupported(Exception):
+    """The adapter cannot run this problem (a skip with this reason, not an error)."""
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Formats an implementation works in, for the tolerance model.
+
+    io: inputs and outputs (the case dtype); compute: reductions and arithmetic (float32 where a framework
+    accumulates float16/bfloat16 in float32); stats: where running statistics are stored; params: gamma,
+    beta and their gradients; saved: where the batch statistics (mean, inverse std) are held between the
+    reduction and the normalization (None: kept in `compute`).
+    """
+
+    io: str
+    compute: str
+    stats: str
+    params: str
+    saved: str | None = None
+
+    @classmethod
+    def uniform(cls, dtype: str, accumulate_low_precision_in: str = "float32") -> "Precision":
+        compute = accumulate_low_precision_in if dtype in ("float16", "bfloat16") else dtype
+        return cls(io=dtype, compute=compute, stats=dtype, params=dtype)
+
+    def describe(self) -> str:
+        saved = f", batch statistics held in {self.saved}" if self.saved and self.saved != self.compute else ""
+        return (f"inputs/outputs {self.io}, compute {self.compute}, running statistics {self.stats}, "
+                f"parameters {self.params}{saved}")
+
+
+@dataclass
+class Observation:
+    """What a framework returned for one problem. Arrays are float64 copies; `dtypes` names the framework's
+    own dtype for each (normalized: float64, float32, float16, bfloat16, int64, int32, ...)."""
+
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+    dtypes: dict[str, str] = field(default_factory=dict)
+    unsupported: dict[str, str] = field(default_factory=dict)  # quantity -> reason it cannot be observed
+    raised: str | None = None  # the framework refused the problem (e.g. n = 1 in training): its message
+    facts: dict[str, str] = field(default_factory=dict)
+
+    def put(self, name: str, value, dtype: str) -> None:
+        self.values[name] = np.array(value, dtype=np.float64, copy=True)
+        self.dtypes[name] = dtype
+
+
+class Adapter:
+    """Base class. Subclasses set the class attributes and implement `setup`, `run`, `native_config`."""
+
+    name: ClassVar[str]  # stable id: "torch.nn.BatchNorm"
+    framework: ClassVar[str]  # distribution whose version is reported: "torch"
+    api: ClassVar[str]  # what a user calls: "torch.nn.BatchNorm{1,2,3}d"
+    convention: ClassVar[Convention]
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float64", "float32", "float16", "bfloat16"})
+    channel_axes: ClassVar[str] = "first"  # "first" (axis 1), "last", or "any"
+    quantities: ClassVar[frozenset[str]]  # what it can observe at all
+    # Documented behaviour when training sees one element per channel: "raises" or "computes".
+    single_element_training: ClassVar[str] = "computes"
+    source: ClassVar[str] = ""  # where the declared convention was read (file in the framework's repo)
+
+    def setup(self) -> None:
+        """Import the framework and set deterministic flags. Called once per worker process."""
+
+    def versions(self) -> dict[str, str]:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            return {self.framework: version(self.framework)}
+        except PackageNotFoundError:
+            return {self.framework: "unknown"}
+
+    def precision(self, problem: Problem) -> Precision:
+        return Precision.uniform(problem.dtype)
+
+    def expected_dtype(self, quantity: str, problem: Problem) -> str:
+        """The dtype the framework is documented to return `quantity` in."""
+        p = self.precision(problem)
+        if quantity in ("running_mean", "running_var"):
+            return p.stats
+        if quantity in ("dgamma", "dbeta", "d2gamma"):
+            return p.params
+        if quantity == "num_batches_tracked":
+            return "int64"
+        return p.io
+
+    def unsupported(self, problem: Problem) -> str | None:
+        """Why this adapter cannot run `problem`, or None. The base checks dtype and channel axis."""
+        if problem.dtype not in self.dtypes:
+            return f"{self.api} does not support {problem.dtype}"
+        last = problem.axis == len(problem.shape) - 1
+        if self.channel_axes == "first" and problem.axis != 1:
+            return f"{self.api} takes channels on axis 1 only"
+        if self.channel_axes == "last" and not last:
+            return f"{self.api} takes channels on the last axis only"
+        return None
+
+    def run(self, problem: Problem) -> Observation:
+        raise NotImplementedError
+
+    def native_config(self, problem: Problem) -> dict[str, object]:
+        """The native hyperparameters this adapter passes for `problem` (momentum in the native form)."""
+        raise NotImplementedError
+
+    def snippet(self, problem: Problem) -> str:
+        """Framework-native Python that reproduces `problem` and leaves `observed` (name -> ndarray).
+
+        The code may assume `p` (the Problem) and `np` are in scope."""
+        return ""
+
+    # -- helpers for subclasses
+    @staticmethod
+    def wants_gradients(problem: Problem) -> bool:
+        return bool(problem.quantities & (FIRST_ORDER | SECOND_ORDER))
+
+    @staticmethod
+    def wants_second_order(problem: Problem) -> bool:
+        return bool(problem.quantities & SECOND_ORDER)
+
+    def native_momentum(self, problem: Problem) -> float | None:
+        return self.convention.canonical_to_native(problem.momentum)
