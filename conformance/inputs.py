@@ -102,6 +102,12 @@ def materialize(case) -> Problem:
         rmean, rvar = np.zeros(C), np.ones(C)
     dy = r(_sample(seed, "dy", case.shape, "normal"))
     v = r(_sample(seed, "v", case.shape, "normal"))
+    # Read-only: the oracle and the adapter share these arrays, and an adapter that writes into its inputs
+    # (torch.from_numpy shares memory; in-place running-statistics updates) must fail loudly, not silently
+    # change what the oracle sees.
+    for a in (*xs, gamma, beta, rmean, rvar, dy, v):
+        if a is not None:
+            a.setflags(write=False)
     return Problem(
         xs=xs,
         modes=case.modes,

@@ -72,10 +72,9 @@ def round_to(x: np.ndarray | float, name: str) -> np.ndarray:
     a = np.asarray(x, dtype=np.float64)
     if name == "float64":
         return a.copy()
-    if name == "float32":
-        return a.astype(np.float32).astype(np.float64)
-    if name == "float16":
-        return a.astype(np.float16).astype(np.float64)
+    if name in ("float32", "float16"):
+        with np.errstate(over="ignore"):  # beyond the format's range rounds to inf, as IEEE says
+            return a.astype(name).astype(np.float64)
     if name == "bfloat16":
         with np.errstate(over="ignore"):
             return _bf16_from_float32(a.astype(np.float32)).astype(np.float64)

@@ -36,6 +36,8 @@ class Trace:
     norm_mean: np.ndarray  # (steps, C) centre each step normalized with
     norm_var: np.ndarray  # (steps, C) variance each step normalized with
     weights: np.ndarray  # (steps,) weight of the new batch statistic in each step's running update (0 in eval)
+    grad_weights: tuple[float, float]  # (a, c) of the last step: how its backward sees the mean and variance
+    sources: tuple[str, ...]  # per step, what normalized it: "batch", "running" (before), "updated" (after)
     alpha: float | None
     eps: float
     not_applicable: dict[str, str] = field(default_factory=dict)
@@ -97,7 +99,7 @@ def simulate(problem: Problem, convention: Convention, compute_dtype: str | None
     state = RunningState.initial(problem.running_mean, problem.running_var, convention)
     ys, rmeans, rvars, counts = [], [], [], []
     bmeans, bvars = [], []
-    step_mean, step_var, norm_mean, norm_var, weights = [], [], [], [], []
+    step_mean, step_var, norm_mean, norm_var, weights, sources = [], [], [], [], [], []
     last = None
     for x, mode in zip(problem.xs, problem.modes):
         if compute_dtype is None:
@@ -129,6 +131,7 @@ def simulate(problem: Problem, convention: Convention, compute_dtype: str | None
         norm_mean.append(np.broadcast_to(norm.m, stats[0].shape).reshape(C))
         norm_var.append(np.broadcast_to(norm.s2, stats[0].shape).reshape(C))
         weights.append(w)
+        sources.append("running" if (mode == "eval" and track) else ("updated" if blend is not None else "batch"))
         last = (x, mode, before, blend, norm)
 
     x, mode, before, blend, norm = last
@@ -171,6 +174,8 @@ def simulate(problem: Problem, convention: Convention, compute_dtype: str | None
         norm_mean=np.stack(norm_mean),
         norm_var=np.stack(norm_var),
         weights=np.asarray(weights),
+        grad_weights=(float(norm.a), float(norm.c)),
+        sources=tuple(sources),
         alpha=alpha,
         eps=eps,
         not_applicable=not_applicable,

@@ -1,0 +1,232 @@
+"""Evaluate one adapter on one case: run it, run the oracle under its declared convention, compare every
+quantity under the derived bound, and return one check record (a JSON-able dict) per quantity.
+
+This is the single place verdicts are made; pytest, the CLI runner and the worker processes all call it.
+Nothing here knows a framework: what differs between adapters is their declared Convention, Precision,
+supported features and registry entries.
+"""
+from __future__ import annotations
+
+import time
+import traceback
+
+import numpy as np
+
+from reference import QUANTITIES, SECOND_ORDER, simulate
+
+from . import messages, repro, tolerance
+from .cases import Case
+from .compare import compare
+from .inputs import checksum, materialize
+from .registry import Registry
+
+SCHEMA_VERSION = 1
+VERDICTS = ("pass", "fail", "xfail", "xpass", "skip", "error", "characterized")
+PER_CHANNEL = ("running_mean", "running_var", "batch_mean", "batch_var", "dgamma", "dbeta", "d2gamma")
+
+
+def applicable(case: Case) -> list[str]:
+    """Quantities that exist for this case, in canonical order (static: pytest parametrizes on it)."""
+    out = []
+    trains = "train" in case.modes
+    for q in QUANTITIES:
+        if q not in case.quantities:
+            continue
+        if q in ("running_mean", "running_var", "num_batches_tracked") and not case.track_running_stats:
+            continue
+        if q in ("dgamma", "dbeta", "d2gamma") and not case.affine:
+            continue
+        if q in ("batch_mean", "batch_var") and not trains:
+            continue
+        out.append(q)
+    return out
+
+
+def check_id(adapter: str, case_id: str, quantity: str) -> str:
+    return f"{adapter}::{case_id}::{quantity}"
+
+
+def _base(adapter, case: Case, quantity: str, version: str, device: str) -> dict:
+    return {
+        "schema": SCHEMA_VERSION,
+        "check_id": check_id(adapter.name, case.id, quantity),
+        "adapter": adapter.name,
+        "api": adapter.api,
+        "framework": adapter.framework,
+        "version": version,
+        "device": device,
+        "case": case.id,
+        "quantity": quantity,
+        "dtype": case.dtype,
+        "tier": case.tier,
+        "knob": case.knob,
+        "verdict": None,
+        "reason": "",
+        "message": "",
+        "metrics": None,
+        "tolerance": None,
+        "characterization": None,
+        "registry": None,
+        "channel_stats": None,
+        "values": None,
+        "repro": None,
+        "diagnosis": None,
+        "seconds": 0.0,
+    }
+
+
+def _sample(name: str, arr: np.ndarray) -> list[float]:
+    a = np.asarray(arr, dtype=np.float64)
+    if name in PER_CHANNEL:
+        flat = a[-1] if (a.ndim == 2) else a
+    elif name == "num_batches_tracked":
+        flat = a[-1:]
+    else:
+        flat = (a[-1] if name == "y" else a).reshape(-1)[:6]
+    return [float(v) if np.isfinite(v) else repr(float(v)) for v in np.asarray(flat).reshape(-1)[:16]]
+
+
+def records_for(adapter, case: Case, verdict: str, reason: str, version: str = "", device: str = "",
+                message: str = "") -> list[dict]:
+    """The same verdict for every quantity of a case (skips, errors, registry skips)."""
+    out = []
+    for q in applicable(case):
+        r = _base(adapter, case, q, version, device)
+        r.update(verdict=verdict, reason=reason, message=message or reason)
+        out.append(r)
+    return out
+
+
+def evaluate(adapter, case: Case, registry: Registry | None = None, *, diagnose=None) -> list[dict]:
+    """All check records of `case` on `adapter` (whose setup() has run)."""
+    registry = registry or Registry([])
+    version = adapter.versions().get(adapter.framework, "unknown")
+    device = getattr(adapter, "device", "cpu")
+    quantities = applicable(case)
+    # A registered "skip" (known crash or hang) never runs the framework.
+    for q in quantities:
+        entry = registry.peek(adapter.name, version, case.id, q)
+        if entry is not None and entry.action == "skip":
+            registry.match(adapter.name, version, case.id, q)
+            recs = records_for(adapter, case, "skip", f"registered: {entry.reason}", version, device)
+            for r in recs:
+                r["registry"] = entry.as_dict()
+            return recs
+    problem = materialize(case)
+    why = adapter.unsupported(problem)
+    if why:
+        return records_for(adapter, case, "skip", why, version, device)
+    start = time.perf_counter()
+    try:
+        obs = adapter.run(problem)
+    except Exception as e:  # the adapter (or the framework under it) raised: error records, run continues
+        tb = traceback.format_exc(limit=8)
+        return records_for(adapter, case, "error", f"{type(e).__name__}: {e}", version, device, message=tb)
+    seconds = time.perf_counter() - start
+    device = obs.facts.get("device", device)
+
+    single = problem.reduced_count == 1 and "train" in problem.modes
+    if single or obs.raised is not None:
+        return _edge_records(adapter, case, problem, obs, registry, version, device, seconds, single)
+
+    ctx = _Context(adapter, case, problem, obs, registry, version, device, seconds, diagnose)
+    return [ctx.check(q) for q in quantities]
+
+
+class _Context:
+    """What the checks of one (adapter, case) run share: the observation, the oracle trace, the bounds."""
+
+    def __init__(self, adapter, case, problem, obs, registry, version, device, seconds, diagnose):
+        self.adapter, self.case, self.problem, self.obs = adapter, case, problem, obs
+        self.registry, self.version, self.device, self.seconds = registry, version, device, seconds
+        self.diagnose = diagnose
+        self.trace = simulate(problem, adapter.convention, second_order=bool(problem.quantities & SECOND_ORDER))
+        self.bounds = tolerance.bounds(problem, self.trace, adapter.convention, adapter.precision(problem))
+
+    def record(self, q: str) -> dict:
+        rec = _base(self.adapter, self.case, q, self.version, self.device)
+        rec["seconds"] = self.seconds
+        return rec
+
+    def check(self, q: str) -> dict:
+        adapter, case, problem, obs, trace = self.adapter, self.case, self.problem, self.obs, self.trace
+        rec = self.record(q)
+        if q in obs.unsupported or q not in obs.values:
+            rec.update(verdict="skip", reason=obs.unsupported.get(q, f"{adapter.name} does not report {q}"))
+            return rec
+        bound = self.bounds[q]
+        cmp = compare(q, trace[q], obs.values[q], bound.values, expected_dtype=adapter.expected_dtype(q, problem),
+                      observed_dtype=obs.dtypes[q], axis=problem.axis)
+        rec["metrics"] = cmp.as_dict()
+        rec["tolerance"] = {"formula": bound.formula, **bound.params, "ill_posed": bound.ill_posed}
+        rec["values"] = {"expected": _sample(q, trace[q]), "observed": _sample(q, obs.values[q])}
+        rec["channel_stats"] = _channel_stats(trace, problem, cmp)
+        characterization = f"characterization case: {case.note}" if case.characterize else bound.ill_posed
+        rec["characterization"] = characterization
+        entry = self.registry.match(adapter.name, self.version, case.id, q)
+        if entry is not None:
+            rec["registry"] = entry.as_dict()
+        if characterization:
+            rec["verdict"], rec["reason"] = "characterized", characterization
+        elif cmp.ok:
+            rec["verdict"] = "xpass" if entry else "pass"
+            if entry:
+                rec["reason"] = f"registered deviation no longer occurs: {entry.id}"
+        else:
+            rec["verdict"] = "xfail" if entry else "fail"
+            rec["reason"] = f"registered: {entry.reason}" if entry else ""
+        if rec["verdict"] in ("fail", "xfail", "characterized", "xpass"):
+            if self.diagnose is not None and not cmp.ok:
+                rec["diagnosis"] = self.diagnose(adapter, problem, q, obs, trace, self.bounds)
+            rec["repro"] = repro.snippet(adapter, case, problem, q)
+            rec["message"] = messages.failure(rec, case)
+        return rec
+
+
+def _channel_stats(trace, problem, cmp) -> dict | None:
+    if cmp.worst_channel is None:
+        return None
+    c = int(cmp.worst_channel)
+    t = cmp.worst_step if cmp.worst_step is not None else problem.steps - 1
+    t = min(int(t), problem.steps - 1)
+    return {"channel": c, "step": t, "mean": float(trace.step_mean[t][c]), "var": float(trace.step_var[t][c]),
+            "n": problem.reduced_count, "normalized_with_mean": float(trace.norm_mean[t][c]),
+            "normalized_with_var": float(trace.norm_var[t][c]), "source": trace.sources[t]}
+
+
+def _edge_records(adapter, case, problem, obs, registry, version, device, seconds, single):
+    """One element per channel in training: compare the behaviour with the adapter's declaration."""
+    declared = adapter.single_element_training
+    if single and obs.raised is None and declared == "computes":  # compare values like any case
+        ctx = _Context(adapter, case, problem, obs, registry, version, device, seconds, None)
+        return [ctx.check(q) for q in applicable(case)]
+    out = []
+    for q in applicable(case):
+        rec = _base(adapter, case, q, version, device)
+        rec["seconds"] = seconds
+        if not single:  # the framework refused an ordinary problem
+            rec.update(verdict="error", reason=f"the framework raised: {obs.raised}", message=obs.raised)
+        elif obs.raised is not None and declared == "raises":
+            rec.update(verdict="pass", reason=f"raised as declared: {obs.raised}")
+        elif obs.raised is not None:
+            rec.update(verdict="fail", reason=f"declared to compute with n = 1 but raised: {obs.raised}")
+        else:
+            rec.update(verdict="fail", reason="declared to raise with one element per channel, but computed")
+        entry = registry.match(adapter.name, version, case.id, q)
+        if entry is not None:
+            rec["registry"] = entry.as_dict()
+            rec["verdict"] = {"fail": "xfail", "pass": "xpass"}.get(rec["verdict"], rec["verdict"])
+        rec["message"] = rec["message"] or rec["reason"]
+        out.append(rec)
+    return out
+
+
+def input_checksum(cases: list[Case]) -> str:
+    """One checksum over the inputs of a list of cases (results from different inputs never compare)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for c in sorted(cases, key=lambda c: c.id):
+        h.update(c.id.encode())
+        h.update(checksum(materialize(c)).encode())
+    return h.hexdigest()

@@ -1,0 +1,161 @@
+"""Known deviations, as data: TOML files under conformance/registry/, one [[deviation]] per finding.
+
+    [[deviation]]
+    id = "tf-fused-float64"                 # stable name, unique across files
+    adapter = "tf.raw_ops.FusedBatchNormV3" # glob over adapter names
+    versions = ">=2.17"                     # PEP 440 specifier on the framework version ("" = any)
+    cases = ["f64-*"]                       # globs over case ids
+    quantities = ["*"]                      # globs over quantities
+    reason = "why it deviates, in words a user understands"
+    link = "https://github.com/..."         # upstream issue or source line ("" when none exists)
+    action = "xfail"                        # xfail: run, expect the failure; skip: do not run (crash, hang)
+
+A check matched by an xfail entry that fails is `xfail`; one that passes is `xpass` (the deviation is gone:
+remove the entry; `--strict` makes it fail). Entries that match no check of the selected adapters are stale
+and reported; `--strict` fails on them too.
+"""
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+
+DEFAULT_DIR = Path(__file__).parent / "registry"
+REQUIRED = ("id", "adapter", "cases", "quantities", "reason", "action")
+OPTIONAL = ("versions", "link")
+ACTIONS = ("xfail", "skip")
+
+
+class RegistryError(Exception):
+    """A registry file is unreadable or malformed; the message names the file and the entry."""
+
+
+@dataclass
+class Entry:
+    id: str
+    adapter: str
+    cases: tuple[str, ...]
+    quantities: tuple[str, ...]
+    reason: str
+    action: str
+    versions: str = ""
+    link: str = ""
+    source: str = ""  # file it came from
+    hits: int = field(default=0, compare=False)
+
+    def applies_to(self, adapter: str, version: str) -> bool:
+        if not fnmatch.fnmatchcase(adapter, self.adapter):
+            return False
+        if not self.versions:
+            return True
+        try:
+            return Version(version) in SpecifierSet(self.versions)
+        except InvalidVersion:
+            return False
+
+    def matches(self, adapter: str, version: str, case_id: str, quantity: str) -> bool:
+        return (self.applies_to(adapter, version)
+                and any(fnmatch.fnmatchcase(case_id, g) for g in self.cases)
+                and any(fnmatch.fnmatchcase(quantity, g) for g in self.quantities))
+
+    def as_dict(self) -> dict:
+        return {"id": self.id, "reason": self.reason, "link": self.link, "action": self.action,
+                "versions": self.versions, "source": self.source}
+
+
+def _as_globs(value, where: str, key: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise RegistryError(f"{where}: '{key}' must be a string or a non-empty list of strings")
+
+
+def _parse_entry(raw: dict, where: str, source: str) -> Entry:
+    unknown = set(raw) - set(REQUIRED) - set(OPTIONAL)
+    if unknown:
+        raise RegistryError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+    missing = [k for k in REQUIRED if k not in raw]
+    if missing:
+        raise RegistryError(f"{where}: missing {', '.join(missing)}")
+    for key in ("id", "adapter", "reason", "action", "versions", "link"):
+        if key in raw and not isinstance(raw[key], str):
+            raise RegistryError(f"{where}: '{key}' must be a string")
+    if raw["action"] not in ACTIONS:
+        raise RegistryError(f"{where}: action must be one of {', '.join(ACTIONS)}, not {raw['action']!r}")
+    if not raw["reason"].strip():
+        raise RegistryError(f"{where}: 'reason' is empty; a deviation needs its explanation")
+    versions = raw.get("versions", "")
+    if versions:
+        try:
+            SpecifierSet(versions)
+        except InvalidSpecifier:
+            raise RegistryError(f"{where}: 'versions' = {versions!r} is not a PEP 440 specifier") from None
+    return Entry(id=raw["id"], adapter=raw["adapter"], cases=_as_globs(raw["cases"], where, "cases"),
+                 quantities=_as_globs(raw["quantities"], where, "quantities"), reason=raw["reason"].strip(),
+                 action=raw["action"], versions=versions, link=raw.get("link", ""), source=source)
+
+
+class Registry:
+    def __init__(self, entries: list[Entry]):
+        self.entries = entries
+
+    @classmethod
+    def load(cls, location: str | Path | None = None) -> "Registry":
+        """Every *.toml in a directory (default: the bundled registry), or one file."""
+        path = Path(location) if location else DEFAULT_DIR
+        if path.is_dir():
+            files = sorted(path.glob("*.toml"))
+        elif path.is_file():
+            files = [path]
+        else:
+            raise RegistryError(f"registry path {path} does not exist")
+        entries: list[Entry] = []
+        seen: dict[str, str] = {}
+        for f in files:
+            try:
+                data = tomllib.loads(f.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError) as e:
+                raise RegistryError(f"{f}: cannot read: {e}") from None
+            except tomllib.TOMLDecodeError as e:
+                raise RegistryError(f"{f}: not valid TOML: {e}") from None
+            unknown = set(data) - {"deviation"}
+            if unknown:
+                raise RegistryError(f"{f}: unknown table(s) {', '.join(sorted(unknown))}; expected [[deviation]]")
+            raw_entries = data.get("deviation", [])
+            if not isinstance(raw_entries, list):
+                raise RegistryError(f"{f}: 'deviation' must be an array of tables ([[deviation]])")
+            for i, raw in enumerate(raw_entries):
+                where = f"{f}: deviation #{i + 1}"
+                entry = _parse_entry(raw, where, f.name)
+                if entry.id in seen:
+                    raise RegistryError(f"{where}: id {entry.id!r} already used in {seen[entry.id]}")
+                seen[entry.id] = f.name
+                entries.append(entry)
+        return cls(entries)
+
+    def match(self, adapter: str, version: str, case_id: str, quantity: str) -> Entry | None:
+        for e in self.entries:
+            if e.matches(adapter, version, case_id, quantity):
+                e.hits += 1
+                return e
+        return None
+
+    def peek(self, adapter: str, version: str, case_id: str, quantity: str) -> Entry | None:
+        """Like match, without counting the hit."""
+        return next((e for e in self.entries if e.matches(adapter, version, case_id, quantity)), None)
+
+    def stale(self, selected: dict[str, str], hits: dict[str, int] | None = None) -> list[Entry]:
+        """Entries for a selected adapter (name -> version) that matched no check.
+        `hits` overrides the in-process counters (counts merged from worker processes)."""
+        out = []
+        for e in self.entries:
+            relevant = any(e.applies_to(a, v) for a, v in selected.items())
+            count = hits.get(e.id, 0) if hits is not None else e.hits
+            if relevant and count == 0:
+                out.append(e)
+        return out

@@ -1,0 +1,192 @@
+"""Error bounds, derived from the arithmetic, not tuned: how far a correct implementation may be from the oracle.
+
+A check passes when every element's |observed - exact| <= SAFETY * B, elementwise. B is a first-order
+rounding-error bound valid for *any* summation order (recursive summation's worst case, Higham ch. 4), so a
+framework cannot fail by summing in another order, and a violation means the result is not what the declared
+convention computes in the declared precision. Notation per channel: n elements reduced, u_c the unit
+roundoff of the compute format, u_o of the output, u_s of stored statistics, u_p of parameters; mu, v the
+exact batch mean and biased variance; (m, s2) the centre and variance a step normalizes with; r =
+1/sqrt(s2 + eps); xhat = (x - m) r.
+
+Batch statistics (computed):
+  d_mu = (n + 1) u_c mean|x|                                    sum of n terms, one division
+  d_v  = (n + 3) u_c v + d_mu^2                                 two-pass (Chan, Golub & LeVeque 1983)
+  d_v  = (n + 4) u_c (v + mu^2)                                 E[x^2] - E[x]^2 ("fast"): kappa^2 times worse
+Running statistics, R_t = (1 - w) R_{t-1} + w B_t (w the step's weight on the new statistic):
+  d_R_t = (1 - w) d_R_{t-1} + w d_B_t + 4 u_c ((1 - w)|R_{t-1}| + w |B_t|) + u_s |R_t|
+Statistics held in a narrower format u_h between reduction and normalization (torch's CPU kernel keeps the
+saved mean and inverse std in the parameter dtype): d_m += u_h |m|, d_s2 += 2 u_h (s2 + eps).
+Output, with (d_m, d_s2) the error of whatever the step normalized with (batch, or running statistics):
+  d_y = |gamma| r (d_m + |x - m| d_s2 / (2 (s2 + eps))) + 4 u_c (|gamma| r (|x| + |m|) + |beta|) + u_o |y|
+  The 4 u_c term covers both usual evaluation orders: gamma (x - m) r + beta and x inv + (beta - m inv),
+  inv = gamma r (the second cancels when |m| >> sigma, hence |x| + |m|), and rsqrt accurate to 2 ulp.
+Gradients (last step; a, c say whether the backward goes through the mean and the variance):
+  dx = gamma r (dy - a M1 - c xhat_mu M2),  M1 = mean dy, M2 = mean(dy xhat), xhat_mu = (x - mu) r
+  d_xhat = r (d_m + |x - m| d_s2 / (2 (s2 + eps))) + 2 u_c |xhat|
+  d_dx = |gamma| r [a (n+1) u_c mean|dy| + c (d_xhat |M2| + |xhat_mu| ((n+2) u_c mean|dy xhat| + mean(|dy| d_xhat)))]
+         + (4 u_c + 2 d_s2 / (s2 + eps)) T + u_o |dx|,   T = |gamma| r (|dy| + a |M1| + c |xhat_mu| |M2|)
+  d_dgamma = (n + 2) u_c sum|dy xhat| + sum(|dy| d_xhat) + u_p |dgamma|;  d_dbeta = (n + 1) u_c sum|dy| + u_p |dbeta|
+Second order (magnitude model: every term of d<dx, v>/dx is a product of these factors):
+  d_d2x = ((2n + 10) u_c + rho) |gamma| r^2 (1 + |xhat|)^2 (|v| + V)(|dy| + D) + u_o |d2x|,
+     V = mean|v| (1 + max|xhat|), D = mean|dy| (1 + max|xhat|), rho = 3 d_s2/(s2 + eps) + 3 r d_m
+  d_d2gamma = ((n + 6) u_c + rho) r sum(|v| (|dy| + a |M1| + c |xhat_mu| |M2|)) + u_p |d2gamma|
+  In inference (a = c = 0) dx does not depend on x, so d2x is exactly 0 and so is its bound.
+
+SAFETY = 2 covers what first-order analysis drops: the O(u^2) remainder (a factor 1/(1 - n u) <= 1.12 while
+the model is valid, n u_c <= 0.1) and library square roots / reciprocal square roots accurate to a few ulp
+rather than correctly rounded. It is stated here once and is never changed per case or per framework: a
+framework outside SAFETY * B is a finding, registered with its reason.
+
+Ill-posed comparisons (characterization): when the bound on the variance's relative error exceeds 0.1 the
+first-order model itself is invalid (large |mean|/std with a fast variance, float16 accumulation over large
+n, ...). Such checks are reported and diffed, never failing.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from reference import Convention, Problem, Trace, to_channels, unit_roundoff
+from reference.statistics import reduce_axes
+
+SAFETY = 2.0
+ILL_POSED = 0.1
+
+
+@dataclass(frozen=True)
+class Bound:
+    values: np.ndarray  # elementwise, already multiplied by SAFETY
+    formula: str
+    params: dict = field(default_factory=dict)
+    ill_posed: str | None = None  # why this comparison is characterization, if it is
+
+
+def _u_exp(u: float) -> str:
+    return f"2^{int(round(np.log2(u)))}"
+
+
+def bounds(problem: Problem, trace: Trace, convention: Convention, precision) -> dict[str, Bound]:
+    """Bounds for every quantity the trace holds."""
+    u_c, u_o = unit_roundoff(precision.compute), unit_roundoff(precision.io)
+    u_s, u_p = unit_roundoff(precision.stats), unit_roundoff(precision.params)
+    saved = getattr(precision, "saved", None)
+    u_h = unit_roundoff(saved) if saved and unit_roundoff(saved) > u_c else 0.0
+    n, axis, nd = problem.reduced_count, problem.axis, len(problem.shape)
+    axes = reduce_axes(nd, axis)
+    eps = trace.eps
+    fast = convention.variance in ("fast", "fast_clamped")
+    run_fac = n / (n - 1) if (convention.running_var == "unbiased" and n > 1) else 1.0
+    norm_fac = n / (n - 1) if (convention.normalize_var == "unbiased" and n > 1) else 1.0
+    gamma = np.abs(to_channels(problem.gamma_or_ones(), nd, axis))
+    beta = np.abs(to_channels(problem.beta_or_zeros(), nd, axis))
+
+    def ch(vec):
+        return to_channels(vec, nd, axis)
+
+    d_rm = np.zeros(problem.channels)
+    d_rv = np.zeros(problem.channels)
+    rm_prev, rv_prev = problem.running_mean.copy(), problem.running_var.copy()
+    ys, rms, rvs, bms, bvs, rho_var, kappa = [], [], [], [], [], [], []
+    last = {}
+    for t, (x, mode) in enumerate(zip(problem.xs, problem.modes)):
+        mu, v = trace.step_mean[t], trace.step_var[t]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kappa.append(float(np.max(np.sqrt(1.0 + np.where(v > 0, mu * mu / v, 0.0)))))
+        d_mu = (n + 1) * u_c * np.mean(np.abs(x), axis=axes)
+        d_v = (n + 4) * u_c * (v + mu * mu) if fast else (n + 3) * u_c * v + d_mu * d_mu
+        rho_var.append(float(np.max(d_v / np.maximum(v + eps, np.finfo(float).tiny))))
+        d_rm_before, d_rv_before = d_rm.copy(), d_rv.copy()
+        if mode == "train":
+            bms.append(d_mu + max(u_o, u_s) * np.abs(mu))
+            bfac = n / (n - 1) if (convention.batch_var_estimator == "unbiased" and n > 1) else 1.0
+            bvs.append(bfac * d_v + max(u_o, u_s) * bfac * np.abs(v))
+            if problem.track_running_stats:
+                w = trace.weights[t]
+                rm_new, rv_new = trace["running_mean"][t], trace["running_var"][t]
+                d_rm = ((1 - w) * d_rm + w * d_mu + 4 * u_c * ((1 - w) * np.abs(rm_prev) + w * np.abs(mu))
+                        + u_s * np.abs(rm_new))
+                d_rv = ((1 - w) * d_rv + w * run_fac * d_v
+                        + 4 * u_c * ((1 - w) * np.abs(rv_prev) + w * run_fac * np.abs(v)) + u_s * np.abs(rv_new))
+        rm_prev, rv_prev = trace["running_mean"][t], trace["running_var"][t]
+        rms.append(d_rm.copy())
+        rvs.append(d_rv.copy())
+        source = trace.sources[t]
+        if source == "running":
+            d_m, d_s2 = d_rm_before, d_rv_before
+        elif source == "updated":
+            d_m, d_s2 = d_rm, d_rv
+        else:
+            d_m, d_s2 = d_mu, norm_fac * d_v
+        m, s2 = ch(trace.norm_mean[t]), ch(trace.norm_var[t])
+        if u_h:
+            d_m = d_m + u_h * np.abs(trace.norm_mean[t])
+            d_s2 = d_s2 + 2 * u_h * (trace.norm_var[t] + eps)
+        r = 1.0 / np.sqrt(s2 + eps)
+        rel_s2 = ch(d_s2) / (s2 + eps)
+        y = trace["y"][t]
+        by = (gamma * r * (ch(d_m) + 0.5 * np.abs(x - m) * rel_s2)
+              + 4 * u_c * (gamma * r * (np.abs(x) + np.abs(m)) + beta) + u_o * np.abs(y))
+        ys.append(by)
+        last = dict(x=x, m=m, s2=s2, r=r, d_m=ch(d_m), d_s2=ch(d_s2), rel_s2=rel_s2, mu=ch(mu))
+
+    out: dict[str, Bound] = {}
+    stats_model = "E[x^2]-E[x]^2 (fast)" if fast else "two-pass"
+    common = dict(n=n, kappa=round(max(kappa), 4), u_compute=_u_exp(u_c), u_io=_u_exp(u_o),
+                  u_stats=_u_exp(u_s), u_params=_u_exp(u_p), u_saved=_u_exp(u_h) if u_h else None,
+                  safety=SAFETY, variance=stats_model)
+    worst_rho = max(rho_var)
+    ill = None
+    if worst_rho > ILL_POSED:
+        ill = (f"ill-posed: the variance's relative error bound reaches {worst_rho:.2g} > {ILL_POSED} "
+               f"({stats_model}, n = {n}, kappa = {max(kappa):.3g}, u = {_u_exp(u_c)}): "
+               "the first-order error model does not hold")
+
+    def put(name, arr, formula):
+        out[name] = Bound(SAFETY * np.asarray(arr, dtype=np.float64), formula, dict(common), ill)
+
+    put("y", np.stack(ys), "|gamma| r (d_m + |x-m| d_s2 / 2(s2+eps)) + 4 u_c (|gamma| r (|x|+|m|) + |beta|) + u_o |y|")
+    put("running_mean", np.stack(rms), "EMA recursion: (1-w) d_R + w d_mu + 4 u_c ((1-w)|R| + w|mu|) + u_s |R|")
+    put("running_var", np.stack(rvs), "EMA recursion: (1-w) d_R + w f d_v + 4 u_c ((1-w)|R| + w f v) + u_s |R|")
+    put("num_batches_tracked", np.zeros(problem.steps), "exact (an integer counter)")
+    if bms:
+        put("batch_mean", np.stack(bms), "d_mu = (n+1) u_c mean|x| + u |mu|")
+        put("batch_var", np.stack(bvs), f"d_v ({stats_model}) + u |v|")
+
+    # -- gradients of the last step
+    x, m, r, mu = last["x"], last["m"], last["r"], last["mu"]
+    a, c = trace.grad_weights
+    dy, vv = problem.dy, problem.v
+    ady = np.abs(dy)
+    xhat = (x - m) * r
+    xhat_mu = np.abs((x - mu) * r)
+    M1 = np.abs(np.mean(dy, axis=axes, keepdims=True))
+    M2 = np.abs(np.mean(dy * xhat, axis=axes, keepdims=True))
+    d_xhat = r * (last["d_m"] + 0.5 * np.abs(x - m) * last["rel_s2"]) + 2 * u_c * np.abs(xhat)
+    T = gamma * r * (ady + a * M1 + c * xhat_mu * M2)
+    mean = lambda z: np.mean(z, axis=axes, keepdims=True)  # noqa: E731
+    total = lambda z: np.sum(z, axis=axes)  # noqa: E731
+    b_dx = (gamma * r * (a * (n + 1) * u_c * mean(ady)
+                         + c * (d_xhat * M2 + xhat_mu * ((n + 2) * u_c * mean(np.abs(dy * xhat)) + mean(ady * d_xhat))))
+            + (4 * u_c + 2 * last["rel_s2"]) * T + u_o * np.abs(trace["dx"]))
+    put("dx", b_dx, "|gamma| r [a (n+1) u_c mean|dy| + c (d_xhat |M2| + |xhat| ((n+2) u_c mean|dy xhat| + "
+                    "mean(|dy| d_xhat)))] + (4 u_c + 2 d_s2/(s2+eps)) T + u_o |dx|")
+    put("dgamma", (n + 2) * u_c * total(np.abs(dy * xhat)) + total(ady * d_xhat) + u_p * np.abs(trace["dgamma"]),
+        "(n+2) u_c sum|dy xhat| + sum(|dy| d_xhat) + u_p |dgamma|")
+    put("dbeta", (n + 1) * u_c * total(ady) + u_p * np.abs(trace["dbeta"]), "(n+1) u_c sum|dy| + u_p |dbeta|")
+    if "d2x" in trace.quantities:
+        rho = 3 * last["rel_s2"] + 3 * r * last["d_m"]
+        big = 1 + float(np.max(np.abs(xhat)))
+        V = mean(np.abs(vv)) * big
+        D = mean(ady) * big
+        t2 = gamma * r * r * (1 + np.abs(xhat)) ** 2 * (np.abs(vv) + V) * (ady + D)
+        b_d2x = ((2 * n + 10) * u_c + rho) * t2 + u_o * np.abs(trace["d2x"])
+        if a == 0.0 and c == 0.0:
+            b_d2x = np.zeros_like(b_d2x)  # dx = gamma r dy does not depend on x: d2x is exactly 0
+        put("d2x", b_d2x, "((2n+10) u_c + rho) |gamma| r^2 (1+|xhat|)^2 (|v|+V)(|dy|+D) + u_o |d2x|"
+                          " (0 in inference: exact)")
+        rho_c = (3 * last["rel_s2"] + 3 * r * last["d_m"]).reshape(-1)
+        t2g = total(np.abs(vv) * r * (ady + a * M1 + c * xhat_mu * M2))
+        put("d2gamma", ((n + 6) * u_c + rho_c) * t2g + u_p * np.abs(trace["d2gamma"]),
+            "((n+6) u_c + rho) r sum(|v| (|dy| + a|M1| + c|xhat_mu||M2|)) + u_p |d2gamma|")
+    return out
