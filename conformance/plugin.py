@@ -1,0 +1,298 @@
+"""pytest plugin: parametrizes tests/conformance over adapters x cases x quantities and enforces verdicts.
+
+Options (each also an environment variable, for tox and CI):
+  --bn-frameworks  BNCONFORM_FRAMEWORKS  adapters, families or globs, comma separated ("all": core adapters)
+  --bn-tier        BNCONFORM_TIER        smoke | default | nightly
+  --bn-strict      BNCONFORM_STRICT=1    registered deviations that pass (XPASS) and stale entries fail
+  --bn-registry    BNCONFORM_REGISTRY    registry directory or file (default: the bundled one)
+  --bn-results     BNCONFORM_RESULTS     directory to write the results (JSONL + meta.json)
+  --bn-jobs        BNCONFORM_JOBS        adapter worker processes at a time (default: CPU count)
+  --bn-inprocess                         evaluate in this process (debugging; no isolation)
+Each test id is adapter/case-id/quantity; the verdict engine is conformance.engine.evaluate.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+STASH_KEY = pytest.StashKey["BNSession"]()
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("bnconform", "BatchNorm conformance")
+    g.addoption("--bn-frameworks", default=os.environ.get("BNCONFORM_FRAMEWORKS", "all"),
+                help="adapters, families or globs, comma separated; 'all' = core adapters")
+    g.addoption("--bn-tier", default=os.environ.get("BNCONFORM_TIER", "default"),
+                choices=["smoke", "default", "nightly"], help="case tier")
+    g.addoption("--bn-strict", action="store_true", default=_env_flag("BNCONFORM_STRICT"),
+                help="XPASS and stale registry entries fail")
+    g.addoption("--bn-registry", default=os.environ.get("BNCONFORM_REGISTRY"), help="registry dir or file")
+    g.addoption("--bn-results", default=os.environ.get("BNCONFORM_RESULTS"), help="write results to this dir")
+    g.addoption("--bn-jobs", type=int, default=int(os.environ.get("BNCONFORM_JOBS", "0") or 0),
+                help="adapter worker processes at a time (0: CPU count)")
+    g.addoption("--bn-inprocess", action="store_true", help="evaluate in the pytest process (debugging)")
+    g.addoption("--bn-case-timeout", type=float, default=300.0, help="seconds per case")
+
+
+def _selection(config):
+    from adapters import select
+
+    try:
+        return select(config.getoption("--bn-frameworks"))
+    except KeyError as e:
+        raise pytest.UsageError(str(e.args[0])) from None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "bnconform: a BatchNorm conformance check")
+    from .registry import Registry, RegistryError
+
+    try:
+        registry = Registry.load(config.getoption("--bn-registry"))
+    except RegistryError as e:
+        raise pytest.UsageError(str(e)) from None
+    config.stash[STASH_KEY] = BNSession(config, registry)
+
+
+def pytest_report_header(config):
+    from importlib.metadata import PackageNotFoundError, version
+
+    specs = _selection(config)
+    lines = [f"bnconform: tier {config.getoption('--bn-tier')}, frameworks {config.getoption('--bn-frameworks')}"
+             f"{', strict' if config.getoption('--bn-strict') else ''}"]
+    versions = {}
+    for s in specs:
+        dist = s.requires[0]
+        try:
+            versions[dist] = version({"tensorflow": "tensorflow-cpu", "haiku": "dm-haiku"}.get(dist, dist))
+        except PackageNotFoundError:
+            try:
+                versions[dist] = version(dist)
+            except PackageNotFoundError:
+                versions[dist] = "not installed"
+    lines.append("bnconform versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())))
+    avail = [s.name for s in specs if s.available()]
+    lines.append(f"bnconform adapters ({len(avail)} of {len(specs)} available): {', '.join(avail) or 'none'}")
+    return lines
+
+
+def pytest_generate_tests(metafunc):
+    if "bn_check" not in metafunc.fixturenames:
+        return
+    from .cases import cases_for_tier
+    from .engine import applicable
+
+    config = metafunc.config
+    cases = cases_for_tier(config.getoption("--bn-tier"))
+    params = []
+    for s in _selection(config):
+        missing = s.missing()
+        if missing:
+            params.append(pytest.param(("missing", s.name, f"{', '.join(missing)} not installed; {s.install}"),
+                                       id=f"{s.name}/not-installed"))
+            continue
+        for case in cases:
+            for q in applicable(case):
+                params.append(pytest.param((s.name, case.id, q), id=f"{s.name}/{case.id}/{q}",
+                                           marks=[pytest.mark.bnconform, pytest.mark.xdist_group(s.name)]))
+    if not any(p.values[0][0] != "missing" for p in params):
+        params.append(pytest.param(("none", "", f"no adapter of selection {config.getoption('--bn-frameworks')!r}"
+                                                f" is installed: nothing to check"), id="no-checks"))
+    metafunc.parametrize("bn_check", [p for p in params], indirect=False)
+
+
+def pytest_collection_finish(session):
+    bn = session.config.stash.get(STASH_KEY, None)
+    if bn is None:
+        return
+    for item in session.items:
+        spec = getattr(item, "callspec", None)
+        if spec and "bn_check" in spec.params:
+            adapter, case_id, q = spec.params["bn_check"]
+            if adapter not in ("missing", "none"):
+                bn.wanted.setdefault(adapter, [])
+                if case_id not in bn.wanted[adapter]:
+                    bn.wanted[adapter].append(case_id)
+                bn.collected += 1
+
+
+@pytest.fixture(scope="session")
+def bn_session(request) -> "BNSession":
+    bn = request.config.stash[STASH_KEY]
+    yield bn
+    bn.close()
+
+
+class BNSession:
+    """Starts adapter workers on first use and hands each test its record."""
+
+    def __init__(self, config, registry):
+        self.config = config
+        self.registry = registry
+        self.wanted: dict[str, list[str]] = {}
+        self.collected = 0
+        self.records: dict[str, dict] = {}
+        self.done_cases: set[tuple[str, str]] = set()
+        self.cond = threading.Condition()
+        self.pool = None
+        self.started: set[str] = set()
+        self.versions: dict[str, dict] = {}
+        self.stale = None
+        self.results_path = None
+        self.t0 = time.time()
+
+    # -- producing records
+    def _on_records(self, adapter: str, case_id: str, records: list[dict]) -> None:
+        with self.cond:
+            for r in records:
+                self.records[r["check_id"]] = r
+            self.done_cases.add((adapter, case_id))
+            self.cond.notify_all()
+
+    def _ensure_started(self, adapter: str) -> None:
+        if adapter in self.started:
+            return
+        self.started.add(adapter)
+        cases = self.wanted.get(adapter, [])
+        if self.config.getoption("--bn-inprocess"):
+            self._run_inprocess(adapter, cases)
+            return
+        from .worker import AdapterRun, Pool, WorkerConfig
+
+        jobs = self.config.getoption("--bn-jobs") or os.cpu_count() or 1
+        threads = max(1, (os.cpu_count() or 1) // max(1, min(jobs, len(self.wanted) or 1)))
+        cfg = WorkerConfig(registry_path=self.config.getoption("--bn-registry"), threads=threads,
+                           case_timeout=self.config.getoption("--bn-case-timeout"))
+        # Start every selected adapter now (not only this one): they run in parallel while tests wait.
+        runs = []
+        for name, ids in self.wanted.items():
+            self.started.add(name)
+            runs.append(AdapterRun(name, ids, cfg, on_records=lambda cid, recs, n=name: self._on_records(n, cid, recs),
+                                   on_event=lambda kind, info, n=name: self._on_event(n, kind, info)))
+        self.pool = Pool(runs, jobs)
+        self.pool.start()
+
+    def _on_event(self, adapter, kind, info):
+        if kind == "started":
+            self.versions[adapter] = info.get("versions", {})
+
+    def _run_inprocess(self, adapter: str, cases: list[str]) -> None:
+        from adapters import load
+
+        from .cases import case_by_id
+        from .engine import evaluate
+
+        try:
+            from .diagnose import diagnose
+        except ImportError:
+            diagnose = None
+        a = load(adapter)
+        a.setup()
+        self.versions[adapter] = a.versions()
+        for cid in cases:
+            self._on_records(adapter, cid, evaluate(a, case_by_id(cid), self.registry, diagnose=diagnose))
+
+    def record(self, adapter: str, case_id: str, quantity: str) -> dict:
+        from .engine import check_id
+
+        self._ensure_started(adapter)
+        with self.cond:
+            while (adapter, case_id) not in self.done_cases:
+                self.cond.wait(1.0)
+            return self.records[check_id(adapter, case_id, quantity)]
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.stop()
+            self.pool.join(30)
+
+    # -- enforcing a record inside a test
+    def enforce(self, rec: dict, request) -> None:
+        rec["nodeid"] = request.node.nodeid
+        request.node.user_properties.append(("bn_verdict", rec["verdict"]))
+        if rec.get("metrics"):
+            request.node.user_properties.append(("bn_ratio", rec["metrics"]["ratio"]))
+        verdict = rec["verdict"]
+        if verdict == "skip":
+            pytest.skip(rec["reason"])
+        if verdict == "error":
+            pytest.fail(f"{rec['adapter']} errored on {rec['case']}: {rec['reason']}\n{rec['message']}", pytrace=False)
+        if verdict in ("xfail", "xpass"):
+            reg = rec["registry"] or {}
+            why = f"{reg.get('id')}: {reg.get('reason')}" + (f" ({reg['link']})" if reg.get("link") else "")
+            request.applymarker(pytest.mark.xfail(reason=why, strict=self.config.getoption("--bn-strict")))
+            if verdict == "xfail":
+                pytest.fail(_message(rec), pytrace=False)
+            return  # XPASS: pytest reports it (and fails it under --bn-strict)
+        if verdict == "fail":
+            pytest.fail(_message(rec), pytrace=False)
+        # pass and characterized pass the test; characterization ratios live in the results
+
+
+def _message(rec: dict) -> str:
+    from .cases import case_by_id
+    from .messages import failure
+
+    rec_msg = failure(rec, case_by_id(rec["case"])) if rec.get("metrics") else rec.get("message") or rec["reason"]
+    return rec_msg
+
+
+def pytest_sessionfinish(session, exitstatus):
+    bn = session.config.stash.get(STASH_KEY, None)
+    if bn is None or not bn.records:
+        return
+    config = session.config
+    bn.stale = _stale(bn)
+    results = config.getoption("--bn-results")
+    if results:
+        from .results import write_results
+
+        bn.results_path = write_results(results, list(bn.records.values()), tier=config.getoption("--bn-tier"),
+                                        versions=bn.versions, source="pytest", worker=_xdist_worker(config))
+    if bn.stale and config.getoption("--bn-strict") and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    bn = config.stash.get(STASH_KEY, None)
+    if bn is None or not bn.records:
+        return
+    from collections import Counter
+
+    tr = terminalreporter
+    tr.section("bnconform")
+    by_adapter: dict[str, Counter] = {}
+    for r in bn.records.values():
+        by_adapter.setdefault(r["adapter"], Counter())[r["verdict"]] += 1
+    order = ("pass", "fail", "xfail", "xpass", "skip", "error", "characterized")
+    for name, counts in sorted(by_adapter.items()):
+        tr.write_line(f"{name:36s} " + "  ".join(f"{v} {counts[v]}" for v in order if counts[v]))
+    if bn.stale is None:
+        tr.write_line("stale registry entries: not checked (the selection ran only part of the collected checks)")
+    for e in bn.stale or []:
+        tr.write_line(f"stale registry entry {e.id} ({e.source}): matched no check. {e.reason}")
+    if bn.results_path:
+        tr.write_line(f"results written to {bn.results_path}")
+
+
+def _stale(bn):
+    """Registry entries that matched none of this session's checks; None when the session ran a subset."""
+    if bn.collected != len(bn.records):
+        return None
+    hits: dict[str, int] = {}
+    for r in bn.records.values():
+        if r.get("registry"):
+            hits[r["registry"]["id"]] = hits.get(r["registry"]["id"], 0) + 1
+    selected = {adapter: next(iter(vers.values()), "0") for adapter, vers in bn.versions.items()}
+    return bn.registry.stale(selected, hits)
+
+
+def _xdist_worker(config) -> str:
+    return getattr(config, "workerinput", {}).get("workerid", "main")

@@ -1,0 +1,258 @@
+"""One long-lived worker process per adapter, driven by a thread in the parent.
+
+Why processes: framework imports cost seconds and JIT caches matter (so one process per adapter lives for
+the whole run); Keras fixes its backend per process; and a framework that segfaults or hangs must cost only
+the check it was running. The parent thread sends one case at a time, waits with a timeout, and on a crash
+or a hang kills the process, records an error for that case, restarts the worker and goes on.
+
+Evaluation (oracle, comparison, verdict) happens in the worker too, so the parent only collects records.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+               "TF_NUM_INTEROP_THREADS", "BNCONFORM_THREADS")
+MAX_RESTARTS = 3
+
+
+def limit_threads(threads: int) -> None:
+    """Cap framework thread pools so N parallel workers do not oversubscribe the cores."""
+    for var in THREAD_VARS:
+        os.environ[var] = str(threads)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "intra_op_parallelism_threads" not in flags:
+        os.environ["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
+                                   f" intra_op_parallelism_threads={threads}").strip()
+
+
+def _worker_main(conn, adapter_name: str, registry_path: str | None, threads: int, diagnose: bool) -> None:
+    """Runs in the child: set up the adapter once, then evaluate cases until told to stop."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us cleanly
+    limit_threads(threads)
+    try:
+        from adapters import load
+
+        from .cases import case_by_id
+        from .engine import evaluate
+        from .registry import Registry
+
+        adapter = load(adapter_name)
+        adapter.setup()
+        registry = Registry.load(registry_path)
+        diagnose_fn = None
+        if diagnose:
+            try:
+                from .diagnose import diagnose as diagnose_fn
+            except ImportError:
+                diagnose_fn = None
+        conn.send(("ready", adapter.versions(), getattr(adapter, "device", "cpu")))
+    except BaseException as e:  # noqa: BLE001  setup failure is reported, not raised
+        conn.send(("setup_error", f"{type(e).__name__}: {e}", traceback.format_exc(limit=6)))
+        return
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg[0] == "stop":
+            return
+        case_id = msg[1]
+        try:
+            records = evaluate(adapter, case_by_id(case_id), registry, diagnose=diagnose_fn)
+            conn.send(("done", case_id, records))
+        except BaseException as e:  # noqa: BLE001  engine bug: report it as this case's error
+            conn.send(("failed", case_id, f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
+
+
+@dataclass
+class WorkerConfig:
+    registry_path: str | None = None
+    threads: int = 1
+    case_timeout: float = 300.0  # seconds for one case (import and setup excluded)
+    adapter_timeout: float = 3600.0  # seconds for all of one adapter's cases
+    setup_timeout: float = 300.0
+    diagnose: bool = True
+
+
+@dataclass
+class AdapterRun:
+    """Drives one adapter's worker over a list of cases; records arrive through `on_records`."""
+
+    adapter_name: str
+    case_ids: list[str]
+    config: WorkerConfig
+    on_records: Callable[[str, list[dict]], None]
+    on_event: Callable[[str, dict], None] = lambda kind, info: None
+    versions: dict = field(default_factory=dict)
+    restarts: int = 0
+    stopped: threading.Event = field(default_factory=threading.Event)
+
+    def _error_records(self, case_id: str, reason: str, detail: str = "") -> list[dict]:
+        from adapters import load
+
+        from .cases import case_by_id
+        from .engine import records_for
+
+        adapter = load(self.adapter_name)
+        version = self.versions.get(adapter.framework, "") or _dist_version(adapter.framework)
+        return records_for(adapter, case_by_id(case_id), "error", reason, version, message=detail or reason)
+
+    def _start(self):
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_worker_main, name=f"bnconform[{self.adapter_name}]",
+                           args=(child, self.adapter_name, self.config.registry_path, self.config.threads,
+                                 self.config.diagnose), daemon=True)
+        proc.start()
+        child.close()
+        if not parent.poll(self.config.setup_timeout):
+            _kill(proc)
+            return None, None, f"worker did not start within {self.config.setup_timeout:.0f} s"
+        try:
+            msg = parent.recv()
+        except (EOFError, OSError):
+            proc.join(5)
+            return None, None, f"worker died during setup (exit code {proc.exitcode})"
+        if msg[0] == "setup_error":
+            proc.join(5)
+            return None, None, f"adapter setup failed: {msg[1]}\n{msg[2]}"
+        self.versions = msg[1]
+        return proc, parent, None
+
+    def _wait(self, conn, timeout: float) -> bool:
+        """Wait for the worker's answer, waking up to notice a stop request."""
+        end = time.monotonic() + timeout
+        while not self.stopped.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            if conn.poll(min(0.2, left)):
+                return True
+        return False
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.config.adapter_timeout
+        pending = list(self.case_ids)
+        proc = conn = None
+        try:
+            while pending and not self.stopped.is_set():
+                if proc is None:
+                    proc, conn, err = self._start()
+                    if err:
+                        for cid in pending:
+                            self.on_records(cid, self._error_records(cid, err.splitlines()[0], err))
+                        return
+                    self.on_event("started", {"versions": self.versions})
+                case_id = pending[0]
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    for cid in pending:
+                        self.on_records(cid, self._error_records(
+                            cid, f"adapter timeout: {self.config.adapter_timeout:.0f} s spent before this case"))
+                    return
+                conn.send(("eval", case_id))
+                timeout = min(self.config.case_timeout, remaining)
+                reason = None
+                if self._wait(conn, timeout):
+                    try:
+                        msg = conn.recv()
+                    except (EOFError, OSError):
+                        proc.join(5)
+                        reason = f"worker crashed (exit code {proc.exitcode}{_signal_name(proc.exitcode)})"
+                    else:
+                        pending.pop(0)
+                        if msg[0] == "done":
+                            self.on_records(case_id, msg[2])
+                        else:
+                            self.on_records(case_id, self._error_records(case_id, msg[2], msg[3]))
+                        continue
+                elif self.stopped.is_set():
+                    return  # interrupted: the case in flight is simply not recorded
+                else:
+                    reason = f"timed out after {timeout:.0f} s"
+                # crash or hang: this case is an error, the rest continue in a fresh worker
+                _kill(proc)
+                proc = conn = None
+                pending.pop(0)
+                self.on_records(case_id, self._error_records(case_id, reason))
+                self.restarts += 1
+                self.on_event("restart", {"case": case_id, "reason": reason})
+                if self.restarts > MAX_RESTARTS:
+                    for cid in pending:
+                        self.on_records(cid, self._error_records(
+                            cid, f"adapter abandoned after {MAX_RESTARTS} worker failures (last: {reason})"))
+                    return
+        finally:
+            if conn is not None and not self.stopped.is_set():
+                try:
+                    conn.send(("stop",))
+                except (OSError, BrokenPipeError):
+                    pass
+                proc.join(10)
+            _kill(proc)
+            self.on_event("finished", {})
+
+
+def _kill(proc) -> None:
+    if proc is not None and proc.is_alive():
+        proc.kill()
+        proc.join(5)
+
+
+def _signal_name(code) -> str:
+    import signal
+
+    if code is not None and code < 0:
+        try:
+            return f", {signal.Signals(-code).name}"
+        except ValueError:
+            return ""
+    return ""
+
+
+def _dist_version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return ""
+
+
+class Pool:
+    """Runs several AdapterRuns, at most `jobs` at a time, each in its own thread."""
+
+    def __init__(self, runs: Iterable[AdapterRun], jobs: int):
+        self.runs = list(runs)
+        self.slots = threading.Semaphore(max(1, jobs))
+        self.threads: list[threading.Thread] = []
+
+    def _drive(self, run: AdapterRun) -> None:
+        with self.slots:
+            if not run.stopped.is_set():
+                run.run()
+
+    def start(self) -> None:
+        for run in self.runs:
+            t = threading.Thread(target=self._drive, args=(run,), name=f"drive[{run.adapter_name}]", daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def stop(self) -> None:
+        for run in self.runs:
+            run.stopped.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        end = None if timeout is None else time.monotonic() + timeout
+        for t in self.threads:
+            t.join(None if end is None else max(0.0, end - time.monotonic()))
+        return not any(t.is_alive() for t in self.threads)

@@ -1,0 +1,15 @@
+"""The conformance suite: one test per adapter x case x quantity (ids: adapter/case-id/quantity).
+
+Which adapters and cases run is chosen by the bnconform pytest plugin's options (see conformance.plugin);
+the verdict itself comes from conformance.engine.evaluate, run in one worker process per adapter.
+"""
+import pytest
+
+
+def test_batchnorm(bn_check, bn_session, request):
+    adapter, case_id, quantity = bn_check
+    if adapter == "missing":
+        pytest.skip(quantity)
+    if adapter == "none":
+        pytest.fail(f"collected zero checks: {quantity}", pytrace=False)
+    bn_session.enforce(bn_session.record(adapter, case_id, quantity), request)
