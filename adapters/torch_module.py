@@ -1,0 +1,124 @@
+"""torch.nn.BatchNorm{1,2,3}d: the module, its buffers and num_batches_tracked."""
+from __future__ import annotations
+
+from reference import QUANTITIES, Problem
+
+from . import torch_common as tc
+from .base import Adapter, Observation
+
+_CLASS = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
+
+
+class TorchModule(Adapter):
+    name = "torch.nn.BatchNorm"
+    framework = "torch"
+    api = "torch.nn.BatchNorm{1,2,3}d"
+    convention = tc.TORCH_CONVENTION
+    channel_axes = "first"
+    quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var"}
+    single_element_training = "raises"  # _verify_batch_size: "Expected more than 1 value per channel"
+    source = tc.SOURCE
+
+    def precision(self, problem: Problem):
+        return tc.precision(problem)
+
+    def setup(self) -> None:
+        self.torch = tc.import_torch()
+        self.device = tc.device()
+
+    def unsupported(self, problem: Problem) -> str | None:
+        if problem.memory_format == "channels_last" and len(problem.shape) not in (4, 5):
+            return "channels_last memory format exists for 4-D and 5-D tensors only"
+        return super().unsupported(problem)
+
+    def native_config(self, problem: Problem) -> dict[str, object]:
+        cfg: dict[str, object] = {"num_features": problem.channels}
+        if not problem.use_defaults:
+            cfg["eps"] = problem.eps
+            cfg["momentum"] = self.native_momentum(problem)
+        cfg["affine"] = problem.affine
+        cfg["track_running_stats"] = problem.track_running_stats
+        return cfg
+
+    def run(self, p: Problem) -> Observation:
+        torch = self.torch
+        dt = getattr(torch, p.dtype)
+        module = getattr(torch.nn, _CLASS[len(p.shape)])(**self.native_config(p)).to(self.device, dt)
+        with torch.no_grad():
+            if p.affine:
+                module.weight.copy_(torch.tensor(p.gamma))
+                module.bias.copy_(torch.tensor(p.beta))
+            if p.track_running_stats:
+                module.running_mean.copy_(torch.tensor(p.running_mean))
+                module.running_var.copy_(torch.tensor(p.running_var))
+        fmt = tc.memory_format(torch, p)
+        obs = Observation(facts={"device": self.device, "module": _CLASS[len(p.shape)]})
+        ys, means, vars_, counts = [], [], [], []
+        grads = self.wants_gradients(p)
+        for k, (x, mode) in enumerate(zip(p.xs, p.modes)):
+            module.train(mode == "train")
+            xt = torch.tensor(x).to(self.device, dt)
+            if fmt is not None:
+                xt = xt.contiguous(memory_format=fmt)
+            xt.requires_grad_(grads and k == p.steps - 1)
+            try:
+                y = module(xt)
+            except ValueError as e:  # one value per channel in training: documented refusal
+                obs.raised = str(e)
+                return obs
+            ys.append(y)
+            if p.track_running_stats:
+                means.append(module.running_mean.clone())
+                vars_.append(module.running_var.clone())
+                counts.append(module.num_batches_tracked.clone())
+        tc.put(obs, "y", ys)
+        if p.track_running_stats:
+            tc.put(obs, "running_mean", means)
+            tc.put(obs, "running_var", vars_)
+            tc.put(obs, "num_batches_tracked", counts)
+        if grads:
+            params = [module.weight, module.bias] if p.affine else []
+            to = lambda a: torch.tensor(a).to(self.device, dt)  # noqa: E731
+            tc.gradients(torch, obs, ys[-1], xt, params, to(p.dy), to(p.v), self.wants_second_order(p))
+        for q in ("batch_mean", "batch_var"):
+            obs.unsupported[q] = "torch.nn.BatchNorm does not expose the batch statistics"
+        return obs
+
+    def snippet(self, p: Problem) -> str:
+        cfg = ", ".join(f"{k}={v!r}" for k, v in self.native_config(p).items())
+        fmt = {4: "channels_last", 5: "channels_last_3d"}.get(len(p.shape)) if p.memory_format != "contiguous" \
+            else None
+        lines = [
+            "import torch",
+            f"dt = torch.{p.dtype}",
+            f"bn = torch.nn.{_CLASS[len(p.shape)]}({cfg}).to(dtype=dt)",
+            "with torch.no_grad():",
+        ]
+        if p.affine:
+            lines += ["    bn.weight.copy_(torch.tensor(p.gamma)); bn.bias.copy_(torch.tensor(p.beta))"]
+        if p.track_running_stats:
+            lines += ["    bn.running_mean.copy_(torch.tensor(p.running_mean))",
+                      "    bn.running_var.copy_(torch.tensor(p.running_var))"]
+        else:
+            lines += ["    pass"]
+        lines += [
+            "ys, means, vars_ = [], [], []",
+            "for k, (x, mode) in enumerate(zip(p.xs, p.modes)):",
+            "    bn.train(mode == 'train')",
+            "    xt = torch.tensor(x).to(dt)" + (f".contiguous(memory_format=torch.{fmt})" if fmt else ""),
+            "    xt.requires_grad_(k == len(p.xs) - 1)",
+            "    y = bn(xt)",
+            "    ys.append(y.detach().double().numpy())",
+        ]
+        if p.track_running_stats:
+            lines += ["    means.append(bn.running_mean.double().numpy().copy())",
+                      "    vars_.append(bn.running_var.double().numpy().copy())"]
+        lines += ["observed = {'y': np.stack(ys)}"]
+        if p.track_running_stats:
+            lines += ["observed.update(running_mean=np.stack(means), running_var=np.stack(vars_))"]
+        params = ", bn.weight, bn.bias" if p.affine else ""
+        lines += [f"g = torch.autograd.grad(y, (xt{params}), torch.tensor(p.dy).to(dt))",
+                  "observed['dx'] = g[0].double().numpy()"]
+        if p.affine:
+            lines += ["observed.update(dgamma=g[1].double().numpy(), dbeta=g[2].double().numpy())"]
+        return "\n".join(lines)
