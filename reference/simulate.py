@@ -153,6 +153,11 @@ def simulate(problem: Problem, convention: Convention, compute_dtype: str | None
         b_axes = tuple(a + 1 for a in axes)
         stats = _keepdims_moments(xb, b_axes)
         nb = _normalizer(xb, axis + 1, n, mode, before, convention, eps, track, blend, stats)
+        # A statistic the backward does not differentiate is a constant at every order (stop_gradient):
+        # the perturbed inputs must not move it either.
+        if nb.a == 0.0 or nb.c == 0.0:
+            nb = nz.Normalizer(norm.m[None] if nb.a == 0.0 else nb.m, norm.s2[None] if nb.c == 0.0 else nb.s2,
+                               nb.mu, nb.a, nb.c, nb.eps, nb.eps_placement)
         return nz.backward(xb, problem.dy, gb, nb, b_axes, n)[0]
 
     if second_order:
