@@ -13,17 +13,34 @@ from conformance.cases import cases_for_tier  # noqa: E402
 from conformance.engine import evaluate  # noqa: E402
 from conformance.registry import Registry  # noqa: E402
 
+from conformance.diagnose import diagnose  # noqa: E402
+
 from .planted import BUGS, HandWrittenTorchBN  # noqa: E402
+
+# The hypothesis (conformance.hypotheses) that names each planted bug.
+DIAGNOSIS = {
+    "momentum_flipped": "momentum_flipped",
+    "biased_running_var": "running_var_biased",
+    "unbiased_normalization": "normalize_unbiased",
+    "eps_outside_sqrt": "outside_sqrt",
+    "wrong_axes": "axis=3",
+    "no_grad_mean": "no_grad_mean",
+    "no_grad_var": "no_grad_var",
+    "keras_eps": "eps=0.001",
+    "float16_stats": "stats_float16",
+    "cumulative_off_by_one": "count_offset+1",
+    "stats_not_constant_in_eval": "eval_uses_batch_stats",
+}
 
 REGISTRY = Registry.load()
 caught_by: dict[str, list[str]] = defaultdict(list)
 
 
-def _verdicts(adapter):
+def _verdicts(adapter, diagnose_failures=False):
     adapter.setup()
     out = []
     for case in cases_for_tier("default"):
-        out += evaluate(adapter, case, REGISTRY)
+        out += evaluate(adapter, case, REGISTRY, diagnose=diagnose if diagnose_failures else None)
     return out
 
 
@@ -36,11 +53,14 @@ def print_catch_table():
 
 
 @pytest.mark.parametrize("bug", sorted(BUGS))
-def test_planted_bug_is_caught(bug):
-    records = _verdicts(HandWrittenTorchBN(bug))
-    failing = [f"{r['case']}/{r['quantity']}" for r in records if r["verdict"] == "fail"]
-    caught_by[bug] = failing
+def test_planted_bug_is_caught_and_diagnosed_by_name(bug):
+    records = _verdicts(HandWrittenTorchBN(bug), diagnose_failures=True)
+    failing = [r for r in records if r["verdict"] == "fail"]
+    caught_by[bug] = [f"{r['case']}/{r['quantity']}" for r in failing]
     assert failing, f"planted bug {bug!r} ({BUGS[bug]}) passed the whole default tier"
+    misnamed = [f"{r['case']}/{r['quantity']}: {r['diagnosis']['summary']}" for r in failing
+                if r["diagnosis"]["hypothesis"] != DIAGNOSIS[bug]]
+    assert not misnamed, "\n".join(misnamed)
 
 
 @pytest.mark.parametrize("name", ["control", "torch.nn.BatchNorm", "torch.nn.functional.batch_norm"])
