@@ -42,6 +42,71 @@ def _cmd_oracle(args) -> int:
     return 0
 
 
+def _cmd_port(args) -> int:
+    from .port import port
+
+    momentum, given = None, False
+    if args.momentum is not None:
+        given = True
+        if args.momentum.lower() not in ("none", "cumulative"):
+            try:
+                momentum = float(args.momentum)
+            except ValueError:
+                raise UsageError(f"bnconform port: --momentum must be a number or 'none', not {args.momentum!r}")
+    print(port(args.source, args.target, momentum=momentum, eps=args.eps, momentum_given=given).text())
+    return 0
+
+
+def _cmd_conventions(args) -> int:
+    import os
+
+    from adapters import select
+
+    from .cases import CASES
+    from .infer import BY_CASE_KNOB, EVAL_GRADIENT_CASE, table
+    from .worker import AdapterRun, Pool, WorkerConfig
+
+    specs = select(args.frameworks)
+    missing = [s for s in specs if not s.available()]
+    for s in missing:
+        print(f"skip {s.name}: {', '.join(s.missing())} not installed ({s.install})", file=sys.stderr)
+    cases = [c.id for c in CASES.values() if c.knob in BY_CASE_KNOB or c.knob == "eps"] + [EVAL_GRADIENT_CASE]
+    records: list[dict] = []
+    jobs = args.jobs or os.cpu_count() or 1
+    cfg = WorkerConfig(registry_path=args.registry, threads=max(1, (os.cpu_count() or 1) // jobs))
+    runs = [AdapterRun(s.name, cases, cfg, on_records=lambda cid, recs: records.extend(recs))
+            for s in specs if s.available()]
+    pool = Pool(runs, jobs)
+    pool.start()
+    try:
+        pool.join()
+    except KeyboardInterrupt:
+        pool.stop()
+        raise
+    t = table(records)
+    _print_table(t)
+    for line in t["disagreements"]:
+        print(f"finding: {line}")
+    return 0
+
+
+def _print_table(t: dict) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # plain text when rich is absent
+        print(t["title"])
+        for row in [t["columns"]] + t["rows"]:
+            print(" | ".join(str(c) for c in row))
+        return
+    table = Table(title=t["title"], caption=t.get("description"), show_lines=False)
+    for c in t["columns"]:
+        table.add_column(c, overflow="fold")
+    for row in t["rows"]:
+        table.add_row(*[str(c) for c in row])
+    Console(width=max(160, len(t["columns"]) * 16)).print(table)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bnconform", description="Cross-framework BatchNorm conformance suite.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -52,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("case", nargs="*", help="case ids (default: every case of --tier)")
     o.add_argument("--tier", default="smoke", choices=["smoke", "default", "nightly"])
     o.set_defaults(func=_cmd_oracle)
+    pt = sub.add_parser("port", help="map BatchNorm hyperparameters from one framework to another")
+    pt.add_argument("--from", dest="source", required=True, help="source framework or adapter (torch, keras, ...)")
+    pt.add_argument("--to", dest="target", required=True, help="target framework or adapter")
+    pt.add_argument("--momentum", help="source's momentum in its own native form ('none': cumulative average); "
+                                       "default: the source's default")
+    pt.add_argument("--eps", type=float, help="eps (default: the source's default)")
+    pt.set_defaults(func=_cmd_port)
+    cv = sub.add_parser("conventions", help="declared vs inferred conventions of the installed frameworks")
+    cv.add_argument("--frameworks", default="all", help="adapters, families or globs (default: all core)")
+    cv.add_argument("--jobs", type=int, default=0, help="worker processes at a time (default: CPU count)")
+    cv.add_argument("--registry", default=None, help="registry dir or file")
+    cv.set_defaults(func=_cmd_conventions)
     return p
 
 

@@ -32,8 +32,13 @@ class Evaluation:
 
 
 def ratios_under(adapter, problem, convention, obs, compute_dtype=None, quantities=None) -> dict[str, float]:
-    """Observed/bound ratio of each observed quantity when the oracle runs `convention` on `problem`."""
-    wanted = [q for q in (quantities or obs.values) if q in obs.values]
+    """Observed/bound ratio of each observed quantity when the oracle runs `convention` on `problem`.
+    A name "q@k" restricts q to its step k (the first axis of per-step quantities)."""
+    steps = {}
+    for name in quantities or obs.values:
+        q, _, k = name.partition("@")
+        steps[q] = int(k) if k else None
+    wanted = [q for q in steps if q in obs.values]
     second = any(q in SECOND_ORDER for q in wanted)
     try:
         with np.errstate(all="ignore"):  # hypotheses may overflow a narrow format: that is a misfit, not an error
@@ -48,9 +53,12 @@ def ratios_under(adapter, problem, convention, obs, compute_dtype=None, quantiti
         if np.shape(trace[q]) != np.shape(obs.values[q]):
             out[q] = float("inf")
             continue
+        exp, got, bound = trace[q], obs.values[q], np.broadcast_to(bounds[q].values, np.shape(trace[q]))
+        if steps[q] is not None:
+            exp, got, bound = exp[steps[q]:steps[q] + 1], got[steps[q]:steps[q] + 1], bound[steps[q]:steps[q] + 1]
         with np.errstate(all="ignore"):
-            c = compare(q, trace[q], obs.values[q], bounds[q].values, expected_dtype=obs.dtypes[q],
-                        observed_dtype=obs.dtypes[q], axis=problem.axis)
+            c = compare(q, exp, got, bound, expected_dtype=obs.dtypes[q], observed_dtype=obs.dtypes[q],
+                        axis=problem.axis)
         out[q] = c.ratio if c.problem is None else float("inf")
     return out
 

@@ -71,6 +71,7 @@ def _base(adapter, case: Case, quantity: str, version: str, device: str) -> dict
         "values": None,
         "repro": None,
         "diagnosis": None,
+        "evidence": None,
         "seconds": 0.0,
     }
 
@@ -97,8 +98,12 @@ def records_for(adapter, case: Case, verdict: str, reason: str, version: str = "
     return out
 
 
-def evaluate(adapter, case: Case, registry: Registry | None = None, *, diagnose=None) -> list[dict]:
-    """All check records of `case` on `adapter` (whose setup() has run)."""
+def evaluate(adapter, case: Case, registry: Registry | None = None, *, diagnose=None, evidence=None) -> list[dict]:
+    """All check records of `case` on `adapter` (whose setup() has run).
+
+    diagnose(adapter, problem, quantity, obs, trace, bounds) -> dict explains a failing check;
+    evidence(adapter, case, problem, obs) -> dict | None is what the case says about the adapter's conventions
+    (conformance.infer); both are optional so the engine does not depend on them."""
     registry = registry or Registry([])
     version = adapter.versions().get(adapter.framework, "unknown")
     device = getattr(adapter, "device", "cpu")
@@ -130,7 +135,12 @@ def evaluate(adapter, case: Case, registry: Registry | None = None, *, diagnose=
         return _edge_records(adapter, case, problem, obs, registry, version, device, seconds, single)
 
     ctx = _Context(adapter, case, problem, obs, registry, version, device, seconds, diagnose)
-    return [ctx.check(q) for q in quantities]
+    records = [ctx.check(q) for q in quantities]
+    if evidence is not None:
+        ev = evidence(adapter, case, problem, obs)
+        for r in records:
+            r["evidence"] = ev
+    return records
 
 
 class _Context:

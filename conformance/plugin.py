@@ -189,15 +189,15 @@ class BNSession:
         from .cases import case_by_id
         from .engine import evaluate
 
-        try:
-            from .diagnose import diagnose
-        except ImportError:
-            diagnose = None
+        from .diagnose import diagnose
+        from .infer import evidence
+
         a = load(adapter)
         a.setup()
         self.versions[adapter] = a.versions()
         for cid in cases:
-            self._on_records(adapter, cid, evaluate(a, case_by_id(cid), self.registry, diagnose=diagnose))
+            self._on_records(adapter, cid, evaluate(a, case_by_id(cid), self.registry, diagnose=diagnose,
+                                                    evidence=evidence))
 
     def record(self, adapter: str, case_id: str, quantity: str) -> dict:
         from .engine import check_id

@@ -48,12 +48,10 @@ def _worker_main(conn, adapter_name: str, registry_path: str | None, threads: in
         adapter = load(adapter_name)
         adapter.setup()
         registry = Registry.load(registry_path)
-        diagnose_fn = None
+        diagnose_fn = evidence_fn = None
         if diagnose:
-            try:
-                from .diagnose import diagnose as diagnose_fn
-            except ImportError:
-                diagnose_fn = None
+            from .diagnose import diagnose as diagnose_fn
+            from .infer import evidence as evidence_fn
         conn.send(("ready", adapter.versions(), getattr(adapter, "device", "cpu")))
     except BaseException as e:  # noqa: BLE001  setup failure is reported, not raised
         conn.send(("setup_error", f"{type(e).__name__}: {e}", traceback.format_exc(limit=6)))
@@ -65,12 +63,53 @@ def _worker_main(conn, adapter_name: str, registry_path: str | None, threads: in
             return
         if msg[0] == "stop":
             return
+        if msg[0] == "observe":  # raw arrays for cross-adapter comparisons (porting): msg[1] is a Case
+            conn.send(_observe(adapter, msg[1]))
+            continue
         case_id = msg[1]
         try:
-            records = evaluate(adapter, case_by_id(case_id), registry, diagnose=diagnose_fn)
+            records = evaluate(adapter, case_by_id(case_id), registry, diagnose=diagnose_fn, evidence=evidence_fn)
             conn.send(("done", case_id, records))
         except BaseException as e:  # noqa: BLE001  engine bug: report it as this case's error
             conn.send(("failed", case_id, f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
+
+
+def _observe(adapter, case) -> tuple:
+    """("observed", values, dtypes, unsupported, raised, native_config) or ("failed", reason, traceback)."""
+    from .inputs import materialize
+
+    try:
+        problem = materialize(case)
+        why = adapter.unsupported(problem)
+        if why:
+            return ("unsupported", why)
+        obs = adapter.run(problem)
+        return ("observed", obs.values, obs.dtypes, obs.unsupported, obs.raised, adapter.native_config(problem))
+    except Exception as e:  # noqa: BLE001
+        return ("failed", f"{type(e).__name__}: {e}", traceback.format_exc(limit=6))
+
+
+def observe(adapter_name: str, cases: list, config: "WorkerConfig") -> dict:
+    """Run `cases` (Case objects) on one adapter in a fresh worker; {case.id: reply tuple}."""
+    run = AdapterRun(adapter_name, [], config, on_records=lambda cid, recs: None)
+    proc, conn, err = run._start()
+    if err:
+        return {c.id: ("failed", err.splitlines()[0], err) for c in cases}
+    out = {}
+    try:
+        for case in cases:
+            conn.send(("observe", case))
+            if not conn.poll(config.case_timeout):
+                out[case.id] = ("failed", f"timed out after {config.case_timeout:.0f} s", "")
+                break
+            out[case.id] = conn.recv()
+        conn.send(("stop",))
+        proc.join(10)
+    except (EOFError, OSError) as e:
+        out.update({c.id: ("failed", f"worker died: {e}", "") for c in cases if c.id not in out})
+    finally:
+        _kill(proc)
+    return out
 
 
 @dataclass

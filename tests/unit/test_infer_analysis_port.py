@@ -1,0 +1,95 @@
+"""Convention inference, the cross-framework tables and porting, on planted bugs and framework-free fakes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conformance.analysis import defaults_hazard, equivalence, explain
+from conformance.cases import CASES, cases_for_tier
+from conformance.engine import evaluate
+from conformance.infer import BY_CASE_KNOB, EVAL_GRADIENT_CASE, evidence, table
+from conformance.inputs import materialize
+from conformance.port import port_case, residuals_between
+from reference import Convention
+
+from .fakes import OracleAdapter
+
+TORCH = Convention()
+KERAS = Convention(momentum_form="weight_on_old", default_momentum=0.99, default_eps=1e-3, running_var="biased")
+KNOB_CASES = [c for c in CASES.values() if c.knob in BY_CASE_KNOB or c.knob == "eps"] + [CASES[EVAL_GRADIENT_CASE]]
+
+
+class FakeKeras(OracleAdapter):
+    convention = KERAS
+
+
+def _records(adapters, cases=None):
+    out = []
+    for a in adapters:
+        a.setup()
+        for c in cases or cases_for_tier("default"):
+            out += evaluate(a, c, evidence=evidence)
+    return out
+
+
+def test_conforming_adapters_agree_with_their_declarations():
+    t = table(_records([OracleAdapter(name="fake.torch"), FakeKeras(name="fake.keras")], KNOB_CASES))
+    assert t["disagreements"] == []
+    row = dict(zip(t["columns"], next(r for r in t["rows"] if r[0] == "fake.keras")))
+    assert row["running variance"] == "biased ✓" and row["effective eps"] == "0.001 ✓"
+
+
+EXPECTED_FINDING = {
+    "momentum_flipped": "momentum form declared weight_on_new, observed weight_on_old",
+    "biased_running_var": "running variance declared unbiased, observed biased",
+    "unbiased_normalization": "training normalizes with declared biased, observed unbiased",
+    "eps_outside_sqrt": "eps placement declared inside_sqrt, observed outside_sqrt",
+    "float16_stats": "running statistics stored in declared input dtype, observed float16",
+    "stats_not_constant_in_eval": "inference gradient declared statistics constant, observed through batch statistics",
+}
+
+
+@pytest.mark.parametrize("bug", sorted(EXPECTED_FINDING))
+def test_inference_names_the_planted_deviation(bug):
+    pytest.importorskip("torch")
+    from .planted import HandWrittenTorchBN
+
+    t = table(_records([HandWrittenTorchBN(bug)], KNOB_CASES))
+    assert f"planted.{bug}: {EXPECTED_FINDING[bug]}" in t["disagreements"]
+
+
+def test_equivalence_names_the_knob_behind_each_difference():
+    case = CASES["f32-4x3x2x3-ax1-T3E-a0.1-eps1e-05-rstats-s0"]
+    recs = _records([OracleAdapter(name="torch.nn.BatchNorm"), FakeKeras(name="fake.keras")], [case])
+    rows = {r[0]: r for r in equivalence(recs, {"torch.nn.BatchNorm": TORCH, "fake.keras": KERAS})[0]["rows"]}
+    assert "running var unbiased vs biased" in rows["fake.keras"][3]  # running_var column
+    assert rows["fake.keras"][2].endswith("(rounding)") or rows["fake.keras"][2] == "0"  # running_mean: same
+
+
+def test_defaults_hazard_lists_every_default_that_matters():
+    case = CASES["f32-4x3x2x3-ax1-T3E-defaults-sc0.03-s0"]
+    recs = _records([OracleAdapter(name="torch.nn.BatchNorm"), FakeKeras(name="fake.keras")], [case])
+    t = defaults_hazard(recs, {"torch.nn.BatchNorm": TORCH, "fake.keras": KERAS})[0]
+    why = {r[0]: r[-1] for r in t["rows"]}["fake.keras"]
+    assert "eps 1e-05 vs 0.001" in why and "running var unbiased vs biased" in why and "0.1 vs 0.01" in why
+
+
+def test_explain_ignores_knobs_that_do_not_change_the_quantity():
+    p = materialize(CASES["f32-4x3x2x3-ax1-T3E-a0.1-eps1e-05-rstats-s0"])
+    assert explain(p, TORCH, KERAS, "running_mean") == []
+    assert explain(p, TORCH, KERAS, "running_var") == ["running var unbiased vs biased"]
+
+
+def test_port_residual_of_the_running_variance_estimator_is_the_bessel_factor():
+    problem = materialize(port_case(0.1, 1e-5))
+    (r,) = residuals_between(problem, TORCH, KERAS, "torch", "keras")
+    assert r.knob == "running_var" and "n/(n-1) = 1.002" in r.sentence
+    # three updates at alpha 0.1 from random initial statistics, each short by alpha*var/(n-1)
+    assert 1e-4 < r.effect["running_var"] < 1e-3 and "running_mean" not in r.effect
+
+
+def test_port_cli_usage_errors():
+    from conformance.cli import main
+
+    assert main(["port", "--from", "caffe", "--to", "torch"]) == 2
+    assert main(["port", "--from", "torch", "--to", "torch.functional", "--momentum", "fast"]) == 2
