@@ -1,0 +1,104 @@
+"""flax.linen.BatchNorm: the module applied with a mutable `batch_stats` collection, both variance algorithms."""
+from __future__ import annotations
+
+from reference import QUANTITIES, Convention, Problem
+
+from . import jax_common as jc
+from .jax_repro import snippet
+from .base import Adapter, Observation, Precision
+
+# flax/linen/normalization.py (flax 0.12): BatchNorm(momentum=0.99, epsilon=1e-5) keeps
+# ra = momentum * ra + (1 - momentum) * batch (weight on the old value) with the biased batch variance;
+# _compute_stats: use_fast_variance=True (default) is var = max(0, E[x^2] - E[x]^2), False is two-pass
+# E[(x - E[x])^2]; both promote the input to at least float32 first (force_float32_reductions=True).
+# _normalize: y = (x - mean) * (rsqrt(var + eps) * scale) + bias, cast to `dtype` at the end. Inference
+# (use_running_average=True) normalizes with the stored statistics, which stay float32 for float16/bfloat16.
+SOURCE = "flax/linen/normalization.py (BatchNorm, _compute_stats, _normalize)"
+FAST = Convention(momentum_form="weight_on_old", default_momentum=0.99, default_eps=1e-5, running_var="biased",
+                  averaging="ema", variance="fast_clamped")
+
+
+class FlaxLinen(Adapter):
+    framework = "flax"
+    api = "flax.linen.BatchNorm"
+    channel_axes = "any"
+    quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var", "num_batches_tracked"}
+    source = SOURCE
+
+    def __init__(self, use_fast_variance: bool = True):
+        self.use_fast_variance = use_fast_variance
+        self.name = "flax.linen" if use_fast_variance else "flax.linen.two_pass"
+        self.convention = FAST if use_fast_variance else FAST.with_(variance="two_pass")
+
+    def setup(self) -> None:
+        self.jax = jc.import_jax()
+        import flax.linen as nn
+
+        self.nn = nn
+        self.jitted = jc.Jitted(self.jax)
+        self.modules: dict = {}
+        self.device = jc.device(self.jax)
+
+    def precision(self, problem: Problem) -> Precision:
+        # statistics, normalization and stored running statistics in promote_types(dtype, float32);
+        # scale and bias in param_dtype (= the case dtype here); the result cast to dtype.
+        c = jc.wider(problem.dtype)
+        return Precision(io=problem.dtype, compute=c, stats=c, params=problem.dtype)
+
+    def unsupported(self, problem: Problem) -> str | None:
+        if problem.momentum is None and not problem.use_defaults:
+            return "flax BatchNorm has no cumulative average (momentum is always an EMA decay)"
+        if problem.memory_format != "contiguous":
+            return "JAX arrays have no memory format; the case would repeat the contiguous one"
+        return super().unsupported(problem)
+
+    def native_config(self, problem: Problem) -> dict[str, object]:
+        cfg: dict[str, object] = {}
+        if not problem.use_defaults:
+            cfg["momentum"] = self.native_momentum(problem)
+            cfg["epsilon"] = problem.eps
+        cfg.update(axis=problem.axis, use_fast_variance=self.use_fast_variance, use_bias=problem.affine,
+                   use_scale=problem.affine, dtype=problem.dtype, param_dtype=problem.dtype)
+        return cfg
+
+    def _apply(self, p: Problem):
+        cfg = self.native_config(p)
+        key = tuple(sorted(cfg.items()))
+        if key not in self.modules:
+            jnp = self.jax.numpy
+            bn = self.nn.BatchNorm(**{**cfg, "dtype": getattr(jnp, p.dtype), "param_dtype": getattr(jnp, p.dtype)})
+
+            def apply(params, state, x, train):
+                prm = {"scale": params["gamma"], "bias": params["beta"]} if params else {}
+                y, upd = bn.apply({"params": prm, "batch_stats": state}, x, use_running_average=not train,
+                                  mutable=["batch_stats"])
+                return y, upd["batch_stats"]
+            self.modules[key] = apply
+        return key, self.modules[key]
+
+    def run(self, p: Problem) -> Observation:
+        key, apply = self._apply(p)
+        stats = jc.wider(p.dtype)  # the dtype flax's own init and update give batch_stats
+        state = {"mean": jc.to_jax(self.jax, p.running_mean, stats), "var": jc.to_jax(self.jax, p.running_var, stats)}
+        obs = Observation(facts={"device": self.device, "use_fast_variance": str(self.use_fast_variance)})
+        jc.run(self, p, key, apply, jc.initial_params(self.jax, p, p.dtype), state,
+               lambda s: {"running_mean": s["mean"], "running_var": s["var"]}, obs)
+        for q in ("batch_mean", "batch_var"):
+            obs.unsupported[q] = "flax.linen.BatchNorm does not return the batch statistics"
+        obs.unsupported["num_batches_tracked"] = "flax.linen.BatchNorm keeps no step counter"
+        return obs
+
+    def snippet(self, p: Problem) -> str:
+        cfg = ", ".join(f"{k}={v!r}" for k, v in self.native_config(p).items() if k not in ("dtype", "param_dtype"))
+        s = jc.wider(p.dtype)
+        return snippet(p, [
+            "import flax.linen as nn",
+            f"bn = nn.BatchNorm({cfg}, dtype=dt, param_dtype=dt)",
+            "def apply(params, state, x, train):",
+            "    prm = {'scale': params['gamma'], 'bias': params['beta']} if params else {}",
+            "    y, upd = bn.apply({'params': prm, 'batch_stats': state}, x, use_running_average=not train,",
+            "                      mutable=['batch_stats'])",
+            "    return y, upd['batch_stats']",
+        ], "{'gamma': cast(p.gamma, dt), 'beta': cast(p.beta, dt)}",
+            f"{{'mean': cast(p.running_mean, jnp.{s}), 'var': cast(p.running_var, jnp.{s})}}",
+            "{'running_mean': state['mean'], 'running_var': state['var']}")

@@ -1,0 +1,154 @@
+"""ONNX BatchNormalization run by ONNX Runtime's CPU provider: a one-node model built with onnx.helper."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from reference import FIRST_ORDER, QUANTITIES, SECOND_ORDER, Convention, Problem
+
+from .base import Adapter, Observation, Precision
+
+# onnx/defs/nn/defs.cc (BatchNormalization-9/14/15): momentum=0.9 is the weight on the OLD value
+# (running = input * momentum + current * (1 - momentum)), epsilon=1e-5, both FLOAT (32-bit) attributes;
+# current_var is the population (biased) variance; Y is normalized with the current (batch) statistics in
+# training. Opset 14/15: training_mode=1 gives Y, running_mean, running_var. Opset 9 has no attribute: a node
+# with more than one output trains and returns Y, mean, var, saved_mean, saved_var ("saved" batch statistics).
+# "ReduceMean and ReduceVar use float for float16 inputs" (opset 15 text). ONNX Runtime's CPU kernel
+# (onnxruntime/core/providers/cpu/nn/batch_norm.h) is declared to compute exactly this, two-pass.
+SOURCE = "onnx/defs/nn/defs.cc (BatchNormalization), onnxruntime/core/providers/cpu/nn/batch_norm.h"
+_TYPES = {"float64": "DOUBLE", "float32": "FLOAT", "float16": "FLOAT16"}
+
+
+class OnnxRuntimeBatchNorm(Adapter):
+    framework = "onnxruntime"
+    api = "onnx BatchNormalization (ONNX Runtime CPU)"
+    convention = Convention(momentum_form="weight_on_old", default_momentum=0.9, default_eps=1e-5,
+                            running_var="biased", averaging="ema", variance="two_pass")
+    dtypes = frozenset(_TYPES)  # bfloat16: no ORT CPU kernel (NOT_IMPLEMENTED); opset 9 does not allow it
+    channel_axes = "first"
+    source = SOURCE
+
+    def __init__(self, opset: int = 15):
+        self.opset = opset
+        self.name = "onnxruntime" if opset == 15 else f"onnxruntime.opset{opset}"
+        self.api = f"onnx BatchNormalization-{opset} (ONNX Runtime CPU)"
+        self.quantities = frozenset(QUANTITIES) - FIRST_ORDER - SECOND_ORDER - {"num_batches_tracked"} - (
+            {"batch_mean", "batch_var"} if opset >= 14 else set())
+
+    def setup(self) -> None:
+        import onnx
+        import onnxruntime as ort
+
+        self.onnx, self.ort = onnx, ort
+        self.sessions: dict = {}
+        self.device = "cpu"
+
+    def versions(self) -> dict[str, str]:
+        return {"onnxruntime": self.ort.__version__, "onnx": self.onnx.__version__}
+
+    def precision(self, problem: Problem) -> Precision:
+        return Precision.uniform(problem.dtype)  # float16: statistics accumulated in float (opset 15 text)
+
+    def unsupported(self, problem: Problem) -> str | None:
+        if problem.momentum is None and not problem.use_defaults:
+            return "ONNX BatchNormalization has no cumulative average"
+        if problem.memory_format != "contiguous":
+            return "ONNX tensors have no memory format; the case would repeat the contiguous one"
+        if len(problem.shape) < 2:
+            return "ONNX BatchNormalization needs (N, C, ...)"
+        return super().unsupported(problem)
+
+    def native_config(self, problem: Problem) -> dict[str, object]:
+        if problem.use_defaults:
+            return {}  # the schema's defaults: momentum=0.9, epsilon=1e-5
+        return {"momentum": self.native_momentum(problem), "epsilon": problem.eps}
+
+    def model(self, problem: Problem, train: bool):
+        """The one-node model (every tensor a graph input, so one session serves every value)."""
+        h, tp = self.onnx.helper, self.onnx.TensorProto
+        t = getattr(tp, _TYPES[problem.dtype])
+        attrs = dict(self.native_config(problem), **({"training_mode": 1} if train and self.opset >= 14 else {}))
+        outs = ["Y"] + (["running_mean", "running_var"] if train else []) + (
+            ["saved_mean", "saved_var"] if train and self.opset < 14 else [])
+        names = ["X", "scale", "B", "input_mean", "input_var"]
+        node = h.make_node("BatchNormalization", names, outs, **attrs)
+        graph = h.make_graph([node], "bn", [h.make_tensor_value_info(n, t, None) for n in names],
+                             [h.make_tensor_value_info(o, t, None) for o in outs])
+        return h.make_model(graph, opset_imports=[h.make_opsetid("", self.opset)], ir_version=8)
+
+    def session(self, problem: Problem, train: bool):
+        key = (problem.shape, problem.dtype, self.opset, train, tuple(sorted(self.native_config(problem).items())))
+        if key not in self.sessions:
+            opts = self.ort.SessionOptions()
+            threads = os.environ.get("BNCONFORM_THREADS")
+            if threads:
+                opts.intra_op_num_threads = int(threads)
+            self.sessions[key] = self.ort.InferenceSession(self.model(problem, train).SerializeToString(), opts,
+                                                           providers=["CPUExecutionProvider"])
+        return self.sessions[key]
+
+    def run(self, p: Problem) -> Observation:
+        dt = np.dtype(p.dtype)
+        feeds = {"scale": (p.gamma if p.affine else np.ones(p.channels)).astype(dt),
+                 "B": (p.beta if p.affine else np.zeros(p.channels)).astype(dt),
+                 "input_mean": p.running_mean.astype(dt), "input_var": p.running_var.astype(dt)}
+        got: dict[str, list] = {q: [] for q in ("y", "running_mean", "running_var", "batch_mean", "batch_var")}
+        for x, mode in zip(p.xs, p.modes):
+            # Without running statistics every step normalizes with the batch statistics: training mode,
+            # outputs other than Y discarded.
+            train = mode == "train" or not p.track_running_stats
+            out = self.session(p, train).run(None, {"X": x.astype(dt), **feeds})
+            got["y"].append(out[0])
+            if train and p.track_running_stats:
+                feeds["input_mean"], feeds["input_var"] = out[1], out[2]
+            if mode == "train" and self.opset < 14:  # saved_mean, saved_var
+                got["batch_mean"].append(out[3])
+                got["batch_var"].append(out[4])
+            got["running_mean"].append(feeds["input_mean"])
+            got["running_var"].append(feeds["input_var"])
+        obs = Observation(facts={"device": "cpu", "opset": str(self.opset)})
+        for q, arrays in got.items():
+            if arrays and (p.track_running_stats or not q.startswith("running")):
+                obs.put(q, np.stack(arrays), str(arrays[0].dtype))
+        if self.opset >= 14:
+            for q in ("batch_mean", "batch_var"):
+                obs.unsupported[q] = f"BatchNormalization-{self.opset} does not output the batch statistics"
+        for q in FIRST_ORDER | SECOND_ORDER:
+            obs.unsupported[q] = "ONNX Runtime inference sessions compute no gradients"
+        obs.unsupported["num_batches_tracked"] = "ONNX BatchNormalization keeps no step counter"
+        return obs
+
+    def snippet(self, p: Problem) -> str:
+        cfg = "".join(f", {k}={v!r}" for k, v in self.native_config(p).items())
+        train_kw, outs = ("{'training_mode': 1}", "['Y', 'rm', 'rv']") if self.opset >= 14 else (
+            "{}", "['Y', 'rm', 'rv', 'sm', 'sv']")
+        t, track = _TYPES[p.dtype], p.track_running_stats
+        return "\n".join([
+            "import onnxruntime as ort",
+            "from onnx import helper as h, TensorProto as tp",
+            f"dt, names = np.{p.dtype}, ['X', 'scale', 'B', 'input_mean', 'input_var']",
+            "def session(train):",
+            f"    outs = {outs} if train else ['Y']",
+            f"    node = h.make_node('BatchNormalization', names, outs{cfg}, **({train_kw} if train else {{}}))",
+            f"    g = h.make_graph([node], 'bn', [h.make_tensor_value_info(n, tp.{t}, None) for n in names],",
+            f"                     [h.make_tensor_value_info(o, tp.{t}, None) for o in outs])",
+            f"    m = h.make_model(g, opset_imports=[h.make_opsetid('', {self.opset})], ir_version=8)",
+            "    return ort.InferenceSession(m.SerializeToString(), providers=['CPUExecutionProvider'])",
+            "C = p.running_mean.shape[0]",
+            "feeds = {'scale': (p.gamma if p.gamma is not None else np.ones(C)).astype(dt),",
+            "         'B': (p.beta if p.beta is not None else np.zeros(C)).astype(dt),",
+            "         'input_mean': p.running_mean.astype(dt), 'input_var': p.running_var.astype(dt)}",
+            "got = {q: [] for q in ('y', 'running_mean', 'running_var', 'batch_mean', 'batch_var')}",
+            "for x, mode in zip(p.xs, p.modes):",
+            f"    train = {'mode == ' + repr('train') if track else 'True'}",
+            "    out = session(train).run(None, {'X': x.astype(dt), **feeds})",
+            "    got['y'].append(out[0])",
+            f"    if train and {track}:",
+            "        feeds['input_mean'], feeds['input_var'] = out[1], out[2]",
+            f"    if mode == 'train' and {self.opset < 14}:",
+            "        got['batch_mean'].append(out[3]); got['batch_var'].append(out[4])",
+            "    got['running_mean'].append(feeds['input_mean']); got['running_var'].append(feeds['input_var'])",
+            "observed = {q: np.stack(a).astype(np.float64) for q, a in got.items()"
+            f" if a and ({track} or not q.startswith('running'))}}",
+        ])

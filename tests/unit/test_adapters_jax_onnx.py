@@ -1,0 +1,262 @@
+"""The JAX-ecosystem and ONNX Runtime adapters: the native hyperparameters they build, their repro snippets,
+their compilation discipline, and the evidence behind their registered deviations. Each test skips cleanly
+when its framework is not installed."""
+from __future__ import annotations
+
+import logging
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adapters import load, spec
+from conformance.cases import CASES
+from conformance.engine import evaluate
+from conformance.inputs import materialize
+from conformance.registry import Registry
+from conformance.tolerance import bounds
+from reference import simulate
+
+ROOT = Path(__file__).resolve().parents[2]
+JAX = ["flax.linen", "flax.linen.two_pass", "flax.nnx", "equinox.ema", "equinox.batch", "haiku"]
+ONNX = ["onnxruntime", "onnxruntime.opset14", "onnxruntime.opset9"]
+WORKHORSE = "f32-4x3x2x3-ax1-T3E-a0.1-eps1e-05-rstats-s0"  # alpha 0.1, eps 1e-5
+DEFAULTS = "f32-4x3x2x3-ax1-T3E-defaults-sc0.03-s0"
+_READY: dict = {}
+
+
+def ready(name: str):
+    """The set-up adapter (once per test session), or a skip when its framework is missing."""
+    for module in spec(name).requires:
+        pytest.importorskip(module)
+    if name not in _READY:
+        adapter = load(name)
+        adapter.setup()
+        _READY[name] = adapter
+    return _READY[name]
+
+
+def problem(case_id: str):
+    return materialize(CASES[case_id])
+
+
+# -- native hyperparameters: momentum in the native form, eps, and the framework's own defaults
+
+@pytest.mark.parametrize("name", ["flax.linen", "flax.linen.two_pass", "flax.nnx"])
+def test_flax_builds_momentum_one_minus_alpha(name):
+    a = ready(name)
+    cfg = a.native_config(problem(WORKHORSE))
+    assert cfg["momentum"] == 1 - 0.1 and cfg["epsilon"] == 1e-5 and cfg["axis"] == 1
+    if name.startswith("flax.linen"):
+        import flax.linen as nn
+
+        bn = nn.BatchNorm(**{k: v for k, v in cfg.items() if k not in ("dtype", "param_dtype")})
+        assert bn.momentum == 0.9 and bn.epsilon == 1e-5 and bn.use_fast_variance is (name == "flax.linen")
+        assert nn.BatchNorm().momentum == a.convention.default_momentum == 0.99
+        assert nn.BatchNorm().epsilon == a.convention.default_eps
+    else:
+        from flax import nnx
+
+        bn = nnx.BatchNorm(**{k: v for k, v in cfg.items() if k not in ("dtype", "param_dtype")}, rngs=nnx.Rngs(0))
+        assert (bn.momentum, bn.epsilon, bn.axis) == (0.9, 1e-5, 1)
+        default = nnx.BatchNorm(3, rngs=nnx.Rngs(0))
+        assert (default.momentum, default.epsilon) == (a.convention.default_momentum, a.convention.default_eps)
+    d = a.native_config(problem(DEFAULTS))
+    assert "momentum" not in d and "epsilon" not in d  # the framework's own defaults
+
+
+@pytest.mark.parametrize("name", ["equinox.ema", "equinox.batch"])
+def test_equinox_builds_momentum_one_minus_alpha(name):
+    a = ready(name)
+    import equinox as eqx
+
+    cfg = a.native_config(problem(WORKHORSE))
+    assert cfg["momentum"] == 0.9 and cfg["eps"] == 1e-5 and cfg["mode"] == name.split(".")[1]
+    bn = eqx.nn.BatchNorm(**{k: v for k, v in cfg.items() if k != "dtype"})
+    assert (bn.momentum, bn.eps, bn.mode) == (0.9, 1e-5, cfg["mode"])
+    d = a.native_config(problem(DEFAULTS))
+    assert "momentum" not in d and "eps" not in d
+    default = eqx.nn.BatchNorm(**{k: v for k, v in d.items() if k != "dtype"})
+    assert (default.momentum, default.eps) == (a.convention.default_momentum, a.convention.default_eps)
+
+
+def test_haiku_builds_decay_rate_one_minus_alpha_and_has_no_default():
+    a = ready("haiku")
+    import haiku as hk
+
+    cfg = a.native_config(problem(WORKHORSE))
+    assert cfg["decay_rate"] == 0.9 and cfg["eps"] == 1e-5 and cfg["data_format"] == "channels_first"
+    assert a.native_config(problem("f32-4x2x3x3-ax-1-T2E-a0.1-eps1e-05-rstats-s0"))["data_format"] == "channels_last"
+    seen = {}
+
+    def f():
+        bn = hk.BatchNorm(**cfg)
+        seen.update(decay=bn.mean_ema.decay, eps=bn.eps, zero_debias=bn.mean_ema.zero_debias)
+    hk.transform(f).init(None)
+    assert seen == {"decay": 0.9, "eps": 1e-5, "zero_debias": True}
+    assert "decay_rate" in a.unsupported(problem(DEFAULTS))  # a required argument: no default to compare
+
+
+@pytest.mark.parametrize("name", ONNX)
+def test_onnx_node_carries_momentum_one_minus_alpha(name):
+    a = ready(name)
+    import onnx
+
+    node = a.model(problem(WORKHORSE), train=True).graph.node[0]
+    attrs = {at.name: onnx.helper.get_attribute_value(at) for at in node.attribute}
+    assert attrs["momentum"] == pytest.approx(0.9, rel=1e-7) and attrs["epsilon"] == pytest.approx(1e-5, rel=1e-7)
+    assert attrs.get("training_mode") == (1 if a.opset >= 14 else None)
+    assert len(node.output) == (3 if a.opset >= 14 else 5)
+    assert a.native_config(problem(DEFAULTS)) == {}
+    schema = onnx.defs.get_schema("BatchNormalization", a.opset)
+    assert schema.attributes["momentum"].default_value.f == pytest.approx(a.convention.default_momentum, rel=1e-7)
+    assert schema.attributes["epsilon"].default_value.f == pytest.approx(a.convention.default_eps, rel=1e-7)
+
+
+# -- repro snippets compute exactly what the adapter observed
+
+SNIPPET_CASES = [
+    "f32-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0",  # training last: first and second order
+    "f64-8x4-ax1-TE-a0.1-eps1e-05-rstats-s0",
+    "f32-4x3x2x3-ax1-ETE-a0.1-eps1e-05-rstats-s0",
+    "f32-4x2x3x3-ax-1-T2E-a0.1-eps1e-05-rstats-s0",
+    "f32-4x3x2x3-ax1-TE-a0.1-eps1e-05-noaffine-s0",
+    "f32-4x3x2x3-ax1-TE-a0.1-eps1e-05-notrack-s0",
+    "f16-4x3x2x3-ax1-T2E-a0.1-eps1e-05-rstats-s0",
+    "bf16-4x3x2x3-ax1-T2E-a0.1-eps1e-05-rstats-s0",
+    DEFAULTS,
+]
+
+
+@pytest.mark.parametrize("case_id", SNIPPET_CASES)
+@pytest.mark.parametrize("name", JAX + ONNX)
+def test_snippet_computes_what_the_adapter_observed(name, case_id):
+    a = ready(name)
+    p = problem(case_id)
+    if a.unsupported(p):
+        pytest.skip(a.unsupported(p))
+    observed = a.run(p)
+    ns = {"p": p, "np": np}
+    exec(compile(a.snippet(p), f"<snippet {name}>", "exec"), ns)
+    assert ns["observed"], "the snippet observed nothing"
+    for q, v in ns["observed"].items():
+        assert np.array_equal(v, observed.values[q], equal_nan=True), q
+
+
+@pytest.mark.parametrize("name, case_id, quantity", [
+    ("equinox.batch", "f32-4x3x2x3-ax1-T3-a0.1-eps1e-05-rstats-s0", "running_var"),
+    ("onnxruntime.opset9", "f32-4x3-ax1-T2E-a0.1-eps1e-05-rstats-s0", "batch_var"),
+    ("onnxruntime", "f64-8x4-ax1-TE-a0.1-eps1e-05-rstats-s0", "y"),
+])
+def test_registered_deviation_prints_a_repro_that_reproduces_it(name, case_id, quantity):
+    a = ready(name)
+    rec = {r["quantity"]: r for r in evaluate(a, CASES[case_id], Registry.load())}[quantity]
+    assert rec["verdict"] == "xfail" and rec["repro"], rec["reason"]
+    out = subprocess.run([sys.executable, "-c", rec["repro"]], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    printed = float(re.search(r"max abs error ([0-9.eE+-]+)", out.stdout).group(1))
+    assert printed == pytest.approx(rec["metrics"]["max_abs"], rel=1e-12)
+
+
+# -- compilation: everything runs jitted; a repeated case compiles nothing
+
+@pytest.mark.parametrize("name", JAX)
+def test_a_new_shape_compiles_only_the_jitted_functions_and_a_rerun_nothing(name):
+    a = ready(name)
+    import jax
+
+    names: list[str] = []
+
+    class Grab(logging.Handler):
+        def emit(self, record):
+            m = re.match(r"Compiling (?:jit\()?([\w<>]+)", record.getMessage())
+            if m:
+                names.append(m.group(1))
+    logger, handler = logging.getLogger("jax"), Grab()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        p = problem("f32-4x3x5-ax1-TE-a0.1-eps1e-05-s0")
+        a.run(p)
+        assert set(names) <= {"step", "grad1", "grad2"}, names  # nothing eager
+        names.clear()
+        a.run(p)
+        assert names == []
+    finally:
+        jax.config.update("jax_log_compiles", False)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_compilation_cache_directory_follows_the_environment(monkeypatch, tmp_path):
+    from adapters import jax_common
+
+    monkeypatch.setenv("BNCONFORM_CACHE_DIR", str(tmp_path))
+    assert jax_common.cache_dir() == tmp_path / "jax"
+    monkeypatch.delenv("BNCONFORM_CACHE_DIR")
+    assert jax_common.cache_dir() == ROOT / "reports" / ".cache" / "jax"
+
+
+# -- evidence behind the registered deviations (conformance/registry/{jax,onnx}.toml)
+
+def registered(entry_id: str, adapter):
+    entry = next(e for e in Registry.load().entries if e.id == entry_id)
+    version = adapter.versions().get(adapter.framework, "")
+    if not entry.applies_to(adapter.name, version):
+        pytest.skip(f"{entry_id} is not registered for {adapter.name} {version}")
+
+
+def within_bound(adapter, p, convention, quantity):
+    trace = simulate(p, convention, second_order=False)
+    bound = bounds(p, trace, convention, adapter.precision(p))[quantity].values
+    return np.all(np.abs(adapter.run(p).values[quantity] - trace[quantity]) <= bound)
+
+
+def test_equinox_batch_debiases_a_hidden_variance_that_starts_at_one():
+    a = ready("equinox.batch")
+    registered("equinox-batch-debiased-hidden-var-starts-at-one", a)
+    p = problem("f32-4x3x5-ax1-TE-a0.1-eps1e-05-s0")  # initial statistics (0, 1): equinox's own init
+    obs = a.run(p).values["running_var"]
+    zero_debiased = simulate(p, a.convention, second_order=False)["running_var"]
+    # one training step at momentum 0.9: hidden = 0.9 * 1 + 0.1 * v, divided by 1 - 0.9 = 0.1 -> v + 9
+    np.testing.assert_allclose(obs[0] - zero_debiased[0], 9.0, rtol=1e-5)
+    assert within_bound(a, p, a.convention.with_(debias_hidden_init="initial_stats"), "running_var")
+    assert not within_bound(a, p, a.convention, "running_var")
+
+
+def test_onnx_float64_runs_with_float32_eps_and_momentum():
+    a = ready("onnxruntime")
+    registered("onnx-float64-hyperparameters-are-float32", a)
+    p = problem("f64-4x3x2x3-ax1-T3E-a0.1-eps1e-05-rstats-s0")
+    f32 = p.with_(eps=float(np.float32(p.eps)), momentum=1 - float(np.float32(1 - p.momentum)))
+    for q in ("y", "running_mean", "running_var"):
+        assert not within_bound(a, p, a.convention, q)
+        assert within_bound(a, f32, a.convention, q)
+
+
+def test_ort_opset9_saved_var_is_the_inverse_standard_deviation():
+    a = ready("onnxruntime.opset9")
+    registered("ort-opset9-saved-var-is-inverse-std", a)
+    p = problem("f64-4x3x2x3-ax1-T3E-a0.1-eps1e-05-rstats-s0")
+    var = simulate(p, a.convention, second_order=False)["batch_var"]
+    np.testing.assert_allclose(a.run(p).values["batch_var"], 1 / np.sqrt(var + float(np.float32(p.eps))),
+                               rtol=1e-14)
+
+
+def test_flax_nnx_keeps_float32_running_statistics_in_a_float64_model():
+    a = ready("flax.nnx")
+    registered("flax-nnx-float64-running-stats-stored-in-float32", a)
+    p = problem("f64-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0")
+    obs = a.run(p)
+    assert obs.dtypes["running_var"] == "float32" and obs.dtypes["y"] == "float64"
+    assert not within_bound(a, p, a.convention, "running_var")
+    from reference import round_to
+
+    rounded = p.with_(running_mean=round_to(p.running_mean, "float32"), running_var=round_to(p.running_var, "float32"))
+    assert within_bound(a, rounded, a.convention, "running_var")
