@@ -14,6 +14,7 @@ Batch statistics (computed):
   d_v  = (n + 4) u_c (v + mu^2)                                 E[x^2] - E[x]^2 ("fast"): kappa^2 times worse
 Running statistics, R_t = (1 - w) R_{t-1} + w B_t (w the step's weight on the new statistic):
   d_R_t = (1 - w) d_R_{t-1} + w d_B_t + 4 u_c ((1 - w)|R_{t-1}| + w |B_t|) + u_s |R_t|
+  d_R_0 = u_s |R_0| when statistics are stored in a format narrower than the case's (else 0: R_0 is exact)
 Statistics held in a narrower format u_h between reduction and normalization (torch's CPU kernel keeps the
 saved mean and inverse std in the parameter dtype): d_m += u_h |m|, d_s2 += 2 u_h (s2 + eps).
 Output, with (d_m, d_s2) the error of whatever the step normalized with (batch, or running statistics):
@@ -84,8 +85,9 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
     def ch(vec):
         return to_channels(vec, nd, axis)
 
-    d_rm = np.zeros(problem.channels)
-    d_rv = np.zeros(problem.channels)
+    # The initial statistics are exact in the case dtype; stored in a narrower format they are rounded first.
+    d_rm = (u_s if u_s > u_o else 0.0) * np.abs(problem.running_mean)
+    d_rv = (u_s if u_s > u_o else 0.0) * np.abs(problem.running_var)
     rm_prev, rv_prev = problem.running_mean.copy(), problem.running_var.copy()
     ys, rms, rvs, bms, bvs, rho_var, kappa = [], [], [], [], [], [], []
     last = {}
