@@ -169,6 +169,7 @@ def _detail(r: dict) -> dict:
                  ("step", fmt(m.get("worst_step"))), ("observed", fmt(results.number(m.get("observed")), 9)),
                  ("expected", fmt(results.number(m.get("expected")), 9)),
                  ("allowed error there", fmt(results.number(m.get("allowed")), 4))]
+        worst = [(k, v) for k, v in worst if v != ""]
     tol = r.get("tolerance") or {}
     return {
         "metrics": metrics, "problem": m.get("problem"), "problem_detail": m.get("detail", ""), "worst": worst,

@@ -24,7 +24,9 @@
       $$("thead th", table).forEach(function (h) { h.removeAttribute("data-dir"); });
       th.setAttribute("data-dir", asc ? "asc" : "desc");
       var rows = Array.prototype.slice.call(body.rows);
-      rows.sort(function (r1, r2) {
+      rows.sort(function (r1, r2) {  /* rows marked data-last (adapters not installed) stay at the end */
+        var l1 = r1.hasAttribute("data-last"), l2 = r2.hasAttribute("data-last");
+        if (l1 !== l2) { return l1 ? 1 : -1; }
         var c = compare(key(r1.cells[idx]), key(r2.cells[idx]));
         return asc ? c : -c;
       });
