@@ -43,7 +43,7 @@ def pytest_addoption(parser):
 
 
 def _selection(config):
-    from adapters import select
+    from .catalogue import select
 
     try:
         return select(config.getoption("--bn-frameworks"))
@@ -199,7 +199,7 @@ class BNSession:
             self.versions[adapter] = info.get("versions", {})
 
     def _run_inprocess(self, adapter: str, cases: list[str]) -> None:
-        from adapters import load
+        from .catalogue import load
 
         from .cases import case_by_id
         from .engine import evaluate
