@@ -5,6 +5,7 @@ conformance.catalogue), so the runner and the pytest plugin drive them in worker
   fake.wrong_var       running variance scaled by 1.5: its running_var checks fail
   fake.killer          the oracle, except that on the case named by BNCONFORM_FAKE_KILL it SIGKILLs its own
                        process, and on the case named by BNCONFORM_FAKE_HANG it sleeps forever
+  fake.absent          needs a module that does not exist: "not installed", skipped with its install hint
   torch.nn.BatchNorm[misdeclared]  the real torch module declared with a biased running variance: real
                        failures from a real framework
 """
@@ -45,6 +46,8 @@ SPECS = (
     AdapterSpec("fake.wrong_var", HERE, "OracleAdapter", ("numpy",), _NUMPY, "fake",
                 {"name": "fake.wrong_var", "scale_running_var": 1.5}, False),
     AdapterSpec("fake.killer", HERE, "SelfKilling", ("numpy",), _NUMPY, "fake", {"name": "fake.killer"}, False),
+    AdapterSpec("fake.absent", HERE, "OracleAdapter", ("bnconform_no_such_framework",),
+                "pip install bnconform-no-such-framework", "fake", {"name": "fake.absent"}, False),
     AdapterSpec("torch.nn.BatchNorm[misdeclared]", HERE, "MisdeclaredTorch", ("torch",),
                 'pip install "bnconform[torch]"', "fake", {}, False),
 )
