@@ -182,13 +182,14 @@ def _summary(console: Console, specs, counts: dict[str, Counter], stale) -> None
     table.add_column("adapter")
     for v in order:
         table.add_column(v, justify="right")
+    table.add_column("")
     for s in specs:
         c = counts.get(s.name)
         if c is None:
-            table.add_row(escape(s.name), *["-"] * len(order))
+            table.add_row(escape(s.name), *["-"] * len(order), "not installed")
             continue
         table.add_row(escape(s.name), *[(f"[red]{c[v]}[/]" if v in ("fail", "error") and c[v] else str(c[v]))
-                                for v in order])
+                                        for v in order], "")
     console.print(table)
     for e in stale or []:
         console.print(f"stale registry entry {e['id']} ({e['source']}): matched no check. {e['reason']}",
