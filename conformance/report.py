@@ -300,7 +300,8 @@ def build(rs: results.ResultSet) -> dict:
     rows, details = _checks(records)
     runs = _runs(rs.metas)
     interrupted = [r["run_id"] for r in runs if r["status"] not in ("complete", "")]
-    tiers = sorted({r.get("tier", "") for r in records} | {r["tier"] for r in runs if r["tier"]})
+    # the run's tier (a record's "tier" is its case's, and the default tier includes the smoke cases)
+    tiers = sorted({r["tier"] for r in runs if r["tier"]}) or sorted({r.get("tier", "") for r in records})
     return {
         "title": "bnconform report",
         "counts": [(v, counts[v]) for v in VERDICT_ORDER],
