@@ -69,22 +69,37 @@ def exit_status(counts: Counter, strict: bool, stale: list | None) -> int:
     return 0
 
 
+class _Collector:
+    """Receives records and events from the threads driving the workers: appends records to disk as they
+    arrive, counts verdicts and registry hits, remembers the versions each worker imported."""
+
+    def __init__(self, writer: results.RecordWriter, names: list[str], show):
+        self.writer, self.show = writer, show
+        self.counts: dict[str, Counter] = {n: Counter() for n in names}
+        self.done: dict[str, int] = {n: 0 for n in names}
+        self.versions: dict[str, dict] = {}
+        self.hits: Counter = Counter()  # registry entry id -> checks it matched (stale entries match none)
+
+    def run_for(self, name: str, case_ids: list[str], cfg: WorkerConfig) -> AdapterRun:
+        return AdapterRun(name, case_ids, cfg, on_records=lambda cid, recs: self.records(name, recs),
+                          on_event=lambda kind, info: self.event(name, kind, info))
+
+    def records(self, name: str, records: list[dict]) -> None:
+        self.writer.write(records)
+        self.counts[name].update(r["verdict"] for r in records)
+        self.hits.update(r["registry"]["id"] for r in records if r.get("registry"))
+        self.done[name] += 1
+        self.show.case_done(name, records)
+
+    def event(self, name: str, kind: str, info: dict) -> None:
+        if kind == "started":
+            self.versions[name] = info.get("versions", {})
+        self.show.event(name, kind, info)
+
+
 def run(opts: RunOptions, console: Console | None = None) -> int:
     console = console or _console()
-    try:
-        specs = select(opts.frameworks)
-    except KeyError as e:
-        raise RunError(str(e.args[0])) from None
-    try:
-        registry = Registry.load(opts.registry)
-    except RegistryError as e:
-        raise RunError(str(e)) from None
-    cases = cases_for_tier(opts.tier)
-    available = [s for s in specs if not s.missing()]
-    if not available:
-        why = "; ".join(f"{s.name}: {', '.join(s.missing())} not installed" for s in specs[:3])
-        raise RunError(f"no adapter of selection {opts.frameworks!r} is installed ({why}); nothing to check")
-    out = Path(opts.out)
+    specs, registry, cases, available = _plan(opts)
     jobs = min(opts.jobs or os.cpu_count() or 1, len(available))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     flags = {"frameworks": opts.frameworks, "tier": opts.tier, "jobs": jobs, "threads_per_worker": threads,
@@ -92,41 +107,22 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
              "registry": opts.registry, "strict": opts.strict}
     meta = runmeta.base(source="cli", tier=opts.tier, selection=opts.frameworks, specs=specs, cases=cases,
                         flags=flags, checksum=input_checksum(cases))
+    out = Path(opts.out)
     run_dir = out / "runs" / meta["run_id"]
     _prepare_dir(run_dir)
-    report_path = out / "index.html"
     if opts.report:
         _prepare_dir(out)
     results.write_meta(run_dir, meta)
-    writer = results.RecordWriter(run_dir / results.RECORDS)
-
     console.print(f"bnconform run {meta['run_id']}: tier {opts.tier}, {len(cases)} cases, {len(available)} of "
                   f"{len(specs)} adapters installed, {jobs} at a time, {threads} thread(s) each", highlight=False,
                   soft_wrap=True)
+
+    show = progress_mod.make(console)
+    got = _Collector(results.RecordWriter(run_dir / results.RECORDS), [s.name for s in available], show)
     cfg = WorkerConfig(registry_path=opts.registry, threads=threads, case_timeout=opts.case_timeout,
                        adapter_timeout=opts.adapter_timeout)
     case_ids = [c.id for c in cases]
-    counts: dict[str, Counter] = {s.name: Counter() for s in available}
-    done: dict[str, int] = {s.name: 0 for s in available}
-    versions: dict[str, dict] = {}
-    hits: Counter = Counter()  # registry entry id -> checks it matched, for stale entries
-    show = progress_mod.make(console)
-
-    def on_records(name, case_id, records):
-        writer.write(records)
-        counts[name].update(r["verdict"] for r in records)
-        hits.update(r["registry"]["id"] for r in records if r.get("registry"))
-        done[name] += 1
-        show.case_done(name, records)
-
-    def on_event(name, kind, info):
-        if kind == "started":
-            versions[name] = info.get("versions", {})
-        show.event(name, kind, info)
-
-    runs = [AdapterRun(s.name, case_ids, cfg, on_records=lambda cid, recs, n=s.name: on_records(n, cid, recs),
-                       on_event=lambda kind, info, n=s.name: on_event(n, kind, info)) for s in available]
-    pool = Pool(runs, jobs)
+    pool = Pool([got.run_for(s.name, case_ids, cfg) for s in available], jobs)
     interrupted = False
     with show:
         for s in specs:
@@ -143,34 +139,57 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
             console.print("interrupted: stopping the workers, keeping the finished checks", highlight=False)
             pool.stop()
             pool.join(30)
-    writer.close()
+    got.writer.close()
 
-    total = sum(counts.values(), Counter())
-    meta.update(finished=runmeta.now(), status="interrupted" if interrupted else "complete",
-                counts=dict(sorted(total.items())), checks=writer.count)
-    meta["versions"] = {k: v for name in sorted(versions) for k, v in versions[name].items()}
-    for a in meta["adapters"]:
-        if a["name"] in done:
-            a["cases_done"] = done[a["name"]]
-            a["counts"] = dict(sorted(counts[a["name"]].items()))
-            a["version"] = versions.get(a["name"], {}).get(a["framework"], a["version"])
-    stale = None
-    if not interrupted:
-        selected = {a["name"]: a["version"] or "0" for a in meta["adapters"] if a["available"]}
-        stale = [e.as_dict() for e in registry.stale(selected, dict(hits))]
-        meta["stale_registry"] = stale
+    stale = _finish_meta(meta, got, registry, interrupted)
     results.write_meta(run_dir, meta)
-
-    _summary(console, specs, counts, stale)
+    _summary(console, specs, got.counts, stale)
     console.print(f"results: {run_dir}", highlight=False, markup=False)
-    if opts.report and writer.count:
+    if opts.report and got.writer.count:
         from . import report
 
+        report_path = out / "index.html"
         report.write(results.load([run_dir]), report_path)
         console.print(f"report:  {report_path}", highlight=False, markup=False)
     if interrupted:
         return 130
-    return exit_status(total, opts.strict, stale)
+    return exit_status(sum(got.counts.values(), Counter()), opts.strict, stale)
+
+
+def _plan(opts: RunOptions):
+    """What to run: the selected adapters, the registry, the tier's cases; usage errors raise RunError."""
+    try:
+        specs = select(opts.frameworks)
+    except KeyError as e:
+        raise RunError(str(e.args[0])) from None
+    try:
+        registry = Registry.load(opts.registry)
+    except RegistryError as e:
+        raise RunError(str(e)) from None
+    cases = cases_for_tier(opts.tier)
+    available = [s for s in specs if not s.missing()]
+    if not available:
+        why = "; ".join(f"{s.name}: {', '.join(s.missing())} not installed" for s in specs[:3])
+        raise RunError(f"no adapter of selection {opts.frameworks!r} is installed ({why}); nothing to check")
+    return specs, registry, cases, available
+
+
+def _finish_meta(meta: dict, got: _Collector, registry: Registry, interrupted: bool) -> list[dict] | None:
+    """Fill in the end of the run; returns the stale registry entries (None when the run was cut short)."""
+    total = sum(got.counts.values(), Counter())
+    meta.update(finished=runmeta.now(), status="interrupted" if interrupted else "complete",
+                counts=dict(sorted(total.items())), checks=got.writer.count)
+    meta["versions"] = {k: v for name in sorted(got.versions) for k, v in got.versions[name].items()}
+    for a in meta["adapters"]:
+        if a["name"] in got.done:
+            a["cases_done"] = got.done[a["name"]]
+            a["counts"] = dict(sorted(got.counts[a["name"]].items()))
+            a["version"] = got.versions.get(a["name"], {}).get(a["framework"], a["version"])
+    if interrupted:
+        return None
+    selected = {a["name"]: a["version"] or "0" for a in meta["adapters"] if a["available"]}
+    meta["stale_registry"] = [e.as_dict() for e in registry.stale(selected, dict(got.hits))]
+    return meta["stale_registry"]
 
 
 def _summary(console: Console, specs, counts: dict[str, Counter], stale) -> None:

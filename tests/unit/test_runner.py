@@ -66,14 +66,21 @@ def test_failing_check_exits_1_and_threads_are_capped(tmp_path):
     assert flags["jobs"] == 2 and flags["threads_per_worker"] == max(1, (os.cpu_count() or 1) // 2)
 
 
-def test_xpass_fails_only_under_strict(tmp_path):
+@pytest.mark.parametrize("entry, effect", [
+    ('id = "gone"\nadapter = "fake.oracle"\ncases = "*"\nquantities = "y"\n', "xpass"),
+    ('id = "nothing"\nadapter = "fake.oracle"\ncases = "no-such-case"\nquantities = "*"\n', "stale"),
+])
+def test_xpass_and_stale_entries_fail_only_under_strict(tmp_path, entry, effect):
     reg = tmp_path / "reg.toml"
-    reg.write_text('[[deviation]]\nid = "gone"\nadapter = "fake.oracle"\ncases = "*"\nquantities = "y"\n'
-                   'reason = "a deviation fixed upstream"\naction = "xfail"\n')
+    reg.write_text(f'[[deviation]]\n{entry}reason = "a deviation fixed upstream"\naction = "xfail"\n')
     args = ("run", "--frameworks", "fake.oracle", "--tier", "smoke", "--registry", reg, "--no-report")
     lenient = bnconform(*args, "--out", tmp_path / "a")
     assert lenient.returncode == 0, lenient.stderr
-    assert "xpass" in {x["verdict"] for x in _records(tmp_path / "a")}
+    if effect == "xpass":
+        assert "xpass" in {x["verdict"] for x in _records(tmp_path / "a")}
+    else:
+        assert "stale registry entry nothing" in lenient.stdout
+        assert [e["id"] for e in _meta(tmp_path / "a")["stale_registry"]] == ["nothing"]
     assert bnconform(*args, "--strict", "--out", tmp_path / "b").returncode == 1
 
 
