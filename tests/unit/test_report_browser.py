@@ -77,8 +77,12 @@ def test_small_run_results_validate(small_run):
     assert {(FAILING, "fail"), (FAILING, "xfail"), ("fake.killer", "error")} <= verdicts
 
 
-def test_report_in_chromium(small_run):
-    sync_playwright = _browser()
+@pytest.fixture(scope="module")
+def sync_playwright():
+    return _browser()  # before small_run: a missing browser skips without running the suite first
+
+
+def test_report_in_chromium(sync_playwright, small_run):
     out, _ = small_run
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     requests, errors = [], []
