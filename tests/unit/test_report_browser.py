@@ -23,6 +23,7 @@ from conformance.cases import cases_for_tier
 from .clirun import ROOT, bnconform, run_dir
 from .test_results import validate_dir
 
+pytestmark = pytest.mark.xdist_group("report-browser")  # one small run (module fixture) per session, not per worker
 SMOKE = cases_for_tier("smoke")
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 FAILING = "torch.nn.BatchNorm[misdeclared]" if HAVE_TORCH else "fake.wrong_var"

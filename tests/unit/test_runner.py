@@ -69,7 +69,7 @@ def test_failing_check_exits_1_and_threads_are_capped(tmp_path):
 @pytest.mark.parametrize("entry, effect", [
     ('id = "gone"\nadapter = "fake.oracle"\ncases = "*"\nquantities = "y"\n', "xpass"),
     ('id = "nothing"\nadapter = "fake.oracle"\ncases = "no-such-case"\nquantities = "*"\n', "stale"),
-])
+], ids=["xpass", "stale"])
 def test_xpass_and_stale_entries_fail_only_under_strict(tmp_path, entry, effect):
     reg = tmp_path / "reg.toml"
     reg.write_text(f'[[deviation]]\n{entry}reason = "a deviation fixed upstream"\naction = "xfail"\n')
