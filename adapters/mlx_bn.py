@@ -50,7 +50,6 @@ class MLXBatchNorm(Adapter):
         return cfg
 
     def _module(self, p: Problem, train: bool, stats, w=None, b=None):
-        mx = self.mx
         bn = self.nn.BatchNorm(**self.native_config(p))
         if p.affine:
             bn.weight, bn.bias = w, b

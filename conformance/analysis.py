@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from adapters import BY_NAME, load
 from reference import Convention, simulate, unit_roundoff
 
 from .cases import CASES
+from .catalogue import load, spec
 from .inputs import materialize
 
 EQUIVALENCE_CASES = ("f32-4x3x2x3-ax1-T3E-a0.1-eps1e-05-rstats-s0", "f64-8x4-ax1-TE-a0.1-eps1e-05-rstats-s0")
@@ -24,7 +24,9 @@ IGNORED_KNOBS = ("momentum_form", "default_momentum", "default_eps", "variance",
 def _convention(adapter_name: str, known: dict | None = None) -> Convention | None:
     if known and adapter_name in known:
         return known[adapter_name]
-    if adapter_name not in BY_NAME:
+    try:
+        spec(adapter_name)
+    except KeyError:
         return None
     try:
         return load(adapter_name).convention

@@ -21,7 +21,7 @@ shapes, more seeds, outliers, long sequences).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np

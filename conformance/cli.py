@@ -42,6 +42,45 @@ def _cmd_oracle(args) -> int:
     return 0
 
 
+def _cmd_run(args) -> int:
+    from .runner import RunError, RunOptions, run
+
+    if args.jobs < 0:
+        raise UsageError("bnconform run: --jobs must be >= 0")
+    if args.case_timeout <= 0 or args.adapter_timeout <= 0:
+        raise UsageError("bnconform run: timeouts must be positive")
+    opts = RunOptions(frameworks=args.frameworks, tier=args.tier, out=args.out, jobs=args.jobs,
+                      case_timeout=args.case_timeout, adapter_timeout=args.adapter_timeout,
+                      registry=args.registry, strict=args.strict, report=not args.no_report)
+    try:
+        return run(opts)
+    except RunError as e:
+        raise UsageError(f"bnconform run: {e}") from None
+
+
+def _cmd_report(args) -> int:
+    from pathlib import Path
+
+    from . import report, results
+
+    try:
+        rs = results.load(args.results)
+    except results.ResultsError as e:
+        raise UsageError(f"bnconform report: {e}") from None
+    out = Path(args.out)
+    if out.is_dir():
+        raise UsageError(f"bnconform report: --out {out} is a directory; name the HTML file to write")
+    try:
+        path = report.write(rs, out)
+    except OSError as e:
+        raise UsageError(f"bnconform report: cannot write {out}: {e.strerror or e}") from None
+    for w in rs.warnings:
+        print(f"bnconform report: warning: {w}", file=sys.stderr)
+    sys.stderr.flush()
+    print(f"report: {path} ({len(rs.records)} checks from {len(rs.sources)} results file(s))")
+    return 0
+
+
 def _cmd_port(args) -> int:
     from .port import port
 
@@ -60,9 +99,8 @@ def _cmd_port(args) -> int:
 def _cmd_conventions(args) -> int:
     import os
 
-    from adapters import select
-
     from .cases import CASES
+    from .catalogue import select
     from .infer import BY_CASE_KNOB, EVAL_GRADIENT_CASE, table
     from .worker import AdapterRun, Pool, WorkerConfig
 
@@ -117,6 +155,27 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("case", nargs="*", help="case ids (default: every case of --tier)")
     o.add_argument("--tier", default="smoke", choices=["smoke", "default", "nightly"])
     o.set_defaults(func=_cmd_oracle)
+    r = sub.add_parser("run", help="run the suite over the installed adapters; write results and the report")
+    r.add_argument("--frameworks", default="all",
+                   help="adapters, families or globs, comma separated (default: all core adapters; those not "
+                        "installed are skipped with their install command)")
+    r.add_argument("--tier", default="default", choices=["smoke", "default", "nightly"])
+    r.add_argument("--out", default="reports",
+                   help="output directory: results in OUT/runs/<run-id>/, the report at OUT/index.html")
+    r.add_argument("--jobs", type=int, default=0, help="adapter worker processes at a time (default: CPU count)")
+    r.add_argument("--case-timeout", type=float, default=300.0,
+                   help="seconds one adapter may spend on one case (its checks become errors past it)")
+    r.add_argument("--adapter-timeout", type=float, default=3600.0,
+                   help="seconds one adapter may spend on all its cases")
+    r.add_argument("--registry", help="registry directory or TOML file (default: the bundled registry)")
+    r.add_argument("--strict", action="store_true",
+                   help="registered deviations that no longer occur (xpass) and stale entries fail the run")
+    r.add_argument("--no-report", action="store_true", help="write results only")
+    r.set_defaults(func=_cmd_run)
+    rp = sub.add_parser("report", help="render results (directories or records.jsonl files) as one HTML file")
+    rp.add_argument("results", nargs="+", help="results directories or files; several are merged")
+    rp.add_argument("--out", default="reports/index.html", help="HTML file to write (default: %(default)s)")
+    rp.set_defaults(func=_cmd_report)
     pt = sub.add_parser("port", help="map BatchNorm hyperparameters from one framework to another")
     pt.add_argument("--from", dest="source", required=True, help="source framework or adapter (torch, keras, ...)")
     pt.add_argument("--to", dest="target", required=True, help="target framework or adapter")

@@ -5,7 +5,8 @@ Options (each also an environment variable, for tox and CI):
   --bn-tier        BNCONFORM_TIER        smoke | default | nightly
   --bn-strict      BNCONFORM_STRICT=1    registered deviations that pass (XPASS) and stale entries fail
   --bn-registry    BNCONFORM_REGISTRY    registry directory or file (default: the bundled one)
-  --bn-results     BNCONFORM_RESULTS     directory to write the results (JSONL + meta.json)
+  --bn-results     BNCONFORM_RESULTS     directory to write the results (records.jsonl + meta.json, the format
+                                         of `bnconform run`; see conformance.pytest_results)
   --bn-jobs        BNCONFORM_JOBS        adapter worker processes at a time (default: CPU count)
   --bn-inprocess                         evaluate in this process (debugging; no isolation)
 Each test id is adapter/case-id/quantity; the verdict engine is conformance.engine.evaluate.
@@ -42,7 +43,7 @@ def pytest_addoption(parser):
 
 
 def _selection(config):
-    from adapters import select
+    from .catalogue import select
 
     try:
         return select(config.getoption("--bn-frameworks"))
@@ -59,6 +60,11 @@ def pytest_configure(config):
     except RegistryError as e:
         raise pytest.UsageError(str(e)) from None
     config.stash[STASH_KEY] = BNSession(config, registry)
+    results = config.getoption("--bn-results")
+    if results and not hasattr(config, "workerinput"):  # main process or xdist controller: start afresh
+        from .pytest_results import clean
+
+        clean(results)
 
 
 def pytest_report_header(config):
@@ -121,6 +127,14 @@ def pytest_collection_finish(session):
                 if case_id not in bn.wanted[adapter]:
                     bn.wanted[adapter].append(case_id)
                 bn.collected += 1
+    results = session.config.getoption("--bn-results")
+    if results and bn.collected:
+        from .pytest_results import SessionResults
+
+        config = session.config
+        bn.sink = SessionResults(results, _xdist_worker(config))
+        bn.sink.begin(tier=config.getoption("--bn-tier"), selection=config.getoption("--bn-frameworks"),
+                      specs=_selection(config), flags=_flags(config))
 
 
 @pytest.fixture(scope="session")
@@ -146,6 +160,7 @@ class BNSession:
         self.versions: dict[str, dict] = {}
         self.stale = None
         self.results_path = None
+        self.sink = None  # pytest_results.SessionResults when --bn-results is given
         self.t0 = time.time()
 
     # -- producing records
@@ -184,7 +199,7 @@ class BNSession:
             self.versions[adapter] = info.get("versions", {})
 
     def _run_inprocess(self, adapter: str, cases: list[str]) -> None:
-        from adapters import load
+        from .catalogue import load
 
         from .cases import case_by_id
         from .engine import evaluate
@@ -216,6 +231,8 @@ class BNSession:
     # -- enforcing a record inside a test
     def enforce(self, rec: dict, request) -> None:
         rec["nodeid"] = request.node.nodeid
+        if self.sink is not None:
+            self.sink.add(rec)
         request.node.user_properties.append(("bn_verdict", rec["verdict"]))
         if rec.get("metrics"):
             request.node.user_properties.append(("bn_ratio", rec["metrics"]["ratio"]))
@@ -246,23 +263,30 @@ def _message(rec: dict) -> str:
 
 def pytest_sessionfinish(session, exitstatus):
     bn = session.config.stash.get(STASH_KEY, None)
-    if bn is None or not bn.records:
+    if bn is None:
         return
     config = session.config
-    bn.stale = _stale(bn)
+    if bn.records:
+        bn.stale = _stale(bn)
+    if bn.sink is not None:
+        bn.results_path = bn.sink.finish(interrupted=exitstatus == pytest.ExitCode.INTERRUPTED,
+                                         versions=bn.versions, stale=bn.stale)
     results = config.getoption("--bn-results")
-    if results:
-        from .results import write_results
+    if results and not hasattr(config, "workerinput"):  # xdist controller: merge what the workers wrote
+        from .pytest_results import merge
 
-        bn.results_path = write_results(results, list(bn.records.values()), tier=config.getoption("--bn-tier"),
-                                        versions=bn.versions, source="pytest", worker=_xdist_worker(config))
+        bn.results_path = merge(results) or bn.results_path
     if bn.stale and config.getoption("--bn-strict") and session.exitstatus == 0:
         session.exitstatus = 1
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     bn = config.stash.get(STASH_KEY, None)
-    if bn is None or not bn.records:
+    if bn is None:
+        return
+    if not bn.records:
+        if bn.results_path:
+            terminalreporter.write_line(f"bnconform results written to {bn.results_path}")
         return
     from collections import Counter
 
@@ -292,6 +316,13 @@ def _stale(bn):
             hits[r["registry"]["id"]] = hits.get(r["registry"]["id"], 0) + 1
     selected = {adapter: next(iter(vers.values()), "0") for adapter, vers in bn.versions.items()}
     return bn.registry.stale(selected, hits)
+
+
+def _flags(config) -> dict:
+    return {"frameworks": config.getoption("--bn-frameworks"), "tier": config.getoption("--bn-tier"),
+            "strict": config.getoption("--bn-strict"), "registry": config.getoption("--bn-registry"),
+            "jobs": config.getoption("--bn-jobs"), "case_timeout": config.getoption("--bn-case-timeout"),
+            "inprocess": config.getoption("--bn-inprocess")}
 
 
 def _xdist_worker(config) -> str:

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from adapters import BY_NAME, load
+from adapters import BY_NAME
 from reference import Convention, simulate
 
 from .cases import Case
+from .catalogue import load, spec
 from .inputs import materialize
 
 # Framework names a user types -> the adapter that stands for them.
@@ -87,10 +88,12 @@ def _alpha(a) -> str:
 
 
 def resolve(name: str) -> str:
-    if name in BY_NAME:
-        return name
     if name in ALIASES:
         return ALIASES[name]
+    try:
+        return spec(name).name
+    except KeyError:
+        pass
     raise KeyError(f"unknown framework {name!r}; use an adapter name ({', '.join(BY_NAME)}) or one of "
                    f"{', '.join(sorted(ALIASES))}")
 

@@ -39,9 +39,8 @@ def _worker_main(conn, adapter_name: str, registry_path: str | None, threads: in
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us cleanly
     limit_threads(threads)
     try:
-        from adapters import load
-
         from .cases import case_by_id
+        from .catalogue import load
         from .engine import evaluate
         from .registry import Registry
 
@@ -136,9 +135,8 @@ class AdapterRun:
     stopped: threading.Event = field(default_factory=threading.Event)
 
     def _error_records(self, case_id: str, reason: str, detail: str = "") -> list[dict]:
-        from adapters import load
-
         from .cases import case_by_id
+        from .catalogue import load
         from .engine import records_for
 
         adapter = load(self.adapter_name)

@@ -1,7 +1,6 @@
 """Convention inference, the cross-framework tables and porting, on planted bugs and framework-free fakes."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from conformance.analysis import defaults_hazard, equivalence, explain

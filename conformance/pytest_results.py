@@ -1,0 +1,68 @@
+"""Results of a pytest session, in the CLI runner's format (conformance.results): `--bn-results DIR` gets
+DIR/records.jsonl and DIR/meta.json, so tox runs and `bnconform run` produce interchangeable results.
+
+Each check is appended when its test enforces it (a killed session keeps what finished). Under pytest-xdist
+every worker writes DIR/parts/<worker>/ and the controller merges the parts when the session ends; a session
+without xdist writes DIR/ directly. Only the checks that ran as tests are written.
+"""
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from . import results, runmeta
+
+
+def clean(directory: str | Path) -> None:
+    """Remove a previous session's results from DIR (only the files this format owns)."""
+    d = Path(directory)
+    for name in (results.RECORDS, results.META):
+        (d / name).unlink(missing_ok=True)
+    shutil.rmtree(d / results.PARTS, ignore_errors=True)
+
+
+class SessionResults:
+    def __init__(self, directory: str | Path, worker: str):
+        self.root = Path(directory)
+        self.worker = worker
+        self.dir = self.root if worker == "main" else self.root / results.PARTS / worker
+        self.writer: results.RecordWriter | None = None
+        self.meta: dict | None = None
+        self.counts: Counter = Counter()
+
+    def begin(self, *, tier: str, selection: str, specs, flags: dict) -> None:
+        from .cases import cases_for_tier
+        from .engine import input_checksum
+
+        cases = cases_for_tier(tier)
+        self.meta = runmeta.base(source="pytest", tier=tier, selection=selection, specs=specs, cases=cases,
+                                 flags=flags, checksum=input_checksum(cases))
+        self.meta["worker"] = self.worker
+        results.write_meta(self.dir, self.meta)
+        self.writer = results.RecordWriter(self.dir / results.RECORDS)
+
+    def add(self, record: dict) -> None:
+        if self.writer is not None:
+            self.writer.write([record])
+            self.counts[record["verdict"]] += 1
+
+    def finish(self, *, interrupted: bool, versions: dict[str, dict], stale) -> Path | None:
+        if self.writer is None or self.meta is None:
+            return None
+        self.writer.close()
+        m = self.meta
+        m.update(finished=runmeta.now(), status="interrupted" if interrupted else "complete",
+                 counts=dict(sorted(self.counts.items())), checks=self.writer.count,
+                 stale_registry=None if stale is None else [e.as_dict() for e in stale])
+        m["versions"] = {k: v for name in sorted(versions) for k, v in versions[name].items()}
+        for a in m["adapters"]:
+            if a["name"] in versions:
+                a["version"] = versions[a["name"]].get(a["framework"], a["version"])
+        results.write_meta(self.dir, m)
+        return self.dir / results.RECORDS
+
+
+def merge(directory: str | Path) -> Path | None:
+    """Controller side of xdist: merge the workers' parts into DIR/records.jsonl and DIR/meta.json."""
+    return results.merge_parts(directory)

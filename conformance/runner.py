@@ -1,0 +1,215 @@
+"""`bnconform run`: every selected adapter in its own long-lived worker process, results as they arrive,
+the report at the end.
+
+Layout under --out (default `reports/`):
+    runs/<run-id>/records.jsonl   one check record per line, appended as each case finishes
+    runs/<run-id>/meta.json       the run: versions, platform, flags, adapters (rewritten atomically)
+    index.html                    the report of the latest run (replaced atomically)
+The parent never imports a framework: it plans from the catalogue, starts workers (conformance.worker) N at a
+time, and collects records. A crash, hang or exception in one adapter becomes error records for the cases it
+did not finish; the others go on. Ctrl-C stops the workers and keeps every record that finished.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from . import progress as progress_mod
+from . import results, runmeta
+from .catalogue import select
+from .cases import cases_for_tier
+from .engine import input_checksum
+from .registry import Registry, RegistryError
+from .worker import AdapterRun, Pool, WorkerConfig
+
+FAILING = ("fail", "error")
+
+
+class RunError(Exception):
+    """A run that cannot start (bad selection, registry, output directory): one line, exit status 2."""
+
+
+@dataclass
+class RunOptions:
+    frameworks: str = "all"
+    tier: str = "default"
+    out: str = "reports"
+    jobs: int = 0  # 0: CPU count
+    case_timeout: float = 300.0
+    adapter_timeout: float = 3600.0
+    registry: str | None = None
+    strict: bool = False
+    report: bool = True
+
+
+def _console() -> Console:
+    console = Console()
+    return console if console.is_terminal else Console(width=160)  # logs: no wrapping at 80 columns
+
+
+def _prepare_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".bnconform-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise RunError(f"cannot write results to {path}: {e.strerror or e}") from None
+
+
+def exit_status(counts: Counter, strict: bool, stale: list | None) -> int:
+    if any(counts[v] for v in FAILING):
+        return 1
+    if strict and (counts["xpass"] or stale):
+        return 1
+    return 0
+
+
+class _Collector:
+    """Receives records and events from the threads driving the workers: appends records to disk as they
+    arrive, counts verdicts and registry hits, remembers the versions each worker imported."""
+
+    def __init__(self, writer: results.RecordWriter, names: list[str], show):
+        self.writer, self.show = writer, show
+        self.counts: dict[str, Counter] = {n: Counter() for n in names}
+        self.done: dict[str, int] = {n: 0 for n in names}
+        self.versions: dict[str, dict] = {}
+        self.hits: Counter = Counter()  # registry entry id -> checks it matched (stale entries match none)
+
+    def run_for(self, name: str, case_ids: list[str], cfg: WorkerConfig) -> AdapterRun:
+        return AdapterRun(name, case_ids, cfg, on_records=lambda cid, recs: self.records(name, recs),
+                          on_event=lambda kind, info: self.event(name, kind, info))
+
+    def records(self, name: str, records: list[dict]) -> None:
+        self.writer.write(records)
+        self.counts[name].update(r["verdict"] for r in records)
+        self.hits.update(r["registry"]["id"] for r in records if r.get("registry"))
+        self.done[name] += 1
+        self.show.case_done(name, records)
+
+    def event(self, name: str, kind: str, info: dict) -> None:
+        if kind == "started":
+            self.versions[name] = info.get("versions", {})
+        self.show.event(name, kind, info)
+
+
+def run(opts: RunOptions, console: Console | None = None) -> int:
+    console = console or _console()
+    specs, registry, cases, available = _plan(opts)
+    jobs = min(opts.jobs or os.cpu_count() or 1, len(available))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    flags = {"frameworks": opts.frameworks, "tier": opts.tier, "jobs": jobs, "threads_per_worker": threads,
+             "case_timeout": opts.case_timeout, "adapter_timeout": opts.adapter_timeout,
+             "registry": opts.registry, "strict": opts.strict}
+    meta = runmeta.base(source="cli", tier=opts.tier, selection=opts.frameworks, specs=specs, cases=cases,
+                        flags=flags, checksum=input_checksum(cases))
+    out = Path(opts.out)
+    run_dir = out / "runs" / meta["run_id"]
+    _prepare_dir(run_dir)
+    if opts.report:
+        _prepare_dir(out)
+    results.write_meta(run_dir, meta)
+    console.print(f"bnconform run {meta['run_id']}: tier {opts.tier}, {len(cases)} cases, {len(available)} of "
+                  f"{len(specs)} adapters installed, {jobs} at a time, {threads} thread(s) each", highlight=False,
+                  soft_wrap=True)
+
+    show = progress_mod.make(console)
+    got = _Collector(results.RecordWriter(run_dir / results.RECORDS), [s.name for s in available], show)
+    cfg = WorkerConfig(registry_path=opts.registry, threads=threads, case_timeout=opts.case_timeout,
+                       adapter_timeout=opts.adapter_timeout)
+    case_ids = [c.id for c in cases]
+    pool = Pool([got.run_for(s.name, case_ids, cfg) for s in available], jobs)
+    interrupted = False
+    with show:
+        for s in specs:
+            if s in available:
+                show.add(s.name, len(case_ids))
+            else:
+                show.skipped(s.name, f"{', '.join(s.missing())} not installed; {s.install}")
+        pool.start()
+        try:
+            while not pool.join(0.25):
+                pass
+        except KeyboardInterrupt:
+            interrupted = True
+            console.print("interrupted: stopping the workers, keeping the finished checks", highlight=False)
+            pool.stop()
+            pool.join(30)
+    got.writer.close()
+
+    stale = _finish_meta(meta, got, registry, interrupted)
+    results.write_meta(run_dir, meta)
+    _summary(console, specs, got.counts, stale)
+    console.print(f"results: {run_dir}", highlight=False, markup=False)
+    if opts.report and got.writer.count:
+        from . import report
+
+        report_path = out / "index.html"
+        report.write(results.load([run_dir]), report_path)
+        console.print(f"report:  {report_path}", highlight=False, markup=False)
+    if interrupted:
+        return 130
+    return exit_status(sum(got.counts.values(), Counter()), opts.strict, stale)
+
+
+def _plan(opts: RunOptions):
+    """What to run: the selected adapters, the registry, the tier's cases; usage errors raise RunError."""
+    try:
+        specs = select(opts.frameworks)
+    except KeyError as e:
+        raise RunError(str(e.args[0])) from None
+    try:
+        registry = Registry.load(opts.registry)
+    except RegistryError as e:
+        raise RunError(str(e)) from None
+    cases = cases_for_tier(opts.tier)
+    available = [s for s in specs if not s.missing()]
+    if not available:
+        why = "; ".join(f"{s.name}: {', '.join(s.missing())} not installed" for s in specs[:3])
+        raise RunError(f"no adapter of selection {opts.frameworks!r} is installed ({why}); nothing to check")
+    return specs, registry, cases, available
+
+
+def _finish_meta(meta: dict, got: _Collector, registry: Registry, interrupted: bool) -> list[dict] | None:
+    """Fill in the end of the run; returns the stale registry entries (None when the run was cut short)."""
+    total = sum(got.counts.values(), Counter())
+    meta.update(finished=runmeta.now(), status="interrupted" if interrupted else "complete",
+                counts=dict(sorted(total.items())), checks=got.writer.count)
+    meta["versions"] = {k: v for name in sorted(got.versions) for k, v in got.versions[name].items()}
+    for a in meta["adapters"]:
+        if a["name"] in got.done:
+            a["cases_done"] = got.done[a["name"]]
+            a["counts"] = dict(sorted(got.counts[a["name"]].items()))
+            a["version"] = got.versions.get(a["name"], {}).get(a["framework"], a["version"])
+    if interrupted:
+        return None
+    selected = {a["name"]: a["version"] or "0" for a in meta["adapters"] if a["available"]}
+    meta["stale_registry"] = [e.as_dict() for e in registry.stale(selected, dict(got.hits))]
+    return meta["stale_registry"]
+
+
+def _summary(console: Console, specs, counts: dict[str, Counter], stale) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    order = ("pass", "fail", "error", "xfail", "xpass", "characterized", "skip")
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    table.add_column("adapter")
+    for v in order:
+        table.add_column(v, justify="right")
+    table.add_column("")
+    for s in specs:
+        c = counts.get(s.name)
+        if c is None:
+            table.add_row(escape(s.name), *["-"] * len(order), "not installed")
+            continue
+        table.add_row(escape(s.name), *[(f"[red]{c[v]}[/]" if v in ("fail", "error") and c[v] else str(c[v]))
+                                        for v in order], "")
+    console.print(table)
+    for e in stale or []:
+        console.print(f"stale registry entry {e['id']} ({e['source']}): matched no check. {e['reason']}",
+                      highlight=False, markup=False)

@@ -1,0 +1,114 @@
+/* bnconform report: sorting, filtering, the cross-framework case picker. No library, no network. */
+(function () {
+  "use strict";
+  var $ = function (sel, root) { return (root || document).querySelector(sel); };
+  var $$ = function (sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); };
+
+  /* -- sortable tables: click a header; cells may carry data-sort (numbers sort numerically) */
+  function key(cell) {
+    if (!cell) { return ""; }
+    var s = cell.getAttribute("data-sort");
+    if (s === null) { s = cell.textContent.trim(); }
+    var n = Number(s);
+    return (s !== "" && !isNaN(n)) ? n : s.toLowerCase();
+  }
+  function compare(a, b) {
+    if (typeof a === typeof b) { return a < b ? -1 : (a > b ? 1 : 0); }
+    return typeof a === "number" ? -1 : 1;
+  }
+  $$("table.sortable thead th").forEach(function (th) {
+    th.addEventListener("click", function () {
+      var table = th.closest("table"), body = table.tBodies[0];
+      var idx = Array.prototype.indexOf.call(th.parentNode.children, th);
+      var asc = th.getAttribute("data-dir") !== "asc";
+      $$("thead th", table).forEach(function (h) { h.removeAttribute("data-dir"); });
+      th.setAttribute("data-dir", asc ? "asc" : "desc");
+      var rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (r1, r2) {  /* rows marked data-last (adapters not installed) stay at the end */
+        var l1 = r1.hasAttribute("data-last"), l2 = r2.hasAttribute("data-last");
+        if (l1 !== l2) { return l1 ? 1 : -1; }
+        var c = compare(key(r1.cells[idx]), key(r2.cells[idx]));
+        return asc ? c : -c;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+
+  /* -- matrix filter */
+  var mf = $("#matrix-filter"), mm = $("#matrix-mode"), mp = $("#matrix-problems");
+  function filterMatrix() {
+    var text = (mf.value || "").toLowerCase(), mode = mm.value, bad = mp.checked;
+    $$("#matrix-table tbody tr").forEach(function (tr) {
+      var show = tr.getAttribute("data-adapter").toLowerCase().indexOf(text) >= 0
+        && (!mode || tr.getAttribute("data-mode") === mode)
+        && (!bad || tr.getAttribute("data-bad") === "1");
+      tr.hidden = !show;
+    });
+  }
+  if (mf) { [mf, mm, mp].forEach(function (el) { el.addEventListener("input", filterMatrix); el.addEventListener("change", filterMatrix); }); }
+
+  /* -- findings and checks filter */
+  var fa = $("#f-adapter"), fq = $("#f-quantity"), fm = $("#f-mode"), ft = $("#f-text"), fc = $("#f-count");
+  function filterChecks() {
+    var verdicts = {};
+    $$("#check-filters input[name=verdict]").forEach(function (cb) { verdicts[cb.value] = cb.checked; });
+    var a = fa.value, q = fq.value, m = fm.value, t = (ft.value || "").toLowerCase();
+    var shown = 0, total = 0;
+    function keep(el) {
+      return verdicts[el.getAttribute("data-verdict")]
+        && (!a || el.getAttribute("data-adapter") === a)
+        && (!q || el.getAttribute("data-quantity") === q)
+        && (!m || el.getAttribute("data-mode") === m)
+        && (!t || (el.querySelector("summary") || el).textContent.toLowerCase().indexOf(t) >= 0);
+    }
+    $$("#findings > details.finding").forEach(function (el) { el.hidden = !keep(el); });
+    $$("#checks-table tbody tr").forEach(function (tr) {
+      var k = keep(tr); tr.hidden = !k; total += 1; if (k) { shown += 1; }
+    });
+    var findings = $$("#findings > details.finding:not([hidden])").length;
+    fc.textContent = findings + " finding(s) and " + shown + " of " + total + " checks match";
+  }
+  $$("#check-filters input, #check-filters select").forEach(function (el) {
+    el.addEventListener("input", filterChecks); el.addEventListener("change", filterChecks);
+  });
+  if (fc) { filterChecks(); }
+
+  /* -- a matrix cell lists its checks */
+  $$("#matrix-table td.cell").forEach(function (td) {
+    td.addEventListener("click", function () {
+      var tr = td.parentNode;
+      fa.value = tr.getAttribute("data-adapter");
+      fm.value = tr.getAttribute("data-mode");
+      fq.value = td.getAttribute("data-q") || "";
+      $$("#check-filters input[name=verdict]").forEach(function (cb) { cb.checked = true; });
+      filterChecks();
+      $("#all-checks").open = true;
+      $("#checks").scrollIntoView();
+    });
+  });
+
+  /* -- cross-framework case picker */
+  var xs = $("#xcase");
+  if (xs) {
+    xs.addEventListener("change", function () {
+      $$(".xcase").forEach(function (d) { d.hidden = d.getAttribute("data-case") !== xs.value; });
+    });
+  }
+
+  /* -- links to a finding open it */
+  function openTarget() {
+    var id = decodeURIComponent(location.hash.slice(1));
+    var el = id && document.getElementById(id);
+    if (el && el.tagName === "DETAILS") { el.hidden = false; el.open = true; el.scrollIntoView(); }
+  }
+  window.addEventListener("hashchange", openTarget);
+  openTarget();
+
+  /* -- copy a repro snippet */
+  $$("button.copy").forEach(function (b) {
+    b.addEventListener("click", function () {
+      var text = document.getElementById(b.getAttribute("data-for")).textContent;
+      if (navigator.clipboard) { navigator.clipboard.writeText(text).then(function () { b.textContent = "copied"; }); }
+    });
+  });
+})();

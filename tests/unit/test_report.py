@@ -1,0 +1,109 @@
+"""The HTML report, rendered in process from engine records: self-contained, deterministic, and showing what
+each finding needs (diagnosis summary, histogram, tolerance, channel statistics, values side by side)."""
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from conformance import report, results, svg
+from conformance.cases import case_by_id, cases_for_tier
+from conformance.compare import HIST_EDGES
+from conformance.engine import evaluate
+
+from .fakes import OracleAdapter
+
+SMALL_N = "f32-4x3-ax1-T2E-a0.1-eps1e-05-rstats-s0"
+
+
+@pytest.fixture(scope="module")
+def records():
+    out = []
+    for case in cases_for_tier("smoke") + [case_by_id(SMALL_N)]:
+        out += evaluate(OracleAdapter(name="fake.oracle"), case)
+        out += evaluate(OracleAdapter(name="fake.wrong_var", scale_running_var=1.5), case)
+    for r in out:
+        if r["adapter"] == "fake.wrong_var" and r["quantity"] == "running_var" and r["verdict"] == "fail":
+            r["diagnosis"] = {"summary": "running variance is 1.5 times the declared one", "fits": "scale 1.5"}
+    return out
+
+
+def _html(records, tables=(), metas=()):
+    return report.render(results.ResultSet(sorted(records, key=lambda r: r["check_id"]), list(metas), list(tables)))
+
+
+def test_self_contained(records):
+    html = _html(records)
+    assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=", html)
+    assert "http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'" in html
+    assert "<style>" in html and "<script>" in html
+
+
+def test_findings_show_what_a_failure_needs(records):
+    html = _html(records)
+    assert html.count('class="finding v-fail"') == sum(1 for r in records if r["verdict"] == "fail")
+    assert "running variance is 1.5 times the declared one" in html  # diagnosis summary
+    assert 'class="hist"' in html and "bound at the worst element" in html
+    assert "Tolerance provenance" in html and "safety" in html
+    assert "normalized with var" in html  # the worst element's channel statistics
+
+
+def test_output_is_deterministic_whatever_the_input_order(records):
+    shuffled = list(records)
+    random.Random(1).shuffle(shuffled)
+    assert _html(records) == _html(shuffled)
+
+
+def test_analysis_tables_become_sections(records):
+    tables = [{"id": "declared-vs-inferred", "title": "Declared vs inferred", "description": "knobs",
+               "columns": ["adapter", "knob", "declared", "inferred"],
+               "rows": [["fake.wrong_var", "running_var", "unbiased", "scaled <x>"], ["fake.oracle", "eps", 1e-5, None]]}]
+    html = _html(records, tables)
+    assert 'id="t-declared-vs-inferred"' in html and "Declared vs inferred" in html
+    assert "scaled &lt;x&gt;" in html  # cells are escaped
+
+
+def test_cross_framework_view_lists_oracle_and_each_adapter(records):
+    html = _html(records)
+    section = html[html.index('<section id="cross">'):html.index('<section id="runs">')]
+    block = section[section.index(f'data-case="{SMALL_N}"'):]
+    assert "oracle" in block and "fake.oracle" in block and "fake.wrong_var" in block
+
+
+def test_interrupted_run_and_not_installed_adapters_are_shown(records):
+    meta = {"run_id": "20260101T000000-smoke-00000000", "status": "interrupted", "tier": "smoke",
+            "adapters": [{"name": "fake.absent", "available": False, "missing": ["nothing"],
+                          "install": "pip install nothing"}]}
+    html = _html(records, metas=[meta])
+    assert "did not complete" in html
+    assert "pip install nothing" in html
+
+
+def test_histogram_counts_and_marks():
+    counts = [0] * (len(HIST_EDGES) - 1)
+    counts[12] = 5
+    out = str(svg.error_histogram(counts, allowed=1e-6, max_abs=1e-7, exact=3))
+    assert out.startswith("<svg") and out.count('class="bar"') == 1 and "(3 exact)" in out
+    assert 'class="allowed"' in out and 'class="worst"' in out
+    assert svg.error_histogram(None) == ""
+
+
+def test_write_is_atomic(records, tmp_path, monkeypatch):
+    target = tmp_path / "index.html"
+    target.write_text("previous report")
+
+    def broken(rs):
+        raise RuntimeError("template bug")
+
+    monkeypatch.setattr(report, "render", broken)
+    with pytest.raises(RuntimeError):
+        report.write(results.ResultSet(records), target)
+    assert target.read_text() == "previous report" and [p.name for p in tmp_path.iterdir()] == ["index.html"]
+
+
+def test_nonfinite_values_render(records):
+    recs = json.loads(json.dumps([results.sanitize(r) for r in records]))
+    recs[0]["metrics"] = {**(recs[0]["metrics"] or {}), "ratio": "inf"}
+    assert "inf" in _html(recs)
