@@ -77,7 +77,10 @@ class EquinoxBatchNorm(Adapter):
         if key not in self.modules:
             eqx, jax = self.eqx, self.jax
             kw = {**cfg, "dtype": getattr(jax.numpy, p.dtype)}
-            bn, state0 = eqx.filter_jit(lambda: eqx.nn.make_with_state(eqx.nn.BatchNorm)(**kw))()
+            def construct():  # jitted once per configuration: building the module runs no eager op
+                return eqx.nn.make_with_state(eqx.nn.BatchNorm)(**kw)
+
+            bn, state0 = eqx.filter_jit(construct)()
             ema = self.mode == "ema"
 
             def apply(params, state, x, train):

@@ -248,7 +248,7 @@ def load(paths) -> ResultSet:
 
 
 def _strip(rec: dict) -> dict:
-    return {k: v for k, v in rec.items() if k not in ("seconds", "nodeid")}
+    return {k: v for k, v in rec.items() if k not in ("seconds", "harness_seconds", "nodeid")}
 
 
 def _same_inputs(metas: list[dict]) -> None:

@@ -184,7 +184,9 @@ def test_a_new_shape_compiles_only_the_jitted_functions_and_a_rerun_nothing(name
     try:
         p = problem("f32-4x3x5-ax1-TE-a0.1-eps1e-05-s0")
         a.run(p)
-        assert set(names) <= {"step", "grad1", "grad2"}, names  # nothing eager
+        # nothing eager: every compilation is one of the adapter's jitted functions (equinox also jits the
+        # module's construction once per configuration); a warm persistent cache may log none of them
+        assert set(names) <= {"step", "grad1", "grad2", "construct"}, names
         names.clear()
         a.run(p)
         assert names == []

@@ -100,7 +100,7 @@ def suite(pytester, monkeypatch):
 
 
 def _comparable(rec):
-    return {k: v for k, v in rec.items() if k not in ("seconds", "nodeid")}
+    return {k: v for k, v in rec.items() if k not in ("seconds", "harness_seconds", "nodeid")}
 
 
 def test_pytest_and_cli_results_are_interchangeable(suite, tmp_path):
