@@ -49,13 +49,13 @@ class Keras3(Adapter):
                                      variance="fast" if backend == "torch" else "two_pass")
         self.layers: dict = {}
 
-    def versions(self):
+    def versions(self):  # keras first: its version is the one registry entries are matched against
         from importlib.metadata import version
 
         from . import tf_common
 
-        dist = {"tensorflow": None, "jax": "jax", "torch": "torch"}[self.backend]
-        return {"keras": version("keras"), self.backend: version(dist) if dist else tf_common.version()}
+        other = tf_common.version() if self.backend == "tensorflow" else version(self.backend)
+        return {"keras": version("keras"), self.backend: other}
 
     def precision(self, problem: Problem) -> Precision:
         dt = problem.dtype
@@ -121,31 +121,27 @@ class Keras3(Adapter):
                     obs.put(q, num(t), self.ops.dtype(t))
             else:
                 y, ntv = self.ops.forward(layer, tv, ntv, xt, training)
-            ys.append(y)
-            means.append(ntv[0])
-            vars_.append(ntv[1])
+            ys, means, vars_ = ys + [y], means + [ntv[0]], vars_ + [ntv[1]]
         for q, ts in (("y", ys), ("running_mean", means), ("running_var", vars_)):
             obs.put(q, np.stack([num(t) for t in ts]), self.ops.dtype(ts[0]))
-        for q in ("batch_mean", "batch_var"):
-            obs.unsupported[q] = "Keras BatchNormalization does not expose the batch statistics"
-        obs.unsupported["num_batches_tracked"] = "Keras BatchNormalization keeps no step counter"
+        obs.unsupported.update(dict.fromkeys(("batch_mean", "batch_var"), "Keras BatchNormalization does not "
+                                             "expose the batch statistics"),
+                               num_batches_tracked="Keras BatchNormalization keeps no step counter")
         return obs
 
     def snippet(self, p: Problem) -> str:
         ops, grads = self.ops, self.wants_gradients(p)
         lines = [
-            "import os",
-            f"os.environ['KERAS_BACKEND'] = {self.backend!r}",
+            f"import os; os.environ['KERAS_BACKEND'] = {self.backend!r}",
             ops.header,
             "import keras",
             f"layer = keras.layers.BatchNormalization(**{self.native_config(p)!r})",
             f"dt, _ = {p.dtype!r}, layer.build({p.shape!r})",
             "to = lambda a, d: keras.ops.convert_to_tensor(np.array(a), dtype=d)",
             "num = lambda t: np.asarray(keras.ops.convert_to_numpy(t), dtype=np.float64)",
-            "pdt = layer.variable_dtype",
+            "pdt, ys, means, vars_ = layer.variable_dtype, [], [], []",
             "tv = " + ("[to(p.gamma, pdt), to(p.beta, pdt)]" if p.affine else "[]"),
             "ntv = [to(p.running_mean, pdt), to(p.running_var, pdt)]",
-            "ys, means, vars_ = [], [], []",
             "for k, (x, mode) in enumerate(zip(p.xs, p.modes)):",
             "    xt, training = to(x, dt), mode == 'train'",
             f"    if k < len(p.xs) - 1 or not {grads!r}:",

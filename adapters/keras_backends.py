@@ -82,9 +82,21 @@ class JaxBackend:
                 "g = [dx] + list(dtv)"]
 
     def setup(self):
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_cpu_enable_fast_math" not in flags:  # no reassociation or approximate math in XLA:CPU
+            os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_enable_fast_math=false").strip()
         import jax
 
         jax.config.update("jax_enable_x64", True)  # float64 cases; explicit dtypes everywhere else
+        # Compiled executables persist across runs ($BNCONFORM_CACHE_DIR/jax, default reports/.cache/jax):
+        # compiling is nearly all of this adapter's time.
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+        base = os.environ.get("BNCONFORM_CACHE_DIR") or os.path.join(root, "reports", ".cache")
+        path = os.path.join(base, "jax")
+        os.makedirs(path, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
         self.jax = jax
         self.cache = {}
 
