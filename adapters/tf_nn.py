@@ -28,8 +28,8 @@ class TFNN(Adapter):
     api = "tf.nn.moments + tf.nn.batch_normalization"
     # Stateless: no native momentum or eps default exists (variance_epsilon is a required argument, the
     # running statistics are the caller's), so use_defaults cases are unsupported and the oracle never reads
-    # these two. Convention has no "no default": eps is NaN (a float that formats and poisons any use).
-    convention = Convention(momentum_form="weight_on_new", default_momentum=None, default_eps=float("nan"),
+    # these two; None says "none". (NaN would not survive repr() into the repro snippets.)
+    convention = Convention(momentum_form="weight_on_new", default_momentum=None, default_eps=None,
                             running_var="biased", batch_var_estimator="biased", averaging="ema",
                             variance="two_pass")
     channel_axes = "any"
