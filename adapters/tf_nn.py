@@ -42,10 +42,11 @@ class TFNN(Adapter):
 
     def precision(self, problem: Problem) -> Precision:
         dt = problem.dtype
-        # float16: moments in float32 (nn_impl.moments casts), but the normalization, the running update and
-        # the gradient reductions (reduce_sum accumulates float16 in float16) are float16 arithmetic;
-        # bfloat16: everything but the kernels' reduction accumulators is bfloat16.
-        return Precision(io=dt, compute="float16" if dt == "float16" else dt, stats=dt, params=dt)
+        # Everything in the case dtype. float16: moments are float32 (nn_impl.moments casts) but the
+        # normalization, the running update and the gradient reductions (reduce_sum accumulates float16 in
+        # float16) are float16 arithmetic; bfloat16: all but the kernels' reduction accumulators is bfloat16.
+        # One `compute` format cannot say "float32 sums, 16-bit elementwise": the bound takes the coarser.
+        return Precision(io=dt, compute=dt, stats=dt, params=dt)
 
     def setup(self) -> None:
         self.tf = tfc.import_tf()
