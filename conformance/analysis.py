@@ -154,10 +154,10 @@ def defaults_hazard(records: list[dict], conventions: dict | None = None) -> lis
         rows = []
         for name in sorted(per_adapter):
             conv = _convention(name, conventions)
-            if conv is None:
-                continue
-            alpha, eps = problem.effective(conv)
             recs = per_adapter[name]
+            if conv is None or all(r["verdict"] == "skip" for r in recs.values()):
+                continue  # no defaults to show (e.g. tf.nn and haiku have none: the case is skipped)
+            alpha, eps = problem.effective(conv)
             cells = [name, f"{conv.default_momentum} ({conv.momentum_form.replace('_', ' ')})", _fmt(alpha),
                      f"{eps:g}", conv.running_var]
             for q in ("running_mean", "running_var", "y"):

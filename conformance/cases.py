@@ -201,6 +201,13 @@ _TABLE: list[Case] = [
          note="|mean|/std ~ 1e3: E[x^2]-E[x]^2 in float32 loses every digit; two-pass keeps ~all"),
     Case(S4, "float32", T(2) + E(), init_stats="random", knob="stats_dtype",
          note="random running statistics not representable in float16"),
+    Case(S4, "float32", T() + E(), loc=1e3, characterize=True,
+         note="|mean|/std ~ 1e3 on a 4-D input: the fast variance in fused and channels-last kernels"),
+    Case(S4, "float32", T() + E(), eps=1e-8, scale=1e-3,
+         note="eps 1e-8 with variance ~1e-6: an implementation that clamps eps (cuDNN's 1e-5 minimum) is off "
+              "by sqrt(11)"),
+    Case(S5, "float32", T() + E(), init_stats="random", memory_format="channels_last",
+         note="5-D channels-last memory format (NDHWC kernels)"),
     Case(S4, "float32", T() + E(), affine=False, note="affine=False: no gamma, beta"),
     Case(S4, "float32", T() + E(), track_running_stats=False,
          note="no running statistics: inference normalizes with the batch statistics"),

@@ -86,6 +86,9 @@ def for_declared(problem: Problem, declared: Convention) -> list[Hypothesis]:
     if declared.grad_through_var:
         hs.append(_conv("no_grad_var", "the backward treats the batch variance as a constant", "grad_through_var",
                         False))
+    if not declared.variance_mean_detached:
+        hs.append(_conv("variance_mean_detached", "the variance is taken around stop_gradient(mean): first-order "
+                        "gradients are right, second order loses the mean's term", "variance_mean_detached", True))
     tn = _other(declared.train_normalizer, "batch", "running")
     hs.append(_conv(f"train_normalizer_{tn}", "training normalizes with " + (
         "the EMA-blended running statistics" if tn == "running" else "the batch statistics"), "train_normalizer", tn))

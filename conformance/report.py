@@ -292,6 +292,16 @@ def _table_cell(c):
     return {"text": c if isinstance(c, str) else json.dumps(c), "sort": c if isinstance(c, str) else ""}
 
 
+def _analysis_tables(rs: results.ResultSet) -> list[dict]:
+    """The tables computed from these records (conventions, equivalence, defaults hazard), then any other
+    table an analysis.json brought that the computation does not produce."""
+    from . import analysis
+
+    computed = analysis.tables(rs.records)
+    ids = {t["id"] for t in computed}
+    return computed + [t for t in rs.tables if t["id"] not in ids]
+
+
 def build(rs: results.ResultSet) -> dict:
     records = rs.records
     counts = Counter(r["verdict"] for r in records)
@@ -320,7 +330,7 @@ def build(rs: results.ResultSet) -> dict:
         "runs": runs,
         "interrupted": interrupted,
         "warnings": rs.warnings,
-        "tables": _tables(rs.tables),
+        "tables": _tables(_analysis_tables(rs)),
         "verdicts": VERDICT_ORDER,
         "modes": sorted({row["mode"] for row in rows}),
         "quantities": [q for q in QUANTITIES if any(row["quantity"] == q for row in rows)],

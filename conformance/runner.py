@@ -143,6 +143,8 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
 
     stale = _finish_meta(meta, got, registry, interrupted)
     results.write_meta(run_dir, meta)
+    if got.writer.count:
+        _write_analysis(run_dir)
     _summary(console, specs, got.counts, stale)
     console.print(f"results: {run_dir}", highlight=False, markup=False)
     if opts.report and got.writer.count:
@@ -154,6 +156,16 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
     if interrupted:
         return 130
     return exit_status(sum(got.counts.values(), Counter()), opts.strict, stale)
+
+
+def _write_analysis(run_dir: Path) -> None:
+    """analysis.json: the declared-vs-inferred conventions, equivalence and defaults-hazard tables."""
+    import json
+
+    from . import analysis
+
+    tables = analysis.tables(results.load([run_dir]).records)
+    results.write_atomic(run_dir / results.ANALYSIS, json.dumps(results.sanitize({"tables": tables}), indent=1) + "\n")
 
 
 def _plan(opts: RunOptions):

@@ -63,6 +63,9 @@ class Convention:
     eps_placement: EpsPlacement = "inside_sqrt"
     grad_through_mean: bool = True  # training backward differentiates through the batch mean
     grad_through_var: bool = True  # ... and through the batch variance
+    # The variance is taken around stop_gradient(mean) (tf.nn.moments): no first-order effect, but second
+    # order loses the mean's -2/n^2 term.
+    variance_mean_detached: bool = False
     cumulative_offset: int = 0  # cumulative average divides by (count + offset)
 
     def with_(self, **changes) -> "Convention":

@@ -152,7 +152,12 @@ def simulate(problem: Problem, convention: Convention, compute_dtype: str | None
         """dx of the last step for a leading batch of inputs xb and scales gb (complex allowed)."""
         b_axes = tuple(a + 1 for a in axes)
         stats = _keepdims_moments(xb, b_axes)
+        if convention.variance_mean_detached:  # variance around the unperturbed mean, as stop_gradient makes it
+            d = xb - norm.mu[None]
+            stats = (stats[0], np.mean(d * d, axis=b_axes, keepdims=True))
         nb = _normalizer(xb, axis + 1, n, mode, before, convention, eps, track, blend, stats)
+        if convention.variance_mean_detached:
+            nb = nz.Normalizer(nb.m, nb.s2, norm.mu[None], nb.a, nb.c, nb.eps, nb.eps_placement)
         # A statistic the backward does not differentiate is a constant at every order (stop_gradient):
         # the perturbed inputs must not move it either.
         if nb.a == 0.0 or nb.c == 0.0:

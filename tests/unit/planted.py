@@ -22,6 +22,7 @@ BUGS = {
     "float16_stats": "keeps the running statistics in float16",
     "cumulative_off_by_one": "divides the cumulative average by t + 1 instead of t",
     "stats_not_constant_in_eval": "normalizes inference with batch statistics",
+    "variance_detached_mean": "takes the variance around mean.detach() (tf.nn.moments' stop_gradient)",
 }
 
 
@@ -84,7 +85,8 @@ class HandWrittenTorchBN(Adapter):
                     obs.raised = "Expected more than 1 value per channel when training"
                     return obs
                 mu = xt.mean(dim=axes, keepdim=True)
-                var = ((xt - mu) ** 2).mean(dim=axes, keepdim=True)
+                centre = mu.detach() if bug == "variance_detached_mean" else mu
+                var = ((xt - centre) ** 2).mean(dim=axes, keepdim=True)
                 if mode == "train" and p.track_running_stats:
                     count += 1
                     w = alpha if alpha is not None else 1.0 / (count + (1 if bug == "cumulative_off_by_one" else 0))

@@ -30,6 +30,7 @@ DIAGNOSIS = {
     "float16_stats": "stats_float16",
     "cumulative_off_by_one": "count_offset+1",
     "stats_not_constant_in_eval": "eval_uses_batch_stats",
+    "variance_detached_mean": "variance_mean_detached",
 }
 
 REGISTRY = Registry.load()
