@@ -52,10 +52,62 @@ def _cmd_run(args) -> int:
     opts = RunOptions(frameworks=args.frameworks, tier=args.tier, out=args.out, jobs=args.jobs,
                       case_timeout=args.case_timeout, adapter_timeout=args.adapter_timeout,
                       registry=args.registry, strict=args.strict, report=not args.no_report)
+    baseline_paths = {}
+    for kind in ("save_baseline", "compare_baseline"):
+        name = getattr(args, kind)
+        if name:
+            from .diffview import baseline_path
+
+            try:
+                baseline_paths[kind] = baseline_path(args.out, name)
+            except ValueError as e:
+                raise UsageError(f"bnconform run: {e}") from None
+    fail_on = None
+    if "compare_baseline" in baseline_paths:
+        from . import diff as diffmod
+        from .diffview import load_baseline
+        from .results import ResultsError
+
+        try:
+            fail_on = diffmod.parse_fail_on(args.fail_on or [])
+            baseline = load_baseline(baseline_paths["compare_baseline"])  # refuse before running, not after
+        except (ValueError, ResultsError) as e:
+            raise UsageError(f"bnconform run: {e}") from None
     try:
-        return run(opts)
+        status = run(opts)
     except RunError as e:
         raise UsageError(f"bnconform run: {e}") from None
+    if opts.run_dir is None or status == 130:
+        return status
+    return _baselines(opts.run_dir, baseline_paths, args, fail_on, baseline if fail_on is not None else None,
+                      status)
+
+
+def _baselines(run_dir, paths, args, fail_on, baseline, status: int) -> int:
+    """After a run: compare it with a kept baseline (gate), then keep it as a baseline if asked."""
+    from rich.console import Console
+
+    from . import diff as diffmod
+    from . import results
+    from .diffview import baseline_json, print_terminal
+
+    console = Console(width=160)
+    rs = results.load([run_dir])
+    if baseline is not None:
+        try:
+            d = diffmod.diff(baseline, rs)
+        except diffmod.DiffRefused as e:
+            raise UsageError(f"bnconform run: cannot compare with baseline {args.compare_baseline!r}: {e}") from None
+        print_terminal(d, console)
+        reasons = diffmod.gate(d, fail_on)
+        console.print(f"baseline {args.compare_baseline}: " + (f"FAIL ({', '.join(reasons)})" if reasons else "pass"),
+                      highlight=False)
+        if reasons:
+            status = max(status, 1)
+    if "save_baseline" in paths:
+        path = results.write_atomic(paths["save_baseline"], baseline_json(rs, args.save_baseline))
+        console.print(f"baseline saved: {path}", highlight=False, markup=False)
+    return status
 
 
 def _cmd_report(args) -> int:
@@ -145,6 +197,44 @@ def _print_table(t: dict) -> None:
     Console(width=max(160, len(t["columns"]) * 16)).print(table)
 
 
+def _cmd_diff(args) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from . import diff as diffmod
+    from . import results
+    from .diffview import print_terminal, render_html
+
+    try:
+        fail_on = diffmod.parse_fail_on(args.fail_on or [])
+    except ValueError as e:
+        raise UsageError(f"bnconform diff: {e}") from None
+    try:
+        old, new = results.load([args.old]), results.load([args.new])
+        d = diffmod.diff(old, new, drift_factor=args.drift_factor, drift_floor=args.drift_floor)
+    except (results.ResultsError, diffmod.DiffRefused) as e:
+        raise UsageError(f"bnconform diff: {e}") from None
+    reasons = diffmod.gate(d, fail_on, drift_floor=args.drift_floor)
+    console = Console(width=160)
+    print_terminal(d, console)
+    if args.html:
+        out = Path(args.html)
+        if out.is_dir():
+            raise UsageError(f"bnconform diff: --html {out} is a directory; name the HTML file to write")
+        html = render_html(d, str(args.old), str(args.new), reasons, args.title or f"Upgrade: {args.old} -> {args.new}")
+        try:
+            results.write_atomic(out, html)
+        except OSError as e:
+            raise UsageError(f"bnconform diff: cannot write {out}: {e.strerror or e}") from None
+        console.print(f"diff page: {out}", highlight=False, markup=False)
+    if reasons:
+        console.print(f"gate: FAIL ({', '.join(reasons)})", highlight=False)
+        return 1
+    console.print("gate: pass", highlight=False)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bnconform", description="Cross-framework BatchNorm conformance suite.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -171,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--strict", action="store_true",
                    help="registered deviations that no longer occur (xpass) and stale entries fail the run")
     r.add_argument("--no-report", action="store_true", help="write results only")
+    r.add_argument("--save-baseline", metavar="NAME", help="keep this run as baseline NAME (OUT/baselines/NAME.json)")
+    r.add_argument("--compare-baseline", metavar="NAME",
+                   help="gate this run against baseline NAME: regressions fail (and --fail-on categories)")
+    r.add_argument("--fail-on", action="append", metavar="CATEGORY[:ARG]",
+                   help="with --compare-baseline: also fail on drift[:FACTORx], convention, new, missing, ...")
     r.set_defaults(func=_cmd_run)
     rp = sub.add_parser("report", help="render results (directories or records.jsonl files) as one HTML file")
     rp.add_argument("results", nargs="+", help="results directories or files; several are merged")
@@ -183,6 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
                                        "default: the source's default")
     pt.add_argument("--eps", type=float, help="eps (default: the source's default)")
     pt.set_defaults(func=_cmd_port)
+    df = sub.add_parser("diff", help="compare two result sets (e.g. two framework versions): regressions, "
+                                     "fixes, drift, convention changes; exit status is a CI gate")
+    df.add_argument("old", help="results directory or records.jsonl of the OLD run")
+    df.add_argument("new", help="results directory or records.jsonl of the NEW run")
+    df.add_argument("--fail-on", action="append", metavar="CATEGORY[:ARG]",
+                    help="also fail on: drift[:FACTORx], convention, fix, new, missing, other (regressions always "
+                         "fail); repeatable")
+    df.add_argument("--drift-factor", type=float, default=10.0, help="ratio change reported as drift (default 10)")
+    df.add_argument("--drift-floor", type=float, default=1e-3,
+                    help="ratios below this count as this (noise in the last bits is not drift; default 1e-3)")
+    df.add_argument("--html", help="write the diff as an HTML page here")
+    df.add_argument("--title", help="title of the HTML page")
+    df.set_defaults(func=_cmd_diff)
     cv = sub.add_parser("conventions", help="declared vs inferred conventions of the installed frameworks")
     cv.add_argument("--frameworks", default="all", help="adapters, families or globs (default: all core)")
     cv.add_argument("--jobs", type=int, default=0, help="worker processes at a time (default: CPU count)")

@@ -44,6 +44,7 @@ class RunOptions:
     registry: str | None = None
     strict: bool = False
     report: bool = True
+    run_dir: Path | None = None  # set by run(): where this run's results are
 
 
 def _console() -> Console:
@@ -109,6 +110,7 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
                         flags=flags, checksum=input_checksum(cases))
     out = Path(opts.out)
     run_dir = out / "runs" / meta["run_id"]
+    opts.run_dir = run_dir
     _prepare_dir(run_dir)
     if opts.report:
         _prepare_dir(out)

@@ -79,3 +79,73 @@ def test_refuses_different_inputs_and_schemas():
         diff(OLD, RS(NEW.records, [{"input_checksum": "xyz"}]))
     with pytest.raises(DiffRefused, match="schema"):
         diff(OLD, RS([rec("y", "pass", 0.1, schema=2)]))
+
+
+# -- the command line, on real runs of framework-free adapters (tests/unit/fake_catalogue.py)
+from .clirun import bnconform, run_dir  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """OLD: fake.oracle passes. NEW: fake.wrong_var under the same name would regress; we emulate an upgrade
+    by running the conforming adapter, then the damaged one, and renaming its records to the old adapter."""
+    import json
+
+    base = tmp_path_factory.mktemp("diffruns")
+    old, new = base / "old", base / "new"
+    assert bnconform("run", "--frameworks", "fake.oracle", "--tier", "smoke", "--out", old, "--no-report").returncode == 0
+    assert bnconform("run", "--frameworks", "fake.wrong_var", "--tier", "smoke", "--out", new,
+                     "--no-report").returncode == 1
+    d = run_dir(new)
+    recs = [json.loads(line) for line in (d / "records.jsonl").read_text().splitlines()]
+    with open(d / "records.jsonl", "w") as f:
+        for r in recs:
+            r["adapter"] = "fake.oracle"
+            r["check_id"] = r["check_id"].replace("fake.wrong_var", "fake.oracle")
+            f.write(json.dumps(r) + "\n")
+    return run_dir(old), d
+
+
+def test_diff_cli_reports_the_regression_and_fails_the_gate(two_runs, tmp_path):
+    old, new = two_runs
+    page = tmp_path / "upgrade.html"
+    r = bnconform("diff", old, new, "--html", page)
+    assert r.returncode == 1, r.stderr
+    assert "Regressions" in r.stdout and "gate: FAIL (" in r.stdout and "running_var" in r.stdout
+    html = page.read_text()
+    assert "Regressions" in html and "<script" not in html and "http" not in html.split("<body>")[1].split("Content")[0]
+
+
+def test_diff_cli_identical_runs_pass(two_runs):
+    old, _ = two_runs
+    r = bnconform("diff", old, old, "--fail-on", "drift:2x", "--fail-on", "convention")
+    assert r.returncode == 0 and "no differences" in r.stdout and "gate: pass" in r.stdout
+
+
+def test_diff_cli_refusals_are_one_line_exit_2(two_runs, tmp_path):
+    old, _ = two_runs
+    other = tmp_path / "default-tier"
+    # a different tier means different inputs: refused
+    assert bnconform("run", "--frameworks", "fake.oracle", "--tier", "default", "--out", other,
+                     "--no-report").returncode == 0
+    for args, text in (((old, run_dir(other)), "different inputs"), ((old, tmp_path / "nope"), "no such file"),
+                       ((old, old, "--fail-on", "speed"), "--fail-on")):
+        r = bnconform("diff", *args)
+        assert r.returncode == 2 and text in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_baseline_saved_then_gated(tmp_path):
+    out = tmp_path / "out"
+    args = ("run", "--frameworks", "fake.oracle", "--tier", "smoke", "--out", out, "--no-report")
+    assert bnconform(*args, "--save-baseline", "main").returncode == 0
+    saved = (out / "baselines" / "main.json").read_text()
+    assert '"ratio"' in saved and "values" not in saved  # metrics only, never arrays
+    r = bnconform(*args, "--compare-baseline", "main", "--fail-on", "drift:10x")
+    assert r.returncode == 0 and "baseline main: pass" in r.stdout
+    wrong = bnconform("run", "--frameworks", "fake.wrong_var", "--tier", "smoke", "--out", out, "--no-report",
+                      "--compare-baseline", "main")
+    assert wrong.returncode == 1 and "new check" in wrong.stdout  # other adapter: its checks are new ones
+    (out / "baselines" / "broken.json").write_text("{")
+    r = bnconform(*args, "--compare-baseline", "broken")
+    assert r.returncode == 2 and "not a readable baseline" in r.stderr and len(r.stderr.strip().splitlines()) == 1

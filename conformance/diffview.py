@@ -1,0 +1,136 @@
+"""Showing a Diff: terminal tables (rich), an offline HTML page in the report's style, and baselines.
+
+A baseline is the small JSON form of a run kept for the common CI pattern (keep the last good run, gate the
+new one): per check its verdict, observed/bound ratio and version; per adapter knob its inferred convention;
+never arrays.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import jinja2
+
+from . import results
+from .diff import Diff
+
+CATEGORIES = (
+    ("regression", "Regressions", "passed in OLD, fail or error in NEW"),
+    ("fix", "Fixes", "failed, errored or was a registered deviation in OLD, passes in NEW"),
+    ("drift", "Drift", "observed error / bound moved by more than the factor"),
+    ("convention", "Convention changes", "what the framework was observed to do changed"),
+    ("new", "New checks", "only in NEW"),
+    ("missing", "Missing checks", "only in OLD"),
+    ("other", "Other verdict changes", "e.g. skip -> pass"),
+)
+BASELINE_SCHEMA = 1
+
+
+def summary_line(d: Diff) -> str:
+    parts = [f"{len(d.of(c))} {title.lower()}" for c, title, _ in CATEGORIES if d.of(c)]
+    return ", ".join(parts) if parts else "no differences"
+
+
+def print_terminal(d: Diff, console, limit: int = 25) -> None:
+    from rich.table import Table
+
+    if d.environment:
+        t = Table(title="Environment", title_justify="left")
+        for c in ("package", "OLD", "NEW"):
+            t.add_column(c)
+        for row in d.environment:
+            t.add_row(*row)
+        console.print(t)
+    for cat, title, what in CATEGORIES:
+        items = d.of(cat)
+        if not items:
+            continue
+        t = Table(title=f"{title} ({len(items)}): {what}", title_justify="left", show_lines=False)
+        t.add_column("adapter", overflow="fold")
+        t.add_column("case", overflow="fold")
+        t.add_column("quantity")
+        t.add_column("what changed", overflow="fold")
+        for c in items[:limit]:
+            t.add_row(c.adapter, c.case, c.quantity, c.sentence)
+        if len(items) > limit:
+            t.add_row("…", f"{len(items) - limit} more (see the HTML page)", "", "")
+        console.print(t)
+    if d.declared:
+        t = Table(title="Declared conventions that changed", title_justify="left")
+        for c in ("adapter", "knob", "OLD", "NEW"):
+            t.add_column(c)
+        for row in d.declared:
+            t.add_row(*row)
+        console.print(t)
+    console.print(f"diff: {summary_line(d)}", highlight=False)
+
+
+def render_html(d: Diff, old_label: str, new_label: str, gate_reasons: list[str], title: str) -> str:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
+                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True)
+    sections = [{"id": cat, "title": title_, "what": what, "items": d.of(cat)} for cat, title_, what in CATEGORIES]
+    return env.get_template("diff.html.j2").render(
+        title=title, old=old_label, new=new_label, summary=summary_line(d), sections=sections,
+        environment=d.environment, declared=d.declared, gate=gate_reasons, counts=d.counts,
+        verdicts=("pass", "fail", "error", "xfail", "xpass", "characterized", "skip"))
+
+
+# -- baselines
+@dataclass
+class Baseline:
+    """Duck-types a ResultSet for conformance.diff: records carry only what the diff reads."""
+
+    records: list[dict]
+    metas: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    tables: list[dict] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)
+
+
+KEPT = ("schema", "check_id", "adapter", "case", "quantity", "verdict", "version", "tier")
+
+
+def baseline_json(rs, name: str) -> str:
+    meta = rs.metas[0] if rs.metas else {}
+    checks = []
+    for r in rs.records:
+        entry = {k: r.get(k) for k in KEPT}
+        ratio = (r.get("metrics") or {}).get("ratio")
+        entry["ratio"] = ratio
+        ev = r.get("evidence")
+        if ev and ev.get("knob"):
+            entry["evidence"] = {"knob": ev["knob"], "inferred": ev.get("inferred")}
+        checks.append(entry)
+    doc = {"baseline_schema": BASELINE_SCHEMA, "name": name, "created": datetime.now(timezone.utc).isoformat(),
+           "input_checksum": meta.get("input_checksum"), "tier": meta.get("tier"),
+           "versions": meta.get("versions", {}), "checks": checks}
+    return json.dumps(results.sanitize(doc), indent=0, sort_keys=True) + "\n"
+
+
+def load_baseline(path: Path) -> Baseline:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise results.ResultsError(f"no baseline {path.stem!r} ({path} does not exist)") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise results.ResultsError(f"{path}: not a readable baseline ({e})") from None
+    if not isinstance(doc, dict) or doc.get("baseline_schema") != BASELINE_SCHEMA or not isinstance(
+            doc.get("checks"), list):
+        raise results.ResultsError(f"{path}: not a bnconform baseline of schema {BASELINE_SCHEMA}")
+    records = []
+    for c in doc["checks"]:
+        rec = dict(c)
+        rec["metrics"] = None if c.get("ratio") is None else {"ratio": c["ratio"]}
+        rec["evidence"] = c.get("evidence")
+        records.append(rec)
+    meta = {"input_checksum": doc.get("input_checksum"), "versions": doc.get("versions", {}), "tier": doc.get("tier")}
+    return Baseline(records, [meta], sources=[str(path)])
+
+
+def baseline_path(out: Path, name: str) -> Path:
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"baseline name {name!r}: use a plain name such as 'main' or 'torch-2.13'")
+    return Path(out) / "baselines" / f"{name}.json"
