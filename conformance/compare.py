@@ -6,7 +6,7 @@ the format the framework produced, and the worst element by error/bound ratio, w
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class Comparison:
     exact_matches: int = 0
 
     def as_dict(self) -> dict:
-        d = asdict(self)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}  # shallow: every field is a scalar or list
         if d["worst_index"] is not None:
             d["worst_index"] = list(d["worst_index"])
         return d

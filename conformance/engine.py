@@ -42,6 +42,18 @@ def applicable(case: Case) -> list[str]:
     return out
 
 
+def _version(adapter) -> str:
+    """The framework's version, read once per adapter instance (package metadata is slow to parse)."""
+    cached = getattr(adapter, "_bnconform_version", None)
+    if cached is None:
+        cached = adapter.versions().get(adapter.framework, "unknown")
+        try:
+            adapter._bnconform_version = cached
+        except AttributeError:
+            return cached
+    return cached
+
+
 def check_id(adapter: str, case_id: str, quantity: str) -> str:
     return f"{adapter}::{case_id}::{quantity}"
 
@@ -106,7 +118,7 @@ def evaluate(adapter, case: Case, registry: Registry | None = None, *, diagnose=
     evidence(adapter, case, problem, obs) -> dict | None is what the case says about the adapter's conventions
     (conformance.infer); both are optional so the engine does not depend on them."""
     registry = registry or Registry([])
-    version = adapter.versions().get(adapter.framework, "unknown")
+    version = _version(adapter)
     device = getattr(adapter, "device", "cpu")
     quantities = applicable(case)
     # A registered "skip" (known crash or hang) never runs the framework.

@@ -80,6 +80,7 @@ class _Collector:
         self.done: dict[str, int] = {n: 0 for n in names}
         self.versions: dict[str, dict] = {}
         self.hits: Counter = Counter()  # registry entry id -> checks it matched (stale entries match none)
+        self.timing: dict[str, dict] = {}  # adapter -> wall_seconds, startup_seconds
 
     def run_for(self, name: str, case_ids: list[str], cfg: WorkerConfig) -> AdapterRun:
         return AdapterRun(name, case_ids, cfg, on_records=lambda cid, recs: self.records(name, recs),
@@ -95,6 +96,8 @@ class _Collector:
     def event(self, name: str, kind: str, info: dict) -> None:
         if kind == "started":
             self.versions[name] = info.get("versions", {})
+        if kind == "finished":
+            self.timing[name] = {k: round(v, 3) for k, v in info.items()}
         self.show.event(name, kind, info)
 
 
@@ -199,6 +202,8 @@ def _finish_meta(meta: dict, got: _Collector, registry: Registry, interrupted: b
             a["cases_done"] = got.done[a["name"]]
             a["counts"] = dict(sorted(got.counts[a["name"]].items()))
             a["version"] = got.versions.get(a["name"], {}).get(a["framework"], a["version"])
+        if a["name"] in got.timing:
+            a["timing"] = got.timing[a["name"]]
     if interrupted:
         return None
     selected = {a["name"]: a["version"] or "0" for a in meta["adapters"] if a["available"]}

@@ -133,6 +133,7 @@ class AdapterRun:
     versions: dict = field(default_factory=dict)
     restarts: int = 0
     stopped: threading.Event = field(default_factory=threading.Event)
+    startup_seconds: float = 0.0  # process start, imports and adapter setup (every restart included)
 
     def _error_records(self, case_id: str, reason: str, detail: str = "") -> list[dict]:
         from .cases import case_by_id
@@ -144,6 +145,7 @@ class AdapterRun:
         return records_for(adapter, case_by_id(case_id), "error", reason, version, message=detail or reason)
 
     def _start(self):
+        t0 = time.monotonic()
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_worker_main, name=f"bnconform[{self.adapter_name}]",
@@ -163,6 +165,7 @@ class AdapterRun:
             proc.join(5)
             return None, None, f"adapter setup failed: {msg[1]}\n{msg[2]}"
         self.versions = msg[1]
+        self.startup_seconds += time.monotonic() - t0
         return proc, parent, None
 
     def _wait(self, conn, timeout: float) -> bool:
@@ -177,7 +180,8 @@ class AdapterRun:
         return False
 
     def run(self) -> None:
-        deadline = time.monotonic() + self.config.adapter_timeout
+        began = time.monotonic()
+        deadline = began + self.config.adapter_timeout
         pending = list(self.case_ids)
         proc = conn = None
         try:
@@ -188,7 +192,7 @@ class AdapterRun:
                         for cid in pending:
                             self.on_records(cid, self._error_records(cid, err.splitlines()[0], err))
                         return
-                    self.on_event("started", {"versions": self.versions})
+                    self.on_event("started", {"versions": self.versions, "startup_seconds": self.startup_seconds})
                 case_id = pending[0]
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -236,7 +240,8 @@ class AdapterRun:
                     pass
                 proc.join(10)
             _kill(proc)
-            self.on_event("finished", {})
+            self.on_event("finished", {"wall_seconds": time.monotonic() - began,
+                                       "startup_seconds": self.startup_seconds})
 
 
 def _kill(proc) -> None:
