@@ -155,7 +155,7 @@ class BNSession:
         self.records: dict[str, dict] = {}
         self.done_cases: set[tuple[str, str]] = set()
         self.cond = threading.Condition()
-        self.pool = None
+        self.pools: list = []
         self.started: set[str] = set()
         self.versions: dict[str, dict] = {}
         self.stale = None
@@ -185,14 +185,18 @@ class BNSession:
         threads = max(1, (os.cpu_count() or 1) // max(1, min(jobs, len(self.wanted) or 1)))
         cfg = WorkerConfig(registry_path=self.config.getoption("--bn-registry"), threads=threads,
                            case_timeout=self.config.getoption("--bn-case-timeout"))
-        # Start every selected adapter now (not only this one): they run in parallel while tests wait.
+        # Serially, start every selected adapter now: they run in parallel while tests wait. Under xdist each
+        # worker runs only the adapters (xdist groups) it is given, so it starts only the one asked for.
+        names = [adapter] if hasattr(self.config, "workerinput") else list(self.wanted)
         runs = []
-        for name, ids in self.wanted.items():
+        for name in names:
             self.started.add(name)
-            runs.append(AdapterRun(name, ids, cfg, on_records=lambda cid, recs, n=name: self._on_records(n, cid, recs),
+            runs.append(AdapterRun(name, self.wanted.get(name, []), cfg,
+                                   on_records=lambda cid, recs, n=name: self._on_records(n, cid, recs),
                                    on_event=lambda kind, info, n=name: self._on_event(n, kind, info)))
-        self.pool = Pool(runs, jobs)
-        self.pool.start()
+        pool = Pool(runs, jobs)
+        pool.start()
+        self.pools.append(pool)
 
     def _on_event(self, adapter, kind, info):
         if kind == "started":
@@ -224,9 +228,10 @@ class BNSession:
             return self.records[check_id(adapter, case_id, quantity)]
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.stop()
-            self.pool.join(30)
+        for pool in self.pools:
+            pool.stop()
+        for pool in self.pools:
+            pool.join(30)
 
     # -- enforcing a record inside a test
     def enforce(self, rec: dict, request) -> None:
@@ -275,7 +280,11 @@ def pytest_sessionfinish(session, exitstatus):
     if results and not hasattr(config, "workerinput"):  # xdist controller: merge what the workers wrote
         from .pytest_results import merge
 
-        bn.results_path = merge(results) or bn.results_path
+        merged = merge(results)
+        if merged:
+            bn.results_path = merged
+            if not bn.records:  # the workers had the records: judge staleness on the merged whole
+                bn.stale = _stale_merged(bn, merged)
     if bn.stale and config.getoption("--bn-strict") and session.exitstatus == 0:
         session.exitstatus = 1
 
@@ -284,7 +293,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     bn = config.stash.get(STASH_KEY, None)
     if bn is None:
         return
-    if not bn.records:
+    records = list(bn.records.values())
+    if not records and bn.results_path:  # xdist controller: the workers' merged records
+        from .results import ResultsError, load
+
+        try:
+            records = load([bn.results_path]).records
+        except ResultsError:
+            records = []
+    if not records:
         if bn.results_path:
             terminalreporter.write_line(f"bnconform results written to {bn.results_path}")
         return
@@ -293,7 +310,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr = terminalreporter
     tr.section("bnconform")
     by_adapter: dict[str, Counter] = {}
-    for r in bn.records.values():
+    for r in records:
         by_adapter.setdefault(r["adapter"], Counter())[r["verdict"]] += 1
     order = ("pass", "fail", "xfail", "xpass", "skip", "error", "characterized")
     for name, counts in sorted(by_adapter.items()):
@@ -316,6 +333,26 @@ def _stale(bn):
             hits[r["registry"]["id"]] = hits.get(r["registry"]["id"], 0) + 1
     selected = {adapter: next(iter(vers.values()), "0") for adapter, vers in bn.versions.items()}
     return bn.registry.stale(selected, hits)
+
+
+def _stale_merged(bn, path):
+    """Stale entries from merged xdist results, when they hold every check of the selection and tier."""
+    from .cases import cases_for_tier
+    from .catalogue import select
+    from .engine import applicable
+    from .results import load
+
+    records = load([path]).records
+    adapters = {r["adapter"]: r.get("version") or "0" for r in records}
+    expected = sum(len(applicable(c)) for c in cases_for_tier(bn.config.getoption("--bn-tier"))) * len(
+        [s for s in select(bn.config.getoption("--bn-frameworks")) if s.available()])
+    if len(records) != expected:
+        return None
+    hits: dict[str, int] = {}
+    for r in records:
+        if r.get("registry"):
+            hits[r["registry"]["id"]] = hits.get(r["registry"]["id"], 0) + 1
+    return bn.registry.stale(adapters, hits)
 
 
 def _flags(config) -> dict:
