@@ -130,7 +130,7 @@ class Keras3(Adapter):
         return obs
 
     def snippet(self, p: Problem) -> str:
-        ops, grads = self.ops, self.wants_gradients(p)
+        ops, grads = getattr(self, "ops", None) or kb.BACKENDS[self.backend](), self.wants_gradients(p)
         lines = [
             f"import os; os.environ['KERAS_BACKEND'] = {self.backend!r}",
             ops.header,

@@ -45,7 +45,11 @@ class OnnxRuntimeBatchNorm(Adapter):
         self.device = "cpu"
 
     def versions(self) -> dict[str, str]:
-        return {"onnxruntime": self.ort.__version__, "onnx": self.onnx.__version__}
+        if hasattr(self, "ort"):
+            return {"onnxruntime": self.ort.__version__, "onnx": self.onnx.__version__}
+        from importlib.metadata import version  # before setup(): from the installed distributions
+
+        return {"onnxruntime": version("onnxruntime"), "onnx": version("onnx")}
 
     def precision(self, problem: Problem) -> Precision:
         return Precision.uniform(problem.dtype)  # float16: statistics accumulated in float (opset 15 text)

@@ -98,8 +98,8 @@ class Case:
         if self.defaults:
             parts.append("defaults")
         else:
-            parts.append("acum" if self.momentum is None else f"a{self.momentum:g}")
-            parts.append(f"eps{self.eps:g}")
+            parts.append("acum" if self.momentum is None else f"a{self.momentum:.12g}")
+            parts.append(f"eps{self.eps:.12g}")
         flags = []
         if not self.affine:
             flags.append("noaffine")

@@ -131,6 +131,11 @@ def port(source: str, target: str, momentum: float | None = None, eps: float | N
     src_name, dst_name = resolve(source), resolve(target)
     src, dst = load(src_name), load(dst_name)
     sc, dc = src.convention, dst.convention
+    if momentum is None and not momentum_given and sc.default_momentum is None:
+        raise KeyError(f"{src_name} has no default momentum: pass --momentum (in its native form, "
+                       f"{sc.momentum_form.replace('_', ' ')})")
+    if eps is None and sc.default_eps is None:
+        raise KeyError(f"{src_name} has no default eps: pass --eps")
     native = momentum if (momentum is not None or momentum_given) else sc.default_momentum
     eps = sc.default_eps if eps is None else eps
     alpha = sc.native_to_canonical(native)

@@ -37,6 +37,13 @@ SECOND_ORDER = frozenset({"d2x", "d2gamma"})
 GRADIENTS = FIRST_ORDER | SECOND_ORDER
 
 
+def _complement(m: float) -> float:
+    """1 - m without binary representation noise: 1 - 0.9 is 0.09999999999999998 in binary, and a user who
+    writes momentum=0.9 means a weight of 0.1 on the new batch (the two differ by one ulp, far below any
+    bound, but they would make 0.1 and 0.9 fail to round-trip and name two cases alike)."""
+    return float(f"{1.0 - m:.15g}")
+
+
 @dataclass(frozen=True)
 class Convention:
     """What a BatchNorm implementation computes, as knobs. Defaults are torch's documented behaviour.
@@ -75,12 +82,12 @@ class Convention:
         """alpha (weight on new) from the native momentum argument."""
         if native_momentum is None:
             return None
-        return native_momentum if self.momentum_form == "weight_on_new" else 1.0 - native_momentum
+        return native_momentum if self.momentum_form == "weight_on_new" else _complement(native_momentum)
 
     def canonical_to_native(self, alpha: float | None) -> float | None:
         if alpha is None:
             return None
-        return alpha if self.momentum_form == "weight_on_new" else 1.0 - alpha
+        return alpha if self.momentum_form == "weight_on_new" else _complement(alpha)
 
     def knobs(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

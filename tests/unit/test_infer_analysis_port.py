@@ -92,3 +92,27 @@ def test_port_cli_usage_errors():
 
     assert main(["port", "--from", "caffe", "--to", "torch"]) == 2
     assert main(["port", "--from", "torch", "--to", "torch.functional", "--momentum", "fast"]) == 2
+
+
+def test_port_metadata_needs_no_framework_import():
+    """`bnconform port`, the report and the analysis run in the parent process: every core adapter must give
+    its native configuration, precision and snippet without importing its framework."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+from adapters import SPECS, load
+from conformance.inputs import materialize
+from conformance.port import port_case
+p = materialize(port_case(0.1, 1e-5))
+for s in SPECS:
+    if s.core:
+        a = load(s.name)
+        assert a.snippet(p) and isinstance(a.native_config(p), dict) and a.precision(p), s.name
+heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow', 'jax', 'keras', 'flax', 'onnx',
+                                                       'onnxruntime', 'haiku', 'equinox', 'tf_keras')]
+assert not heavy, heavy
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
