@@ -155,3 +155,40 @@ def test_copy_function_copies():
     src[:] = 7
     bw.numpy_copy(src, dst)()
     assert dst.nbytes == 1 << 16 and np.all(dst == 7)
+
+
+def test_threaded_copy_copies_every_slice():
+    from benchmarks import bandwidth as bw
+
+    src, dst = bw.copy_buffers(4 * 1001)
+    src[:] = np.arange(src.size)
+    bw.threaded_copy(src, dst, threads=3)()
+    assert np.array_equal(src, dst)
+
+
+def test_table_uses_the_copy_of_its_own_file(tmp_path):
+    """A row's bound comes from the copy measured in the same JSON file, at the nearest size, the faster of
+    the one-thread and all-threads probes."""
+    from benchmarks import table
+
+    def row(kind, median, **info):
+        return {"name": kind, "stats": {"median": median, "iqr": 0.0, "rounds": 3}, "extra_info": {"kind": kind,
+                                                                                                  **info}}
+    nbytes = 10**8
+    fast = [row("copy", 0.02, x_nbytes=nbytes, bytes=2 * nbytes, threads=1, shape=[1]),  # 10 GB/s
+            row("copy", 0.04, x_nbytes=nbytes, bytes=2 * nbytes, threads=2, shape=[1]),
+            row("bn", 0.06, adapter="torch.nn.BatchNorm", op="train", x_nbytes=nbytes, bytes=3 * nbytes,
+                shape=[32, 64, 112, 112], layout="NCHW", dtype="float32")]
+    slow = [row("copy", 0.04, x_nbytes=nbytes, bytes=2 * nbytes, threads=1, shape=[1]),  # 5 GB/s
+            row("bn", 0.06, adapter="keras.jax", op="train", x_nbytes=nbytes, bytes=3 * nbytes,
+                shape=[32, 64, 112, 112], layout="NHWC", dtype="float32")]
+    paths = []
+    for name, benches in (("a.json", fast), ("b.json", slow)):
+        (tmp_path / name).write_text(json.dumps({"benchmarks": benches}))
+        paths.append(str(tmp_path / name))
+    rows = {r.get("adapter"): r for r in table.load(paths) if r["kind"] == "bn"}
+    assert rows["torch.nn.BatchNorm"]["bound"] == pytest.approx(0.03)  # 3e8 bytes at 10 GB/s
+    assert rows["torch.nn.BatchNorm"]["percent"] == pytest.approx(50.0)
+    assert rows["keras.jax"]["percent"] == pytest.approx(100.0)  # its own file's 5 GB/s
+    text = table.render(table.load(paths))
+    assert "torch.nn.BatchNorm" in text and "50%" in text and "100%" in text
