@@ -3,8 +3,10 @@
     python -m benchmarks.table reports/bench/*.json [--markdown]
 
 Each file is one pytest invocation (tox -e bench runs one per Keras backend group); each row's bound uses the
-copy bandwidth measured IN THE SAME FILE at the size nearest to its x (the faster of the one-thread and the
-all-threads copy), see benchmarks/bandwidth.py for the bytes model. Columns: adapter, layout, logical shape,
+copy bandwidth measured IN THE SAME FILE for its own shape, just before its operations (the faster of the
+one-thread and the all-threads copy; a row without probes of its shape takes the copy of the nearest size), see
+benchmarks/bandwidth.py for the bytes model. On a shared machine the bandwidth moves with the load: a shape's
+bound is the machine's state next to that shape's operations. Columns: adapter, layout, logical shape,
 op, median time, IQR, rounds, bytes BN must move, bound time, % of bound (100 * bound / median).
 """
 from __future__ import annotations
@@ -26,12 +28,15 @@ def load(paths: list[str]) -> list[dict]:
     for path in paths:
         data = json.loads(Path(path).read_text())
         benches = data.get("benchmarks", [])
-        copies: dict[int, float] = {}
+        copies: dict[int, float] = {}  # size -> fastest bandwidth at that size
+        own: dict[tuple, float] = {}  # (shape, dtype) -> fastest bandwidth of that shape's own probes
         for b in benches:
             info = b.get("extra_info", {})
             if info.get("kind") == "copy":
                 rate = bw.bandwidth(b["stats"]["median"], info["x_nbytes"])
                 copies[info["x_nbytes"]] = max(copies.get(info["x_nbytes"], 0.0), rate)
+                key = (tuple(info.get("shape", ())), info.get("dtype"))
+                own[key] = max(own.get(key, 0.0), rate)
         for b in benches:
             info = dict(b.get("extra_info", {}))
             if "kind" not in info:
@@ -42,7 +47,9 @@ def load(paths: list[str]) -> list[dict]:
             if info["kind"] == "copy":
                 row["bandwidth"] = bw.bandwidth(row["median"], info["x_nbytes"])
             elif copies:
-                rate = bw.nearest_bandwidth(copies, info["x_nbytes"])
+                # the probes of this very shape (measured just before its operations), else the nearest size
+                rate = own.get((tuple(info.get("shape", ())), info.get("dtype"))) or bw.nearest_bandwidth(
+                    copies, info["x_nbytes"])
                 row["bound"] = bw.bound_seconds(info["bytes"], rate)
                 row["percent"] = bw.percent_of_bound(row["bound"], row["median"])
             rows.append(row)

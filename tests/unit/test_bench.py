@@ -175,8 +175,12 @@ def test_table_uses_the_copy_of_its_own_file(tmp_path):
         return {"name": kind, "stats": {"median": median, "iqr": 0.0, "rounds": 3}, "extra_info": {"kind": kind,
                                                                                                   **info}}
     nbytes = 10**8
-    fast = [row("copy", 0.02, x_nbytes=nbytes, bytes=2 * nbytes, threads=1, shape=[1]),  # 10 GB/s
-            row("copy", 0.04, x_nbytes=nbytes, bytes=2 * nbytes, threads=2, shape=[1]),
+    fast = [row("copy", 0.02, x_nbytes=nbytes, bytes=2 * nbytes, threads=1, shape=[32, 64, 112, 112],
+                dtype="float32"),  # 10 GB/s, this shape's own probe
+            row("copy", 0.04, x_nbytes=nbytes, bytes=2 * nbytes, threads=2, shape=[32, 64, 112, 112],
+                dtype="float32"),
+            row("copy", 0.01, x_nbytes=nbytes, bytes=2 * nbytes, threads=1, shape=[32, 256, 56, 56],
+                dtype="float32"),  # 20 GB/s at the same size, another shape's probe: not this row's bound
             row("bn", 0.06, adapter="torch.nn.BatchNorm", op="train", x_nbytes=nbytes, bytes=3 * nbytes,
                 shape=[32, 64, 112, 112], layout="NCHW", dtype="float32")]
     slow = [row("copy", 0.04, x_nbytes=nbytes, bytes=2 * nbytes, threads=1, shape=[1]),  # 5 GB/s
