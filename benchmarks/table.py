@@ -138,17 +138,54 @@ def _table(head: list[str], body: list[list[str]], markdown: bool) -> str:
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(row) for row in body])
 
 
+def compare(rows: list[dict], baseline: list[dict]) -> list[dict]:
+    """Per (adapter, shape, op, dtype) present in both: the slowdown of the time RELATIVE TO ITS BOUND, i.e.
+    (median / bound) now over (median / bound) then, minus 1. Dividing by each run's own bound takes out what
+    the machine's memory bandwidth did between the runs (on a shared machine the copy probe itself moves by
+    tens of percent), which a raw-median gate (--benchmark-compare-fail) cannot tell from the framework."""
+    def key(r):
+        return (r.get("adapter"), tuple(r["shape"]), r.get("op"), r.get("dtype"))
+    then = {key(r): r for r in baseline if r["kind"] in ("bn", "oracle") and "bound" in r}
+    out = []
+    for r in rows:
+        old = then.get(key(r))
+        if r["kind"] in ("bn", "oracle") and "bound" in r and old is not None:
+            slowdown = (r["median"] / r["bound"]) / (old["median"] / old["bound"]) - 1.0
+            out.append({"adapter": r.get("adapter"), "shape": r["shape"], "op": r.get("op"),
+                        "percent_then": old["percent"], "percent_now": r["percent"], "slowdown": slowdown,
+                        "raw_slowdown": r["median"] / old["median"] - 1.0})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.table", description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="+", help="pytest-benchmark JSON files (--benchmark-json)")
     ap.add_argument("--markdown", action="store_true", help="Markdown tables")
+    ap.add_argument("--baseline", nargs="+", default=[], metavar="JSON",
+                    help="earlier JSON files: compare each row's time relative to its bound with theirs")
+    ap.add_argument("--fail-slower", type=float, default=None, metavar="PCT",
+                    help="with --baseline: exit 1 when a row's time relative to its bound grew by more than PCT%%")
     args = ap.parse_args(argv)
     existing = [f for f in args.files if Path(f).is_file()]
     if not existing:
         print("no benchmark JSON files found: " + " ".join(args.files), file=sys.stderr)
         return 2
-    print(render(load(existing), args.markdown))
-    return 0
+    rows = load(existing)
+    print(render(rows, args.markdown))
+    if not args.baseline:
+        return 0
+    diffs = compare(rows, load([f for f in args.baseline if Path(f).is_file()]))
+    body = [[d["adapter"], "x".join(map(str, d["shape"])), d["op"], f"{d['percent_then']:.0f}%",
+             f"{d['percent_now']:.0f}%", f"{100 * d['slowdown']:+.0f}%", f"{100 * d['raw_slowdown']:+.0f}%"]
+            for d in diffs]
+    print("\nAgainst the baseline (slowdown of the time relative to each run's own bound; raw median change "
+          "for reference):")
+    print(_table(["adapter", "shape", "op", "then", "now", "slowdown", "raw"], body, args.markdown))
+    failed = [d for d in diffs if args.fail_slower is not None and 100 * d["slowdown"] > args.fail_slower]
+    for d in failed:
+        print(f"SLOWER: {d['adapter']} {'x'.join(map(str, d['shape']))} {d['op']}: "
+              f"{100 * d['slowdown']:+.0f}% relative to the bound (> {args.fail_slower:g}%)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -196,3 +196,25 @@ def test_table_uses_the_copy_of_its_own_file(tmp_path):
     assert rows["keras.jax"]["percent"] == pytest.approx(100.0)  # its own file's 5 GB/s
     text = table.render(table.load(paths))
     assert "torch.nn.BatchNorm" in text and "50%" in text and "100%" in text
+
+
+def test_compare_normalizes_by_each_runs_own_bound(tmp_path, capsys):
+    """A run on a machine whose copy got 2x slower and whose BN got 2x slower too did not regress relative to
+    its bound; a BN that got 2x slower at the same bandwidth did."""
+    from benchmarks import table
+
+    nbytes, shape = 10**8, [32, 64, 112, 112]
+
+    def run(name, copy_s, bn_s):
+        benches = [{"name": "c", "stats": {"median": copy_s, "iqr": 0, "rounds": 3},
+                    "extra_info": {"kind": "copy", "x_nbytes": nbytes, "bytes": 2 * nbytes, "shape": shape,
+                                   "dtype": "float32"}},
+                   {"name": "b", "stats": {"median": bn_s, "iqr": 0, "rounds": 3},
+                    "extra_info": {"kind": "bn", "adapter": "haiku", "op": "eval", "x_nbytes": nbytes,
+                                   "bytes": 2 * nbytes, "shape": shape, "layout": "NHWC", "dtype": "float32"}}]
+        (tmp_path / name).write_text(json.dumps({"benchmarks": benches}))
+        return str(tmp_path / name)
+    old = run("old.json", 0.02, 0.04)
+    assert table.main([run("busy.json", 0.04, 0.08), "--baseline", old, "--fail-slower", "25"]) == 0
+    assert table.main([run("slower.json", 0.02, 0.08), "--baseline", old, "--fail-slower", "25"]) == 1
+    assert "SLOWER: haiku 32x64x112x112 eval: +100%" in capsys.readouterr().err
