@@ -1,6 +1,6 @@
 """Merge pytest-benchmark JSON files of the benchmark tier and print the table against the bound.
 
-    python -m benchmarks.table reports/bench/*.json [--markdown]
+    python -m benchmarks.table reports/bench/*.json [--markdown] [--wide] [--baseline OLD.json... --fail-slower PCT]
 
 Each file is one pytest invocation (tox -e bench runs one per Keras backend group); each row's bound uses the
 copy bandwidth measured IN THE SAME FILE for its own shape, just before its operations (the faster of the
@@ -72,6 +72,17 @@ def _order(rows: list[dict]) -> list[dict]:
                 names.get(adapter, -1 if r["kind"] != "oracle" else 999), adapter,
                 OPS.index(r["op"]) if r.get("op") in OPS else 0)
     return sorted(rows, key=key)
+
+
+def render_wide(rows: list[dict], markdown: bool = False) -> str:
+    """One row per adapter and shape, the operations side by side: "median ms (% of bound)"."""
+    cells: dict[tuple, dict[str, str]] = {}
+    for r in _order([r for r in rows if r["kind"] in ("bn", "oracle") and "percent" in r]):
+        shape = "x".join(map(str, r["shape"])) + ("" if r.get("dtype") == "float32" else f" {r.get('dtype')}")
+        cells.setdefault((r["adapter"], r.get("layout", ""), shape), {})[r["op"]] = (
+            f"{r['median'] * 1e3:.2f} ({r['percent']:.0f}%)")
+    body = [[a, lay, shp] + [ops.get(op, "-") for op in OPS] for (a, lay, shp), ops in cells.items()]
+    return _table(["adapter", "layout", "shape", *(f"{op} ms (% of bound)" for op in OPS)], body, markdown)
 
 
 def render(rows: list[dict], markdown: bool = False) -> str:
@@ -161,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.table", description=__doc__.splitlines()[0])
     ap.add_argument("files", nargs="+", help="pytest-benchmark JSON files (--benchmark-json)")
     ap.add_argument("--markdown", action="store_true", help="Markdown tables")
+    ap.add_argument("--wide", action="store_true", help="also one row per adapter and shape, ops side by side")
     ap.add_argument("--baseline", nargs="+", default=[], metavar="JSON",
                     help="earlier JSON files: compare each row's time relative to its bound with theirs")
     ap.add_argument("--fail-slower", type=float, default=None, metavar="PCT",
@@ -172,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = load(existing)
     print(render(rows, args.markdown))
+    if args.wide:
+        print()
+        print(render_wide(rows, args.markdown))
     if not args.baseline:
         return 0
     diffs = compare(rows, load([f for f in args.baseline if Path(f).is_file()]))
