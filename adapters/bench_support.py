@@ -18,8 +18,8 @@ and the callable has been called once (compilation, first-call allocation), so a
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -32,9 +32,10 @@ which is why each row uses the copy measured at the size closest to its x.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -103,7 +104,7 @@ def threaded_copy(src: np.ndarray, dst: np.ndarray, threads: int | None = None) 
     threads = threads or os.cpu_count() or 1
     pool = ThreadPoolExecutor(threads)  # lives as long as the probe (a few idle threads)
     bounds = np.linspace(0, src.size, threads + 1).astype(int)
-    parts = [(dst[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = [(dst[a:b], src[a:b]) for a, b in itertools.pairwise(bounds)]
 
     def call():
         for f in [pool.submit(np.copyto, d, s) for d, s in parts]:

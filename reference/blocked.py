@@ -10,7 +10,7 @@ summation order, so they differ from the whole-array sums by float64 rounding on
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 
