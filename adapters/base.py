@@ -10,6 +10,7 @@ select adapters on a machine where the framework is missing.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -139,3 +140,17 @@ class Adapter:
 
     def native_momentum(self, problem: Problem) -> float | None:
         return self.convention.canonical_to_native(problem.momentum)
+
+    # -- the benchmark tier (benchmarks/, never part of a conformance verdict)
+    def bench(self, shape: tuple[int, ...], dtype: str, what: str) -> Callable[[], object]:
+        """A zero-argument callable that runs ONE `what` operation and returns when its result is ready.
+
+        shape: LOGICAL (N, C) or (N, C, *spatial); the adapter lays it out as its API takes it natively
+        (adapters.bench_support.native). what: "eval" (inference forward), "train" (training forward: batch
+        statistics, y, one running update) or "train_backward" (that forward, then dx, dgamma, dbeta).
+        Everything (layers, compiled code, sessions, device-resident inputs) is built before this returns; the
+        callable returns (y, ...) for the forward operations and (y, dx, ...) for "train_backward", and carries
+        `problem` (the Problem it runs, in the native layout) and `layout`. Optional: adapters that cannot
+        raise Unsupported with the reason.
+        """
+        raise Unsupported(f"{self.name} has no benchmark")

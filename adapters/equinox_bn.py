@@ -146,3 +146,19 @@ class EquinoxBatchNorm(Adapter):
         ], "{'gamma': cast(p.gamma, dt), 'beta': cast(p.beta, dt)}",
             f"{{'state': state0.set(bn.{index}, (mean, var)), 'mean': mean, 'var': var}}",
             "{'running_mean': state['mean'], 'running_var': state['var']}")
+
+    def bench(self, shape, dtype, what):
+        """vmap over the batch of per-example channel-first (C, ...) arrays (equinox's convention: NCHW
+        overall), with its State; jitted and compiled ahead of time."""
+        from . import bench_support as bs
+
+        p, layout = bs.start(self, shape, dtype, what, "first")
+        jax = self.jax
+        _, bn, state0, apply = self._model(p)
+        mean, var = jc.to_jax(jax, p.running_mean, p.dtype), jc.to_jax(jax, p.running_var, p.dtype)
+        index = bn.ema_state_index if self.mode == "ema" else bn.batch_state_index
+        fresh = jax.tree.map(lambda a: a, state0)  # State.set invalidates the object it is called on
+        state = {"state": fresh.set(index, (mean, var)), "mean": mean, "var": var}
+        fn = bs.jax_ops(jax, apply, jc.initial_params(jax, p, p.dtype), state, jc.to_jax(jax, p.xs[0], p.dtype),
+                        jc.to_jax(jax, p.dy, p.dtype), what)
+        return bs.make(fn, p, layout, what)

@@ -102,3 +102,15 @@ class FlaxLinen(Adapter):
         ], "{'gamma': cast(p.gamma, dt), 'beta': cast(p.beta, dt)}",
             f"{{'mean': cast(p.running_mean, jnp.{s}), 'var': cast(p.running_var, jnp.{s})}}",
             "{'running_mean': state['mean'], 'running_var': state['var']}")
+
+    def bench(self, shape, dtype, what):
+        """The module's apply on NHWC (axis=-1, flax's default), jitted and compiled ahead of time."""
+        from . import bench_support as bs
+
+        p, layout = bs.start(self, shape, dtype, what, "last")
+        jax, stats = self.jax, jc.wider(p.dtype)
+        _, apply = self._apply(p)
+        state = {"mean": jc.to_jax(jax, p.running_mean, stats), "var": jc.to_jax(jax, p.running_var, stats)}
+        fn = bs.jax_ops(jax, apply, jc.initial_params(jax, p, p.dtype), state, jc.to_jax(jax, p.xs[0], p.dtype),
+                        jc.to_jax(jax, p.dy, p.dtype), what)
+        return bs.make(fn, p, layout, what)

@@ -107,3 +107,16 @@ class FlaxNNX(Adapter):
         ], "{'gamma': cast(p.gamma, dt), 'beta': cast(p.beta, dt)}",
             "{'mean': cast(p.running_mean, jnp.float32), 'var': cast(p.running_var, jnp.float32)}",
             "{'running_mean': state['mean'], 'running_var': state['var']}")
+
+    def bench(self, shape, dtype, what):
+        """The module (rebuilt inside the traced function, as run() does) on NHWC (axis=-1, flax's default),
+        jitted and compiled ahead of time."""
+        from . import bench_support as bs
+
+        p, layout = bs.start(self, shape, dtype, what, "last")
+        jax = self.jax
+        _, apply = self._apply(p)
+        state = {"mean": jc.to_jax(jax, p.running_mean, "float32"), "var": jc.to_jax(jax, p.running_var, "float32")}
+        fn = bs.jax_ops(jax, apply, jc.initial_params(jax, p, p.dtype), state, jc.to_jax(jax, p.xs[0], p.dtype),
+                        jc.to_jax(jax, p.dy, p.dtype), what)
+        return bs.make(fn, p, layout, what)

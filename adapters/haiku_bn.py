@@ -116,3 +116,19 @@ class HaikuBatchNorm(Adapter):
             " 'average': cast(r.reshape(shape), dt)} for s, r in (('mean', p.running_mean), ('var', p.running_var))}",
             "{'running_mean': state['batch_norm/~/mean_ema']['average'],"
             " 'running_var': state['batch_norm/~/var_ema']['average']}")
+
+    def bench(self, shape, dtype, what):
+        """transform_with_state's apply on NHWC (data_format="channels_last", haiku's default), jitted and
+        compiled ahead of time; the state as run() fills it."""
+        from . import bench_support as bs
+
+        p, layout = bs.start(self, shape, dtype, what, "last")
+        jax = self.jax
+        _, _, apply = self._apply(p)
+        shape_c = tuple(p.channels if i == p.axis else 1 for i in range(len(p.shape)))
+        state = {name: {"counter": jc.to_jax(jax, 0, "int32"), "hidden": jc.to_jax(jax, np.zeros(shape_c), p.dtype),
+                        "average": jc.to_jax(jax, init.reshape(shape_c), p.dtype)}
+                 for name, init in zip(EMA, (p.running_mean, p.running_var))}
+        fn = bs.jax_ops(jax, apply, jc.initial_params(jax, p, p.dtype, shape_c), state,
+                        jc.to_jax(jax, p.xs[0], p.dtype), jc.to_jax(jax, p.dy, p.dtype), what)
+        return bs.make(fn, p, layout, what)

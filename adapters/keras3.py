@@ -158,3 +158,20 @@ class Keras3(Adapter):
             lines += [*ops.after, "observed['d2x'] = num(d2x)"]
             lines += ["observed['d2gamma'] = num(d2g)"] if p.affine else []
         return "\n".join(lines)
+
+    def bench(self, shape, dtype, what):
+        """The layer's stateless_call on NHWC (axis=-1, its default), compiled as each backend's training step
+        is (tf.function, jax.jit; torch eager): see adapters.bench_support.keras_ops."""
+        from . import bench_support as bs
+
+        p, layout = bs.start(self, shape, dtype, what, "last")
+        layer = self.keras.layers.BatchNormalization(**self.native_config(p))  # its own: built for this shape
+        layer.build(p.shape)
+        pdt, ops = layer.variable_dtype, self.keras.ops
+
+        def to(a, dtype):
+            return ops.convert_to_tensor(a.copy(), dtype=dtype)
+        tv = [to(p.gamma, pdt), to(p.beta, pdt)]
+        ntv = [to(p.running_mean, pdt), to(p.running_var, pdt)]
+        fn = bs.keras_ops(self.backend, self.ops, layer, tv, ntv, to(p.xs[0], p.dtype), to(p.dy, p.dtype), what)
+        return bs.make(fn, p, layout, what)

@@ -156,3 +156,19 @@ class OnnxRuntimeBatchNorm(Adapter):
             "observed = {q: np.stack(a).astype(np.float64) for q, a in got.items()"
             f" if a and ({track} or not q.startswith('running'))}}",
         ])
+
+    def bench(self, shape, dtype, what):
+        """session.run of the one-node model on NCHW, inputs as NumPy arrays (what ORT's CPU provider reads in
+        place); training mode returns Y and the running statistics. No gradients: ORT inference sessions have
+        none (onnxruntime-training is another package)."""
+        from . import bench_support as bs
+        from .base import Unsupported
+
+        if what == "train_backward":
+            raise Unsupported("ONNX Runtime inference sessions compute no gradients")
+        p, layout = bs.start(self, shape, dtype, what, "first")
+        dt = np.dtype(p.dtype)
+        feeds = {"X": np.ascontiguousarray(p.xs[0], dtype=dt), "scale": p.gamma.astype(dt), "B": p.beta.astype(dt),
+                 "input_mean": p.running_mean.astype(dt), "input_var": p.running_var.astype(dt)}
+        session = self.session(p, what == "train")
+        return bs.make(lambda: session.run(None, feeds), p, layout, what)

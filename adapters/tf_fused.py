@@ -155,3 +155,31 @@ class TFFused(Adapter):
         ]
         return tfc.snippet_program(head, step, "[gamma, beta]" if p.affine else "[]", self.wants_gradients(p),
                                    self.wants_second_order(p))
+
+    def bench(self, shape, dtype, what):
+        """The raw op on NHWC (its default data_format, TensorFlow's CPU layout) in a tf.function, the running
+        statistics passed in and returned as the op returns them; gradients by FusedBatchNormGradV3."""
+        from . import bench_support as bs
+
+        p, layout = bs.start(self, shape, dtype, what, "last")
+        tf = self.tf
+        dt, u = tf.as_dtype(p.dtype), tf.float32
+        x, train = tfc.constant(tf, p.xs[0], dt), what != "eval"
+        cfg = {k: v for k, v in self.native_config(p).items() if train or k != "exponential_avg_factor"}
+        const = lambda a, d=u: tfc.constant(tf, a, d)  # noqa: E731
+        gamma, beta, rm, rv = const(p.gamma), const(p.beta), const(p.running_mean), const(p.running_var)
+
+        def forward(x, g, b):
+            out = tf.raw_ops.FusedBatchNormV3(x=x, scale=g, offset=b, mean=rm, variance=rv, is_training=train,
+                                              **cfg)
+            return out.y, out.batch_mean, out.batch_variance
+        if what in ("eval", "train"):
+            fn = bs.tf_call(tf, forward, x, gamma, beta)
+        else:
+            def forward_backward(x, g, b, dy):
+                with tf.GradientTape() as tape:
+                    tape.watch([x, g, b])
+                    y, new_rm, new_rv = forward(x, g, b)
+                return (y, *tape.gradient(y, [x, g, b], output_gradients=dy), new_rm, new_rv)
+            fn = bs.tf_call(tf, forward_backward, x, gamma, beta, const(p.dy, dt))
+        return bs.make(fn, p, layout, what)

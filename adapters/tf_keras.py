@@ -138,3 +138,31 @@ class TFKeras(Adapter):
                 "rec = {'y': y, 'running_mean': layer.moving_mean, 'running_var': layer.moving_variance}"]
         return tfc.snippet_program(head, step, "[layer.gamma, layer.beta]" if p.affine else "[]",
                                    self.wants_gradients(p), self.wants_second_order(p))
+
+    def bench(self, shape, dtype, what):
+        """The layer on NHWC (axis=-1, its default) called in a tf.function, as Keras 2's fit() runs it; in
+        training the moving statistics are assigned inside the function."""
+        from . import bench_support as bs
+
+        p, layout = bs.start(self, shape, dtype, what, "last")
+        tf = self.tf
+        layer = self.tf_keras.layers.BatchNormalization(**self.native_config(p))  # its own: no shared state
+        layer.build(p.shape)
+        pdt = layer.moving_mean.dtype
+        layer.gamma.assign(tfc.constant(tf, p.gamma, pdt))
+        layer.beta.assign(tfc.constant(tf, p.beta, pdt))
+        layer.moving_mean.assign(tfc.constant(tf, p.running_mean, pdt))
+        layer.moving_variance.assign(tfc.constant(tf, p.running_var, pdt))
+        x, training = tfc.constant(tf, p.xs[0], p.dtype), what != "eval"
+        if what in ("eval", "train"):
+            fn = bs.tf_call(tf, lambda x: (layer(x, training=training),), x)
+        else:
+            params = [layer.gamma, layer.beta]
+
+            def forward_backward(x, dy):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    y = layer(x, training=True)
+                return (y, *tape.gradient(y, [x, *params], output_gradients=dy))
+            fn = bs.tf_call(tf, forward_backward, x, tfc.constant(tf, p.dy, p.dtype))
+        return bs.make(fn, p, layout, what)

@@ -141,3 +141,36 @@ class TFNN(Adapter):
         ]
         return tfc.snippet_program(head, step, "[gamma, beta]" if p.affine else "[]", self.wants_gradients(p),
                                    self.wants_second_order(p))
+
+    def bench(self, shape, dtype, what):
+        """moments + batch_normalization on NHWC (TensorFlow's CPU layout) as one tf.function; the running
+        update is the caller's, returned as new tensors (the same arithmetic as run())."""
+        from . import bench_support as bs
+
+        p, layout = bs.start(self, shape, dtype, what, "last")
+        tf = self.tf
+        dt = tf.as_dtype(p.dtype)
+        cfg = self.native_config(p)
+        axes, eps, a = cfg["axes"], cfg["variance_epsilon"], cfg["new_weight"]
+        bshape = [1] * len(p.shape)
+        bshape[p.axis] = p.channels
+        c = lambda v: tf.reshape(tfc.constant(tf, v, dt), bshape)  # noqa: E731
+        gamma, beta, rm, rv = c(p.gamma), c(p.beta), c(p.running_mean), c(p.running_var)
+        x = tfc.constant(tf, p.xs[0], dt)
+
+        def train(x, g, b):
+            mean, var = tf.nn.moments(x, axes, keepdims=True)
+            y = tf.nn.batch_normalization(x, mean, var, b, g, eps)
+            return y, (1 - a) * rm + a * mean, (1 - a) * rv + a * var
+        if what == "eval":
+            fn = bs.tf_call(tf, lambda x, g, b: (tf.nn.batch_normalization(x, rm, rv, b, g, eps),), x, gamma, beta)
+        elif what == "train":
+            fn = bs.tf_call(tf, train, x, gamma, beta)
+        else:
+            def forward_backward(x, g, b, dy):
+                with tf.GradientTape() as tape:
+                    tape.watch([x, g, b])
+                    y, new_rm, new_rv = train(x, g, b)
+                return (y, *tape.gradient(y, [x, g, b], output_gradients=dy), new_rm, new_rv)
+            fn = bs.tf_call(tf, forward_backward, x, gamma, beta, tfc.constant(tf, p.dy, dt))
+        return bs.make(fn, p, layout, what)

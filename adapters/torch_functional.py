@@ -109,3 +109,33 @@ class TorchFunctional(Adapter):
         if p.affine:
             lines += ["observed.update(dgamma=g[1].double().numpy(), dbeta=g[2].double().numpy())"]
         return "\n".join(lines)
+
+    def bench(self, shape, dtype, what):
+        """F.batch_norm on NCHW (contiguous) with caller-owned running statistics; inference under no_grad."""
+        from . import bench_support as bs
+
+        p, layout = bs.start(self, shape, dtype, what, "first")
+        torch = self.torch
+        F = torch.nn.functional
+        dt = getattr(torch, p.dtype)
+        to = lambda a: torch.tensor(a).to(self.device, dt)  # noqa: E731
+        weight, bias = to(p.gamma).requires_grad_(True), to(p.beta).requires_grad_(True)
+        rm, rv, x = to(p.running_mean), to(p.running_var), to(p.xs[0])
+        cfg, training = self.native_config(p), what != "eval"
+
+        def forward():
+            return F.batch_norm(x, rm, rv, weight, bias, training=training, **cfg)
+        if what == "eval":
+            def fn():
+                with torch.no_grad():
+                    return (forward(),)
+        elif what == "train":
+            def fn():
+                return (forward(),)
+        else:
+            x.requires_grad_(True)
+            dy = to(p.dy)
+
+            def fn():
+                return bs.torch_grad(torch, forward, x, [weight, bias], dy)
+        return bs.make(fn, p, layout, what)

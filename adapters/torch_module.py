@@ -122,3 +122,34 @@ class TorchModule(Adapter):
         if p.affine:
             lines += ["observed.update(dgamma=g[1].double().numpy(), dbeta=g[2].double().numpy())"]
         return "\n".join(lines)
+
+    def bench(self, shape, dtype, what):
+        """nn.BatchNorm{1,2,3}d on NCHW (contiguous); inference under no_grad, training with autograd on."""
+        from . import bench_support as bs
+
+        p, layout = bs.start(self, shape, dtype, what, "first")
+        torch = self.torch
+        dt = getattr(torch, p.dtype)
+        module = getattr(torch.nn, _CLASS[len(p.shape)])(**self.native_config(p)).to(self.device, dt)
+        with torch.no_grad():
+            module.weight.copy_(torch.tensor(p.gamma))
+            module.bias.copy_(torch.tensor(p.beta))
+            module.running_mean.copy_(torch.tensor(p.running_mean))
+            module.running_var.copy_(torch.tensor(p.running_var))
+        module.train(what != "eval")
+        x = torch.tensor(p.xs[0]).to(self.device, dt)
+        if what == "eval":
+            def fn():
+                with torch.no_grad():
+                    return (module(x),)
+        elif what == "train":
+            def fn():
+                return (module(x),)
+        else:
+            x.requires_grad_(True)
+            dy = torch.tensor(p.dy).to(self.device, dt)
+            params = [module.weight, module.bias]
+
+            def fn():
+                return bs.torch_grad(torch, lambda: module(x), x, params, dy)
+        return bs.make(fn, p, layout, what)

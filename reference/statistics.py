@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import blocked
 from .dtypes import round_to
 
 
@@ -26,10 +27,13 @@ def moments(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
 
     Corrected two-pass (Chan, Golub & LeVeque 1983; Bjorck): the second pass subtracts the rounding error
     left in the mean, so the variance's relative error is ~n*u independent of the mean's magnitude.
-    Works unchanged on complex input (complex-step differentiation passes through here).
+    Works unchanged on complex input (complex-step differentiation passes through here). Large float64
+    arrays make the same three passes one cache-sized block at a time (`_moments_blocked`).
     """
     axes = reduce_axes(x.ndim, axis)
     n = x.size // x.shape[axis]
+    if blocked.applies(x):
+        return _moments_blocked(x, axis, axes, n)
     mean = np.mean(x, axis=axes)
     centered = x - to_channels(mean, x.ndim, axis)
     residual = np.sum(centered, axis=axes) / n
@@ -37,6 +41,32 @@ def moments(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     centered = x - to_channels(mean, x.ndim, axis)
     var = np.sum(centered * centered, axis=axes) / n
     return mean, var
+
+
+def _moments_blocked(x: np.ndarray, axis: int, axes: tuple[int, ...], n: int):
+    """`moments` on a large array: the same passes (sum; sum of deviations from the mean, to correct it; sum
+    of squared deviations from the corrected mean), each reading x once, block by block (reference/blocked.py:
+    the deviations never leave the cache). Per-channel sums are accumulated across blocks."""
+    index = list(blocked.blocks(x.shape))
+
+    letters = "abcdefghijklmnopqrstuvwxyz"[:x.ndim]
+    squares = f"{letters},{letters}->{letters[axis]}"  # sum of d * d over every axis but the channel axis
+
+    def channel_sum(term) -> np.ndarray:
+        total = np.zeros(to_channels(np.zeros(x.shape[axis]), x.ndim, axis).shape)
+        for b in index:
+            acc = blocked.part(total, b)  # a view: the channels this block holds
+            acc += term(x[b], b).reshape(acc.shape)
+        return total
+
+    def deviations(mean, xb, b):
+        return xb - blocked.part(mean, b)
+
+    mean = channel_sum(lambda xb, b: np.sum(xb, axis=axes)) / n
+    residual = channel_sum(lambda xb, b, m=mean: np.sum(deviations(m, xb, b), axis=axes)) / n
+    mean = mean + residual
+    var = channel_sum(lambda xb, b: np.einsum(squares, *2 * [deviations(mean, xb, b)])) / n
+    return mean.reshape(-1), var.reshape(-1)
 
 
 def unbiased(var_biased: np.ndarray, n: int) -> np.ndarray:
