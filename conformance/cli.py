@@ -167,12 +167,11 @@ def _cmd_conventions(args) -> int:
     runs = [AdapterRun(s.name, cases, cfg, on_records=lambda cid, recs: records.extend(recs))
             for s in specs if s.available()]
     pool = Pool(runs, jobs)
-    pool.start()
-    try:
-        pool.join()
-    except KeyboardInterrupt:
-        pool.stop()
-        raise
+    if pool.wait():
+        print("bnconform: interrupted", file=sys.stderr)
+        return 130
+    for line in pool.failures:
+        print(f"bnconform: internal error driving {line}", file=sys.stderr)
     t = table(records)
     _print_table(t)
     for line in t["disagreements"]:

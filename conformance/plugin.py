@@ -225,7 +225,15 @@ class BNSession:
         with self.cond:
             while (adapter, case_id) not in self.done_cases:
                 self.cond.wait(1.0)
+                if (adapter, case_id) not in self.done_cases and not self._driving(adapter):
+                    failures = "; ".join(f for pool in self.pools for f in pool.failures) or "no records came back"
+                    raise RuntimeError(f"the thread driving {adapter} stopped before {case_id}: {failures}")
             return self.records[check_id(adapter, case_id, quantity)]
+
+    def _driving(self, adapter: str) -> bool:
+        """Whether a thread that may still deliver this adapter's records is alive (in-process: always)."""
+        threads = [t for pool in self.pools for run, t in zip(pool.runs, pool.threads) if run.adapter_name == adapter]
+        return not threads or any(t.is_alive() for t in threads)
 
     def close(self) -> None:
         for pool in self.pools:

@@ -128,23 +128,17 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
                        adapter_timeout=opts.adapter_timeout)
     case_ids = [c.id for c in cases]
     pool = Pool([got.run_for(s.name, case_ids, cfg) for s in available], jobs)
-    interrupted = False
     with show:
         for s in specs:
             if s in available:
                 show.add(s.name, len(case_ids))
             else:
                 show.skipped(s.name, f"{', '.join(s.missing())} not installed; {s.install}")
-        pool.start()
-        try:
-            while not pool.join(0.25):
-                pass
-        except KeyboardInterrupt:
-            interrupted = True
-            console.print("interrupted: stopping the workers, keeping the finished checks", highlight=False)
-            pool.stop()
-            pool.join(30)
+        interrupted = pool.wait(on_interrupt=lambda: console.print(
+            "interrupted: stopping the workers, keeping the finished checks", highlight=False))
     got.writer.close()
+    for line in pool.failures:
+        console.print(f"internal error driving {line}", highlight=False, markup=False)
 
     stale = _finish_meta(meta, got, registry, interrupted)
     results.write_meta(run_dir, meta)

@@ -277,11 +277,15 @@ class Pool:
         self.runs = list(runs)
         self.slots = threading.Semaphore(max(1, jobs))
         self.threads: list[threading.Thread] = []
+        self.failures: list[str] = []  # one line per drive thread that raised (its adapter's cases stay unrecorded)
 
     def _drive(self, run: AdapterRun) -> None:
-        with self.slots:
-            if not run.stopped.is_set():
-                run.run()
+        try:
+            with self.slots:
+                if not run.stopped.is_set():
+                    run.run()
+        except Exception as e:  # a bug of ours, not the adapter's: one line for the caller, never a traceback
+            self.failures.append(f"{run.adapter_name}: {type(e).__name__}: {e}")
 
     def start(self) -> None:
         for run in self.runs:
@@ -298,3 +302,28 @@ class Pool:
         for t in self.threads:
             t.join(None if end is None else max(0.0, end - time.monotonic()))
         return not any(t.is_alive() for t in self.threads)
+
+    def wait(self, on_interrupt: Callable[[], None] = lambda: None, grace: float = 30.0) -> bool:
+        """Start the runs and wait for all of them; Ctrl-C stops them cleanly. Returns True if interrupted.
+
+        Ctrl-C only sets a flag here. A KeyboardInterrupt raised inside Thread.join can, on CPython 3.11, mark
+        a still-running thread as finished (threading._wait_for_tstate_lock releases the lock it did not
+        acquire), so the process would exit under a thread still cleaning up and print half a traceback."""
+        import signal
+
+        asked = threading.Event()
+        handler = None
+        if threading.current_thread() is threading.main_thread():
+            handler = signal.signal(signal.SIGINT, lambda signum, frame: asked.set())
+        try:
+            self.start()
+            while not self.join(0.25):
+                if asked.is_set():
+                    on_interrupt()
+                    self.stop()
+                    self.join(grace)
+                    break
+        finally:
+            if handler is not None:
+                signal.signal(signal.SIGINT, handler)
+        return asked.is_set()

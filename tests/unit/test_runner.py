@@ -143,3 +143,45 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_finished(tmp_path):
     assert len([x for x in recs if x["adapter"] == "fake.oracle"]) == sum(_checks(c) for c in SMOKE)
     assert _meta(tmp_path)["status"] == "interrupted"
     assert (tmp_path / "index.html").is_file()
+
+
+def test_pool_wait_turns_ctrl_c_into_a_clean_stop_and_waits_for_cleanup():
+    """Ctrl-C during Pool.wait stops every run and returns only after each has finished cleaning up (a
+    KeyboardInterrupt inside Thread.join could declare a still-running thread finished on CPython 3.11)."""
+    import threading
+
+    from conformance.worker import Pool
+
+    class SlowToStop:
+        adapter_name = "slow"
+
+        def __init__(self):
+            self.stopped = threading.Event()
+            self.cleaned = False
+
+        def run(self):
+            self.stopped.wait(60)
+            time.sleep(0.5)  # killing a worker process takes a moment
+            self.cleaned = True
+
+    runs = [SlowToStop(), SlowToStop()]
+    seen = []
+    threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+    assert Pool(runs, jobs=2).wait(on_interrupt=lambda: seen.append("stopping")) is True
+    assert seen == ["stopping"] and all(r.cleaned for r in runs)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's handler is back
+
+
+def test_a_driver_bug_is_one_line_not_a_traceback():
+    from conformance.worker import Pool
+
+    class Broken:
+        adapter_name = "broken"
+        stopped = __import__("threading").Event()
+
+        def run(self):
+            raise ValueError("on_records failed")
+
+    pool = Pool([Broken()], jobs=1)
+    assert pool.wait() is False
+    assert pool.failures == ["broken: ValueError: on_records failed"]
