@@ -1,6 +1,8 @@
 """equinox.nn.BatchNorm in its two modes, "ema" and "batch": vmap(axis_name=...) over the batch, with a State."""
 from __future__ import annotations
 
+import inspect
+
 from reference import QUANTITIES, Convention, Problem
 
 from . import jax_common as jc
@@ -15,6 +17,8 @@ from .base import Adapter, Observation, Precision
 # statistics and keeps a hidden EMA (counter, hidden_mean, hidden_var); inference divides the hidden EMA
 # by 1 - momentum**counter (zero-debiasing, "as haiku"), or uses it as is when counter == 0.
 # The hidden state is initialized to (zeros, ONES) in BatchNorm.__init__: see conformance/registry/jax.toml.
+# Before 0.13 BatchNorm has no `mode`: its one behaviour is today's "ema" (same _stats, first-step replace,
+# blend), kept under `state_index` / `first_time_index`; "batch" does not exist there (a skip).
 SOURCE = "equinox/nn/_batch_norm.py (BatchNorm.__init__, BatchNorm.__call__)"
 _COMMON = dict(momentum_form="weight_on_old", default_momentum=0.99, default_eps=1e-5, running_var="biased",
                variance="two_pass")
@@ -45,6 +49,7 @@ class EquinoxBatchNorm(Adapter):
         import equinox as eqx
 
         self.eqx = eqx
+        self.has_mode = "mode" in inspect.signature(eqx.nn.BatchNorm).parameters  # equinox >= 0.13
         self.jitted = jc.Jitted(self.jax)
         self.modules: dict = {}
         self.device = jc.device(self.jax)
@@ -57,6 +62,8 @@ class EquinoxBatchNorm(Adapter):
             return "equinox BatchNorm has no cumulative average"
         if problem.memory_format != "contiguous":
             return "JAX arrays have no memory format; the case would repeat the contiguous one"
+        if not self.has_mode and self.mode != "ema":
+            return f'equinox {self.eqx.__version__} has no mode="{self.mode}" (BatchNorm has modes from 0.13.0)'
         if self.mode == "ema" and not problem.track_running_stats:
             return 'mode="ema" always normalizes training with the running statistics; it has no batch-only mode'
         return super().unsupported(problem)
@@ -66,8 +73,14 @@ class EquinoxBatchNorm(Adapter):
         if not problem.use_defaults:
             cfg["momentum"] = self.native_momentum(problem)
             cfg["eps"] = problem.eps
-        cfg.update(channelwise_affine=problem.affine, dtype=problem.dtype, mode=self.mode)
+        cfg.update(channelwise_affine=problem.affine, dtype=problem.dtype)
+        if getattr(self, "has_mode", True):
+            cfg["mode"] = self.mode
         return cfg
+
+    def _index(self, bn):
+        """Where the statistics inference uses are kept (`state_index` before the modes)."""
+        return getattr(bn, f"{self.mode}_state_index" if self.has_mode else "state_index")
 
     def _model(self, p: Problem):
         """(key, bn, state0, apply): the module and its fresh State, built once per configuration under jit
@@ -90,10 +103,8 @@ class EquinoxBatchNorm(Adapter):
                 f = jax.vmap(lambda x, s: model(x, s, inference=not train), axis_name="batch",
                              in_axes=(0, None), out_axes=(0, None))
                 y, st = f(x, state["state"])
-                if ema:
-                    m, v = st.get(bn.ema_state_index)
-                else:  # what inference normalizes with, by equinox's own expression (BatchNorm.__call__)
-                    m, v = st.get(bn.batch_state_index)
+                m, v = st.get(self._index(bn))
+                if not ema:  # what inference normalizes with, by equinox's own expression (BatchNorm.__call__)
                     n = st.get(bn.batch_counter)
                     scale = jax.numpy.where(n == 0, 1, 1 - bn.momentum**n)
                     m, v = m / scale, v / scale
@@ -111,7 +122,7 @@ class EquinoxBatchNorm(Adapter):
         key, bn, state0, apply = self._model(p)
         mean, var = jc.to_jax(self.jax, p.running_mean, p.dtype), jc.to_jax(self.jax, p.running_var, p.dtype)
         # The case's initial statistics go where equinox keeps what inference uses before any training.
-        index = bn.ema_state_index if self.mode == "ema" else bn.batch_state_index
+        index = self._index(bn)
         fresh = self.jax.tree.map(lambda a: a, state0)  # State.set invalidates the object it is called on
         state = {"state": fresh.set(index, (mean, var)), "mean": mean, "var": var}
         obs = Observation(facts={"device": self.device, "mode": self.mode})
@@ -124,7 +135,7 @@ class EquinoxBatchNorm(Adapter):
 
     def snippet(self, p: Problem) -> str:
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.native_config(p).items() if k != "dtype")
-        index = "ema_state_index" if self.mode == "ema" else "batch_state_index"
+        index = "state_index" if not self.has_mode else f"{self.mode}_state_index"
         debias = [] if self.mode == "ema" else [
             "    n = st.get(bn.batch_counter)  # what inference uses: equinox's debiasing",
             "    scale = jnp.where(n == 0, 1, 1 - bn.momentum**n)",

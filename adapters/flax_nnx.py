@@ -30,9 +30,14 @@ class FlaxNNX(Adapter):
 
     def setup(self) -> None:
         self.jax = jc.import_jax()
+        import flax
         from flax import nnx
+        from packaging.version import Version
 
         self.nnx = nnx
+        # flax < 0.11: Variable.__setitem__ writes into the (immutable) jax array and raises; `.value =`
+        # replaces it (same dtype here, so the same values). From 0.11 `var[...] = ...` is the way.
+        self.item_assign = Version(flax.__version__) >= Version("0.11")
         self.jitted = jc.Jitted(self.jax)
         self.modules: dict = {}
         self.device = jc.device(self.jax)
@@ -68,11 +73,17 @@ class FlaxNNX(Adapter):
             nnx, jnp = self.nnx, self.jax.numpy
             kw = {**cfg, "dtype": getattr(jnp, p.dtype), "param_dtype": getattr(jnp, p.dtype)}
 
+            def put(var, value):
+                if self.item_assign:
+                    var[...] = value
+                else:
+                    var.value = value
+
             def apply(params, state, x, train):
                 bn = nnx.BatchNorm(**kw, rngs=nnx.Rngs(0))
                 if params:
-                    bn.scale[...], bn.bias[...] = params["gamma"], params["beta"]
-                bn.mean[...], bn.var[...] = state["mean"], state["var"]
+                    put(bn.scale, params["gamma"]), put(bn.bias, params["beta"])
+                put(bn.mean, state["mean"]), put(bn.var, state["var"])
                 bn.train() if train else bn.eval()
                 y = bn(x)
                 return y, {"mean": bn.mean[...], "var": bn.var[...]}
@@ -94,13 +105,14 @@ class FlaxNNX(Adapter):
 
     def snippet(self, p: Problem) -> str:
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.native_config(p).items() if k not in ("dtype", "param_dtype"))
+        v = "[...]" if self.item_assign else ".value"
         return snippet(p, [
             "from flax import nnx",
             "def apply(params, state, x, train):",
             f"    bn = nnx.BatchNorm({cfg}, dtype=dt, param_dtype=dt, rngs=nnx.Rngs(0))",
             "    if params:",
-            "        bn.scale[...], bn.bias[...] = params['gamma'], params['beta']",
-            "    bn.mean[...], bn.var[...] = state['mean'], state['var']",
+            f"        bn.scale{v}, bn.bias{v} = params['gamma'], params['beta']",
+            f"    bn.mean{v}, bn.var{v} = state['mean'], state['var']",
             "    bn.train() if train else bn.eval()",
             "    y = bn(x)",
             "    return y, {'mean': bn.mean[...], 'var': bn.var[...]}",

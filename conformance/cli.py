@@ -282,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("old", help="results directory or records.jsonl of the OLD run")
     df.add_argument("new", help="results directory or records.jsonl of the NEW run")
     df.add_argument("--fail-on", action="append", metavar="CATEGORY[:ARG]",
-                    help="also fail on: drift[:FACTORx], convention, fix, new, missing, other (regressions always "
+                    help="also fail on: drift[:FACTORx], convention, registered, fix, new, missing, other (regressions always "
                          "fail); repeatable")
     df.add_argument("--drift-factor", type=float, default=10.0, help="ratio change reported as drift (default 10)")
     df.add_argument("--drift-floor", type=float, default=1e-3,

@@ -14,10 +14,12 @@ from pathlib import Path
 import jinja2
 
 from . import results
-from .diff import Diff
+from .diff import Diff, summarize
 
 CATEGORIES = (
     ("regression", "Regressions", "passed in OLD, fail or error in NEW"),
+    ("registered", "Newly registered deviations",
+     "passed in OLD, fail in NEW as a registered known deviation (xfail): a change the registry accepts"),
     ("fix", "Fixes", "failed, errored or was a registered deviation in OLD, passes in NEW"),
     ("drift", "Drift", "observed error / bound moved by more than the factor"),
     ("convention", "Convention changes", "what the framework was observed to do changed"),
@@ -42,6 +44,19 @@ def print_terminal(d: Diff, console, limit: int = 25) -> None:
             t.add_column(c)
         for row in d.environment:
             t.add_row(*row)
+        if d.packages:
+            t.add_row(f"{len(d.packages)} other packages differ", ", ".join(
+                f"{p} {o} -> {n}" for p, o, n in d.packages[:12]) + (", ..." if len(d.packages) > 12 else ""), "")
+        console.print(t)
+    groups = summarize(d)
+    if groups:
+        titles = {cat: title for cat, title, _ in CATEGORIES}
+        t = Table(title="What changed", title_justify="left", show_lines=True)
+        t.add_column("", overflow="fold")
+        t.add_column("adapter", overflow="fold")
+        t.add_column("what changed", overflow="fold")
+        for g in groups:
+            t.add_row(titles.get(g.category, g.category), g.adapter, g.sentence)
         console.print(t)
     for cat, title, what in CATEGORIES:
         items = d.of(cat)
@@ -72,8 +87,10 @@ def render_html(d: Diff, old_label: str, new_label: str, gate_reasons: list[str]
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True)
     sections = [{"id": cat, "title": title_, "what": what, "items": d.of(cat)} for cat, title_, what in CATEGORIES]
+    titles = {cat: title_ for cat, title_, _ in CATEGORIES}
     return env.get_template("diff.html.j2").render(
         title=title, old=old_label, new=new_label, summary=summary_line(d), sections=sections,
+        groups=summarize(d), titles=titles, packages=d.packages,
         environment=d.environment, declared=d.declared, gate=gate_reasons, counts=d.counts,
         verdicts=("pass", "fail", "error", "xfail", "xpass", "characterized", "skip"))
 

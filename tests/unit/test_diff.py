@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from conformance.diff import DiffRefused, diff, gate, parse_fail_on
+from conformance.diff import DiffRefused, diff, gate, parse_fail_on, summarize
 
 
 @dataclass
@@ -14,10 +14,10 @@ class RS:
     metas: list = field(default_factory=lambda: [{"input_checksum": "abc", "versions": {"torch": "1"}}])
 
 
-def rec(quantity, verdict, ratio=None, adapter="a", case="c", version="1", evidence=None, schema=1):
+def rec(quantity, verdict, ratio=None, adapter="a", case="c", version="1", evidence=None, schema=1, **extra):
     return {"schema": schema, "check_id": f"{adapter}::{case}::{quantity}", "adapter": adapter, "case": case,
             "quantity": quantity, "verdict": verdict, "version": version,
-            "metrics": None if ratio is None else {"ratio": ratio}, "evidence": evidence}
+            "metrics": None if ratio is None else {"ratio": ratio}, "evidence": evidence, **extra}
 
 
 OLD = RS([rec("y", "pass", 0.1), rec("dx", "fail", 50.0), rec("running_var", "pass", 0.001),
@@ -149,3 +149,87 @@ def test_baseline_saved_then_gated(tmp_path):
     (out / "baselines" / "broken.json").write_text("{")
     r = bnconform(*args, "--compare-baseline", "broken")
     assert r.returncode == 2 and "not a readable baseline" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# -- sentences a user understands: registry entries, notes, grouped summaries (what tox -e upgrade-* shows)
+ENTRY = {"id": "x-float64-in-float32", "reason": "float64 is computed in float32", "link": "https://example.org/1"}
+OLD_ENTRY = {"id": "x-biased-var", "reason": "biased running variance before 2", "link": ""}
+
+
+def test_pass_to_registered_deviation_is_its_own_category_and_names_the_entry():
+    o = RS([rec("y", "pass", 0.05, case=f"f64-{i}") for i in range(3)] + [rec("dx", "pass", 0.0, case="f64-0")])
+    n = RS([rec("y", "xfail", 2e6 * (i + 1), case=f"f64-{i}", version="2", registry=ENTRY) for i in range(3)]
+           + [rec("dx", "xfail", 8e6, case="f64-0", version="2", registry=ENTRY)],
+           [{"input_checksum": "abc", "versions": {"torch": "2"}}])
+    d = diff(o, n)
+    assert {c.category for c in d.changes} == {"registered"}
+    assert "fails as the registered deviation x-float64-in-float32" in d.changes[0].sentence
+    assert gate(d, parse_fail_on([])) == [] and gate(d, parse_fail_on(["registered"])) == ["4 newly registered deviations"]
+    (g,) = summarize(d)
+    assert g.sentence == ("4 checks passed in 1 and fail in 2 as the registered deviation x-float64-in-float32: "
+                          "dx, y in 3 cases (f64-0, f64-1, ...); error/bound 0 to 0.05 -> 2e+06 to 8e+06")
+    assert g.detail == ENTRY["reason"] and g.link == ENTRY["link"]
+
+
+def test_fix_of_a_registered_deviation_says_what_it_was_even_without_a_ratio():
+    dtype = {"ratio": "inf", "problem": "dtype", "detail": "dtype float64 != expected float32"}
+    o = RS([rec("running_var", "xfail", registry=OLD_ENTRY, metrics=dtype),
+            rec("y", "xfail", registry=OLD_ENTRY, reason="declared to raise with one element per channel, but computed")])
+    n = RS([rec("running_var", "pass", 0.4, version="2"),
+            rec("y", "pass", version="2", reason="raised as declared: needs more than one value")])
+    d = diff(o, n)
+    by_q = {c.quantity: c for c in d.changes}
+    assert by_q["running_var"].sentence == ("the registered deviation x-biased-var of 1 (xfail (dtype float64 != "
+                                            "expected float32)) no longer occurs in 2: pass (error/bound 0.4)")
+    assert "but computed" in by_q["y"].sentence and "raised as declared" in by_q["y"].sentence
+    (g,) = summarize(d)
+    assert g.sentence.startswith("2 checks that were the registered deviation x-biased-var in 1 pass in 2")
+    assert "dtype float64 != expected float32" in g.sentence and "-> error/bound 0.4; raised as declared" in g.sentence
+
+
+def test_skip_to_run_says_why_it_was_skipped_and_groups_by_verdict():
+    why = 'equinox 0.11.11 has no mode="batch"'
+    o = RS([rec(q, "skip", reason=why) for q in ("y", "dx", "running_var")])
+    n = RS([rec("y", "pass", 0.1, version="2"), rec("dx", "pass", 0.2, version="2"),
+            rec("running_var", "xfail", 700.0, version="2", registry=ENTRY)])
+    d = diff(o, n)
+    assert all(c.category == "other" for c in d.changes)
+    assert f"skipped ({why}) in 1 -> pass (error/bound 0.1) in 2" in {c.sentence for c in d.changes}
+    sentences = [g.sentence for g in summarize(d)]
+    assert f"2 checks skipped in 1 ({why}) -> pass in 2: dx, y in c; error/bound 0.1 to 0.2 now" in sentences
+    assert any("xfail (registered deviation x-float64-in-float32)" in s for s in sentences)
+
+
+def test_drift_wording_and_grouping():
+    o = RS([rec("dx", "pass", 0.0, case="c1"), rec("dx", "pass", 0.0, case="c2"), rec("y", "characterized", 9.7)])
+    n = RS([rec("dx", "pass", 0.025, case="c1", version="2"), rec("dx", "pass", 0.047, case="c2", version="2"),
+            rec("y", "characterized", 1e-3, version="2")])
+    d = diff(o, n)
+    assert next(c for c in d.changes if c.quantity == "y").sentence == (
+        "error/bound shrank 9.7 -> 0.001 (9.7e+03x smaller; still characterized)")
+    grew = next(g for g in summarize(d) if g.adapter == "a" and "grew" in g.sentence)
+    assert grew.sentence == ("2 checks: error/bound grew 25x to 47x from 1 to 2, verdicts unchanged (pass): dx in "
+                             "2 cases (c1, c2); error/bound 0 -> 0.025 to 0.047")
+
+
+def test_other_installed_packages_that_differ_come_from_pip_freeze():
+    meta = {"input_checksum": "abc", "versions": {"flax": "0.10.2"},
+            "pip_freeze": ["flax==0.10.2", "jax==0.4.38", "numpy==2.2.1", "bnconform==0.1.0"]}
+    meta2 = {"input_checksum": "abc", "versions": {"flax": "0.12.8"},
+             "pip_freeze": ["flax==0.12.8", "jax==0.10.2", "numpy==2.2.1", "bnconform==0.2.0", "optax==0.2.8"]}
+    d = diff(RS([rec("y", "pass", 0.1)], [meta]), RS([rec("y", "pass", 0.1)], [meta2]))
+    assert d.environment == [("flax", "0.10.2", "0.12.8")]
+    assert d.packages == [("jax", "0.4.38", "0.10.2"), ("optax", "—", "0.2.8")]
+
+
+def test_html_page_leads_with_the_grouped_changes_and_versions():
+    from conformance.diffview import render_html
+
+    o = RS([rec("y", "pass", 0.05)])
+    n = RS([rec("y", "xfail", 2e6, version="2", registry=ENTRY)], [{"input_checksum": "abc", "versions": {"torch": "2"}}])
+    d = diff(o, n)
+    html = render_html(d, "old", "new", gate(d, parse_fail_on([])), "t")
+    assert 'id="changed"' in html and "Newly registered deviations" in html and "torch 1 &rarr; 2" in html
+    assert html.index('id="changed"') < html.index('id="registered"')
+    assert ENTRY["reason"] in html and 'href="https://example.org/1"' in html
+

@@ -73,6 +73,29 @@ def test_defaults_hazard_lists_every_default_that_matters():
     assert "eps 1e-05 vs 0.001" in why and "running var unbiased vs biased" in why and "0.1 vs 0.01" in why
 
 
+class FakeNoDefaults(OracleAdapter):
+    """Like tf.nn or haiku: no default eps (or momentum), so every defaults case is a skip."""
+    convention = Convention(default_momentum=None, default_eps=None)
+
+    def unsupported(self, problem):
+        return "no defaults" if problem.use_defaults else super().unsupported(problem)
+
+
+def test_defaults_hazard_reference_is_an_adapter_that_ran_the_case():
+    # no torch in the selection (bnconform run --frameworks tf) and the first adapter by name has no defaults:
+    # the reference must be one that ran the case, not the skipped one (whose eps None broke the oracle)
+    case = CASES["f32-4x3x2x3-ax1-T3E-defaults-sc0.03-s0"]
+    conventions = {"a.nodefaults": FakeNoDefaults.convention, "b.keras": KERAS, "c.torch": TORCH}
+    recs = _records([FakeNoDefaults(name="a.nodefaults"), FakeKeras(name="b.keras"),
+                     OracleAdapter(name="c.torch")], [case])
+    (t,) = defaults_hazard(recs, conventions)
+    rows = {r[0]: r for r in t["rows"]}
+    assert sorted(rows) == ["b.keras", "c.torch"] and "relative to b.keras" in t["description"]
+    assert rows["b.keras"][-1] == "reference" and "eps 0.001 vs 1e-05" in rows["c.torch"][-1]
+    assert defaults_hazard(_records([FakeNoDefaults(name="a.nodefaults")], [case]),
+                           {"a.nodefaults": FakeNoDefaults.convention}) == []
+
+
 def test_explain_ignores_knobs_that_do_not_change_the_quantity():
     p = materialize(CASES["f32-4x3x2x3-ax1-T3E-a0.1-eps1e-05-rstats-s0"])
     assert explain(p, TORCH, KERAS, "running_mean") == []
