@@ -1,7 +1,8 @@
 """equinox.nn.BatchNorm in its two modes, "ema" and "batch": vmap(axis_name=...) over the batch, with a State."""
 from __future__ import annotations
 
-import inspect
+import functools
+
 
 from reference import QUANTITIES, Convention, Problem
 
@@ -49,10 +50,19 @@ class EquinoxBatchNorm(Adapter):
         import equinox as eqx
 
         self.eqx = eqx
-        self.has_mode = "mode" in inspect.signature(eqx.nn.BatchNorm).parameters  # equinox >= 0.13
         self.jitted = jc.Jitted(self.jax)
         self.modules: dict = {}
         self.device = jc.device(self.jax)
+
+    @functools.cached_property
+    def has_mode(self) -> bool:
+        """BatchNorm has `mode` (and a state index per mode) from equinox 0.13.0. Read from the installed
+        distribution, not the module: snippet() runs without setup() (bnconform port)."""
+        from importlib.metadata import version
+
+        from packaging.version import Version
+
+        return Version(version("equinox")) >= Version("0.13.0")
 
     def precision(self, problem: Problem) -> Precision:
         return Precision.uniform(problem.dtype, accumulate_low_precision_in=problem.dtype)  # all in `dtype`
@@ -74,7 +84,7 @@ class EquinoxBatchNorm(Adapter):
             cfg["momentum"] = self.native_momentum(problem)
             cfg["eps"] = problem.eps
         cfg.update(channelwise_affine=problem.affine, dtype=problem.dtype)
-        if getattr(self, "has_mode", True):
+        if self.has_mode:
             cfg["mode"] = self.mode
         return cfg
 

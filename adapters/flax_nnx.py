@@ -1,6 +1,8 @@
 """flax.nnx.BatchNorm: the stateful module, switched with train() / eval(), run as a pure jitted function."""
 from __future__ import annotations
 
+import functools
+
 from reference import QUANTITIES, Problem
 
 from . import jax_common as jc
@@ -30,17 +32,23 @@ class FlaxNNX(Adapter):
 
     def setup(self) -> None:
         self.jax = jc.import_jax()
-        import flax
         from flax import nnx
-        from packaging.version import Version
 
         self.nnx = nnx
-        # flax < 0.11: Variable.__setitem__ writes into the (immutable) jax array and raises; `.value =`
-        # replaces it (same dtype here, so the same values). From 0.11 `var[...] = ...` is the way.
-        self.item_assign = Version(flax.__version__) >= Version("0.11")
         self.jitted = jc.Jitted(self.jax)
         self.modules: dict = {}
         self.device = jc.device(self.jax)
+
+    @functools.cached_property
+    def item_assign(self) -> bool:
+        """flax < 0.11: Variable.__setitem__ writes into the (immutable) jax array and raises; `.value =`
+        replaces it (same dtype here, so the same values). From 0.11 `var[...] = ...` is the way. Read from the
+        installed distribution, not the module: snippet() runs without setup() (bnconform port)."""
+        from importlib.metadata import version
+
+        from packaging.version import Version
+
+        return Version(version("flax")) >= Version("0.11")
 
     def precision(self, problem: Problem) -> Precision:
         dt = problem.dtype
