@@ -70,6 +70,7 @@ class _CaseCache:
     key = None
     singles: list[Evaluation] = []
     pairs: list[Evaluation] | None = None
+    declared: dict[str, float] = {}
 
 
 _cache = _CaseCache()
@@ -80,15 +81,26 @@ def _evaluate(adapter, problem, obs, h: hyp.Hypothesis) -> Evaluation:
     return Evaluation(h, ratios_under(adapter, p, c, obs, h.compute_dtype))
 
 
-def diagnose(adapter, problem, quantity, obs, trace=None, bounds=None) -> dict:
-    key = (id(adapter), id(problem), id(obs))
-    if _cache.key != key:
+def diagnose(adapter, problem, quantity, obs, trace=None, bounds=None, *, pairs: bool = True) -> dict:
+    """Explain one failing quantity. `pairs=False` stops after the single changes: the engine asks for the pair
+    search (about 15x the cost of the singles) only for unregistered failures; a registered deviation is
+    explained by its entry and a characterization is not a failure."""
+    key = (adapter, problem, obs)  # held, not id()s: a freed problem's id can be reused by the next case's
+    if _cache.key is None or any(a is not b for a, b in zip(_cache.key, key)):
         _cache.key = key
         _cache.singles = [_evaluate(adapter, problem, obs, h) for h in hyp.for_declared(problem, adapter.convention)]
         _cache.pairs = None
-    declared = ratios_under(adapter, problem, adapter.convention, obs)
+        _cache.declared = ratios_under(adapter, problem, adapter.convention, obs)
+    declared = _cache.declared
     fitting = [e for e in _cache.singles if e.fits(quantity)]
     size = 1
+    if not fitting and not pairs:
+        closest = min(_cache.singles, key=lambda e: e.ratios.get(quantity, np.inf), default=None)
+        near = (f"; closest: {closest.hypothesis.sentence} (ratio {closest.ratios.get(quantity, np.inf):.3g})"
+                if closest else "")
+        return {"summary": f"no single change to the declared convention fits {quantity} (pairs of changes are "
+                           f"searched for unregistered failures only){near}", "hypothesis": None,
+                "explained": False, "declared_ratio": declared.get(quantity)}
     if not fitting:
         if _cache.pairs is None:
             hs = [e.hypothesis for e in _cache.singles]

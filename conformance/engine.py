@@ -114,7 +114,8 @@ def records_for(adapter, case: Case, verdict: str, reason: str, version: str = "
 def evaluate(adapter, case: Case, registry: Registry | None = None, *, diagnose=None, evidence=None) -> list[dict]:
     """All check records of `case` on `adapter` (whose setup() has run).
 
-    diagnose(adapter, problem, quantity, obs, trace, bounds) -> dict explains a failing check;
+    diagnose(adapter, problem, quantity, obs, trace, bounds, pairs=bool) -> dict explains a failing check
+    (pairs: whether to search pairs of changes too; asked for unregistered failures only);
     evidence(adapter, case, problem, obs) -> dict | None is what the case says about the adapter's conventions
     (conformance.infer); both are optional so the engine does not depend on them."""
     began = time.perf_counter()
@@ -202,7 +203,8 @@ class _Context:
             rec["reason"] = f"registered: {entry.reason}" if entry else ""
         if rec["verdict"] in ("fail", "xfail", "characterized", "xpass"):
             if self.diagnose is not None and not cmp.ok:
-                rec["diagnosis"] = self.diagnose(adapter, problem, q, obs, trace, self.bounds)
+                rec["diagnosis"] = self.diagnose(adapter, problem, q, obs, trace, self.bounds,
+                                                 pairs=rec["verdict"] == "fail")
             rec["repro"] = repro.snippet(adapter, case, problem, q)
             rec["message"] = messages.failure(rec, case)
         return rec

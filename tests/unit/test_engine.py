@@ -100,3 +100,31 @@ def test_single_element_training_mismatching_the_declaration_fails():
 
     for adapter in (DeclaresRaisesButComputes(single="raises"), DeclaresComputesButRaises()):
         assert {r["verdict"] for r in evaluate(adapter, case)} == {"fail"}
+
+
+def test_pair_search_is_asked_for_unregistered_failures_only(tmp_path):
+    """Diagnosis searches pairs of changes (~15x the singles' cost) only where nothing else explains the check."""
+    asked = {}
+
+    def spy(adapter, problem, quantity, obs, trace, bounds, *, pairs):
+        asked[quantity] = pairs
+        return {"summary": "spy"}
+
+    evaluate(OracleAdapter(scale_running_var=1.01), WORKHORSE, diagnose=spy)
+    assert asked == {"running_var": True}
+    reg = _registry(tmp_path, id="d1", adapter="fake.*", cases=["f32-*"], quantities=["running_var"],
+                    reason="demo deviation", action="xfail")
+    asked.clear()
+    evaluate(OracleAdapter(scale_running_var=1.01), WORKHORSE, reg, diagnose=spy)
+    assert asked == {"running_var": False}
+
+
+def test_singles_only_diagnosis_never_builds_pairs(monkeypatch):
+    from conformance import diagnose as dg
+    from conformance import hypotheses
+
+    monkeypatch.setattr(hypotheses, "combine", lambda a, b: (_ for _ in ()).throw(AssertionError("pair built")))
+    recs = {r["quantity"]: r for r in evaluate(OracleAdapter(scale_running_var=1.01), WORKHORSE,
+                                               diagnose=lambda *a, **k: dg.diagnose(*a, **{**k, "pairs": False}))}
+    d = recs["running_var"]["diagnosis"]
+    assert d["explained"] is False and "pairs of changes are searched for unregistered failures only" in d["summary"]
