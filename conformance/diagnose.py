@@ -83,8 +83,8 @@ def _evaluate(adapter, problem, obs, h: hyp.Hypothesis) -> Evaluation:
 
 def diagnose(adapter, problem, quantity, obs, trace=None, bounds=None, *, pairs: bool = True) -> dict:
     """Explain one failing quantity. `pairs=False` stops after the single changes: the engine asks for the pair
-    search (about 15x the cost of the singles) only for unregistered failures; a registered deviation is
-    explained by its entry and a characterization is not a failure."""
+    search (about 15x the cost of the singles) only for failures, not for characterizations (which never fail),
+    and does not diagnose registered deviations at all (their entry is the explanation)."""
     key = (adapter, problem, obs)  # held, not id()s: a freed problem's id can be reused by the next case's
     if _cache.key is None or any(a is not b for a, b in zip(_cache.key, key)):
         _cache.key = key
@@ -99,7 +99,7 @@ def diagnose(adapter, problem, quantity, obs, trace=None, bounds=None, *, pairs:
         near = (f"; closest: {closest.hypothesis.sentence} (ratio {closest.ratios.get(quantity, np.inf):.3g})"
                 if closest else "")
         return {"summary": f"no single change to the declared convention fits {quantity} (pairs of changes are "
-                           f"searched for unregistered failures only){near}", "hypothesis": None,
+                           f"searched for failures only){near}", "hypothesis": None,
                 "explained": False, "declared_ratio": declared.get(quantity)}
     if not fitting:
         if _cache.pairs is None:

@@ -115,7 +115,8 @@ def evaluate(adapter, case: Case, registry: Registry | None = None, *, diagnose=
     """All check records of `case` on `adapter` (whose setup() has run).
 
     diagnose(adapter, problem, quantity, obs, trace, bounds, pairs=bool) -> dict explains a failing check
-    (pairs: whether to search pairs of changes too; asked for unregistered failures only);
+    (not called for registered deviations; pairs: whether to search pairs of changes too, asked for failures
+    only, not for characterizations);
     evidence(adapter, case, problem, obs) -> dict | None is what the case says about the adapter's conventions
     (conformance.infer); both are optional so the engine does not depend on them."""
     began = time.perf_counter()
@@ -202,7 +203,9 @@ class _Context:
             rec["verdict"] = "xfail" if entry else "fail"
             rec["reason"] = f"registered: {entry.reason}" if entry else ""
         if rec["verdict"] in ("fail", "xfail", "characterized", "xpass"):
-            if self.diagnose is not None and not cmp.ok:
+            # A registered deviation is explained by its entry; the search is for what nothing explains yet
+            # (pairs of changes, ~15x the cost of the single ones, only for failures).
+            if self.diagnose is not None and not cmp.ok and entry is None:
                 rec["diagnosis"] = self.diagnose(adapter, problem, q, obs, trace, self.bounds,
                                                  pairs=rec["verdict"] == "fail")
             rec["repro"] = repro.snippet(adapter, case, problem, q)

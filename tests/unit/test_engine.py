@@ -102,8 +102,9 @@ def test_single_element_training_mismatching_the_declaration_fails():
         assert {r["verdict"] for r in evaluate(adapter, case)} == {"fail"}
 
 
-def test_pair_search_is_asked_for_unregistered_failures_only(tmp_path):
-    """Diagnosis searches pairs of changes (~15x the singles' cost) only where nothing else explains the check."""
+def test_diagnosis_is_for_unregistered_failures(tmp_path):
+    """Diagnosis searches pairs of changes (~15x the singles' cost) for failures; a registered deviation is
+    explained by its entry and not diagnosed; a characterization gets the single changes."""
     asked = {}
 
     def spy(adapter, problem, quantity, obs, trace, bounds, *, pairs):
@@ -115,8 +116,11 @@ def test_pair_search_is_asked_for_unregistered_failures_only(tmp_path):
     reg = _registry(tmp_path, id="d1", adapter="fake.*", cases=["f32-*"], quantities=["running_var"],
                     reason="demo deviation", action="xfail")
     asked.clear()
-    evaluate(OracleAdapter(scale_running_var=1.01), WORKHORSE, reg, diagnose=spy)
-    assert asked == {"running_var": False}
+    rec = {r["quantity"]: r for r in evaluate(OracleAdapter(scale_running_var=1.01), WORKHORSE, reg, diagnose=spy)}
+    assert asked == {} and rec["running_var"]["verdict"] == "xfail" and rec["running_var"]["diagnosis"] is None
+    loc = CASES["f32-8x4-ax1-TE-a0.1-eps1e-05-loc1000-s0"]  # characterization: |mean|/std ~ 1e3
+    recs = {r["quantity"]: r for r in evaluate(OracleAdapter(scale_running_var=1.01), loc, diagnose=spy)}
+    assert recs["running_var"]["verdict"] == "characterized" and asked == {"running_var": False}
 
 
 def test_singles_only_diagnosis_never_builds_pairs(monkeypatch):
@@ -127,4 +131,4 @@ def test_singles_only_diagnosis_never_builds_pairs(monkeypatch):
     recs = {r["quantity"]: r for r in evaluate(OracleAdapter(scale_running_var=1.01), WORKHORSE,
                                                diagnose=lambda *a, **k: dg.diagnose(*a, **{**k, "pairs": False}))}
     d = recs["running_var"]["diagnosis"]
-    assert d["explained"] is False and "pairs of changes are searched for unregistered failures only" in d["summary"]
+    assert d["explained"] is False and "pairs of changes are searched for failures only" in d["summary"]
