@@ -94,14 +94,7 @@ def diagnose(adapter, problem, quantity, obs, trace=None, bounds=None, *, pairs:
     declared = _cache.declared
     fitting = [e for e in _cache.singles if e.fits(quantity)]
     size = 1
-    if not fitting and not pairs:
-        closest = min(_cache.singles, key=lambda e: e.ratios.get(quantity, np.inf), default=None)
-        near = (f"; closest: {closest.hypothesis.sentence} (ratio {closest.ratios.get(quantity, np.inf):.3g})"
-                if closest else "")
-        return {"summary": f"no single change to the declared convention fits {quantity} (pairs of changes are "
-                           f"searched for failures only){near}", "hypothesis": None,
-                "explained": False, "declared_ratio": declared.get(quantity)}
-    if not fitting:
+    if not fitting and pairs:
         if _cache.pairs is None:
             hs = [e.hypothesis for e in _cache.singles]
             combos = [hyp.combine(a, b) for i, a in enumerate(hs) for b in hs[i + 1:]]
@@ -109,13 +102,15 @@ def diagnose(adapter, problem, quantity, obs, trace=None, bounds=None, *, pairs:
         fitting = [e for e in _cache.pairs if e.fits(quantity)]
         size = 2
     if not fitting:
-        closest = min(_cache.singles + (_cache.pairs or []), key=lambda e: e.ratios.get(quantity, np.inf),
-                      default=None)
+        searched = _cache.singles + (_cache.pairs if pairs else [])
+        closest = min(searched, key=lambda e: e.ratios.get(quantity, np.inf), default=None)
         near = (f"; closest: {closest.hypothesis.sentence} (ratio {closest.ratios.get(quantity, np.inf):.3g})"
                 if closest else "")
-        return {"summary": f"unexplained: no single change and no pair of changes to the declared convention "
-                           f"fits {quantity}{near}", "hypothesis": None, "explained": False,
-                "declared_ratio": declared.get(quantity)}
+        summary = (f"unexplained: no single change and no pair of changes to the declared convention fits "
+                   f"{quantity}{near}" if pairs else
+                   f"no single change to the declared convention fits {quantity} (pairs of changes are searched "
+                   f"for failures only){near}")
+        return {"summary": summary, "hypothesis": None, "explained": False, "declared_ratio": declared.get(quantity)}
     best = min(fitting, key=lambda e: (-e.explained(), e.ratios[quantity]))
     others = [e.hypothesis.name for e in fitting if e is not best][:5]
     h = best.hypothesis
