@@ -7,7 +7,7 @@ import numpy as np
 
 from reference import Convention
 
-from .base import Observation
+from .base import Adapter, Observation
 
 # torch/nn/modules/batchnorm.py (_BatchNorm, _NormBase) and torch/nn/functional.py (batch_norm):
 # momentum is the weight on the new batch statistic (default 0.1; None: cumulative average over
@@ -94,3 +94,25 @@ def memory_format(torch, problem):
     if problem.memory_format != "channels_last":
         return None
     return {4: torch.channels_last, 5: torch.channels_last_3d}.get(len(problem.shape))
+
+
+class TorchAdapter(Adapter):
+    """What the module and the functional adapters share: torch's convention, precision and set-up."""
+
+    framework = "torch"
+    convention = TORCH_CONVENTION
+    channel_axes = "first"
+    single_element_training = "raises"  # _verify_batch_size: "Expected more than 1 value per channel"
+    source = SOURCE
+
+    def precision(self, problem):
+        return precision(problem)
+
+    def setup(self) -> None:
+        self.torch = import_torch()
+        self.device = device()
+
+    def unsupported(self, problem) -> str | None:
+        if problem.memory_format == "channels_last" and len(problem.shape) not in (4, 5):
+            return "channels_last memory format exists for 4-D and 5-D tensors only"
+        return super().unsupported(problem)

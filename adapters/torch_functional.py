@@ -4,34 +4,20 @@ from __future__ import annotations
 from reference import QUANTITIES, Problem
 
 from . import torch_common as tc
-from .base import Adapter, Observation
+from .base import Observation
 
 
 _FORMAT = {4: "channels_last", 5: "channels_last_3d"}
 
 
-class TorchFunctional(Adapter):
+class TorchFunctional(tc.TorchAdapter):
     name = "torch.nn.functional.batch_norm"
-    framework = "torch"
     api = "torch.nn.functional.batch_norm"
-    convention = tc.TORCH_CONVENTION
-    channel_axes = "first"
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var", "num_batches_tracked"}
-    single_element_training = "raises"
-    source = tc.SOURCE
-
-    def precision(self, problem: Problem):
-        return tc.precision(problem)
-
-    def setup(self) -> None:
-        self.torch = tc.import_torch()
-        self.device = tc.device()
 
     def unsupported(self, problem: Problem) -> str | None:
         if problem.momentum is None and not problem.use_defaults:
             return "F.batch_norm has no cumulative average (momentum=None needs the module's num_batches_tracked)"
-        if problem.memory_format == "channels_last" and len(problem.shape) not in (4, 5):
-            return "channels_last memory format exists for 4-D and 5-D tensors only"
         return super().unsupported(problem)
 
     def native_config(self, problem: Problem) -> dict[str, object]:

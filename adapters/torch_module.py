@@ -4,32 +4,15 @@ from __future__ import annotations
 from reference import QUANTITIES, Problem
 
 from . import torch_common as tc
-from .base import Adapter, Observation
+from .base import Observation
 
 _CLASS = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
 
 
-class TorchModule(Adapter):
+class TorchModule(tc.TorchAdapter):
     name = "torch.nn.BatchNorm"
-    framework = "torch"
     api = "torch.nn.BatchNorm{1,2,3}d"
-    convention = tc.TORCH_CONVENTION
-    channel_axes = "first"
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var"}
-    single_element_training = "raises"  # _verify_batch_size: "Expected more than 1 value per channel"
-    source = tc.SOURCE
-
-    def precision(self, problem: Problem):
-        return tc.precision(problem)
-
-    def setup(self) -> None:
-        self.torch = tc.import_torch()
-        self.device = tc.device()
-
-    def unsupported(self, problem: Problem) -> str | None:
-        if problem.memory_format == "channels_last" and len(problem.shape) not in (4, 5):
-            return "channels_last memory format exists for 4-D and 5-D tensors only"
-        return super().unsupported(problem)
 
     def native_config(self, problem: Problem) -> dict[str, object]:
         cfg: dict[str, object] = {"num_features": problem.channels}
