@@ -20,10 +20,9 @@ from reference import QUANTITIES, Convention, Problem
 
 from . import tf_common as tfc
 from .base import Adapter, Observation, Precision
+from .keras3 import POLICY  # the dtype policy names are the same in tf_keras (Keras 2) and Keras 3
 
 SOURCE = "tf_keras/src/layers/normalization/batch_normalization.py (BatchNormalizationBase)"
-_POLICY = {"float64": "float64", "float32": "float32", "float16": "mixed_float16",
-           "bfloat16": "mixed_bfloat16"}
 
 
 class TFKeras(Adapter):
@@ -80,7 +79,7 @@ class TFKeras(Adapter):
             cfg["momentum"] = self.native_momentum(problem)
             cfg["epsilon"] = problem.eps
         cfg.update(center=problem.affine, scale=problem.affine, fused=self.fused,
-                   dtype=_POLICY[problem.dtype])
+                   dtype=POLICY[problem.dtype])
         return cfg
 
     def layer(self, problem: Problem):
