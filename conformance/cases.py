@@ -228,6 +228,10 @@ _TABLE: list[Case] = [
     Case(S4, "float32", T(3) + E(), defaults=True, scale=3e-2,
          note="each framework's own defaults (momentum, eps) on the same data: the defaults hazard"),
     Case(S2, "float64", T(3) + E(), defaults=True, note="each framework's own defaults, float64, rank 2"),
+    Case(S4, "float32", E(), paths=True, init_stats="random",
+         note="inference only: what an exported or folded model runs"),
+    Case(S4, "float64", E(), paths=True, init_stats="random",
+         note="inference only, float64: an exported model's float32 attributes (eps) show here"),
     Case(S4, "float32", T() + E(), dist="constant_channel", note="a constant channel: variance 0"),
     Case((1, 4), "float32", T(), note="one element per channel in training: n = 1"),
     # -- nightly: bigger, more seeds, heavier tails, longer

@@ -191,6 +191,8 @@ class _Context:
     def record(self, q: str) -> dict:
         rec = _base(self.adapter, self.case, q, self.version, self.device)
         rec["seconds"] = self.seconds
+        if self.obs.facts:  # what the path did (graph breaks, the exported mode, what was folded), as observed
+            rec["facts"] = {str(k): str(v)[:500] for k, v in self.obs.facts.items()}
         return rec
 
     def check(self, q: str) -> dict:

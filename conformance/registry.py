@@ -5,6 +5,7 @@
     adapter = "tf.raw_ops.FusedBatchNormV3" # glob over adapter names
     versions = ">=2.17"                     # PEP 440 specifier on the framework version ("" = any)
     cases = ["f64-*"]                       # globs over case ids
+    except_cases = ["*-notrack-*"]          # globs over case ids it does not concern (optional)
     quantities = ["*"]                      # globs over quantities
     paths = ["export-onnx"]                 # globs over execution paths (optional; default: every path)
     reason = "why it deviates, in words a user understands"
@@ -28,7 +29,7 @@ from packaging.version import InvalidVersion, Version
 
 DEFAULT_DIR = Path(__file__).parent / "registry"
 REQUIRED = ("id", "adapter", "cases", "quantities", "reason", "action")
-OPTIONAL = ("versions", "link", "paths")
+OPTIONAL = ("versions", "link", "paths", "except_cases")
 ACTIONS = ("xfail", "skip")
 
 
@@ -47,6 +48,7 @@ class Entry:
     versions: str = ""
     link: str = ""
     paths: tuple[str, ...] = ("*",)  # execution paths it concerns (globs)
+    except_cases: tuple[str, ...] = ()  # case ids it does not concern (globs)
     source: str = ""  # file it came from
     hits: int = field(default=0, compare=False)
 
@@ -67,6 +69,7 @@ class Entry:
         return (self.applies_to(adapter, version)
                 and self.on_path(path)
                 and any(fnmatch.fnmatchcase(case_id, g) for g in self.cases)
+                and not any(fnmatch.fnmatchcase(case_id, g) for g in self.except_cases)
                 and any(fnmatch.fnmatchcase(quantity, g) for g in self.quantities))
 
     def as_dict(self) -> dict:
@@ -105,7 +108,9 @@ def _parse_entry(raw: dict, where: str, source: str) -> Entry:
     return Entry(id=raw["id"], adapter=raw["adapter"], cases=_as_globs(raw["cases"], where, "cases"),
                  quantities=_as_globs(raw["quantities"], where, "quantities"), reason=raw["reason"].strip(),
                  action=raw["action"], versions=versions, link=raw.get("link", ""),
-                 paths=_as_globs(raw.get("paths", "*"), where, "paths"), source=source)
+                 paths=_as_globs(raw.get("paths", "*"), where, "paths"),
+                 except_cases=_as_globs(raw["except_cases"], where, "except_cases") if "except_cases" in raw else (),
+                 source=source)
 
 
 class Registry:
