@@ -179,7 +179,7 @@ def _exported(adapter, p: Problem) -> Observation:
         if key not in cache:
             module.train(mode == "train")
             example = torch.tensor(x).to(dt)
-            cache[key] = torch.onnx.export(module, (example,), dynamo=True, verbose=False).model_proto
+            cache[key] = _export_quietly(torch, module, example)
         model = onnx.ModelProto()
         model.CopyFrom(cache[key])
         modes_seen[mode] = _bn_modes(onnx, model)
@@ -207,6 +207,23 @@ def _exported(adapter, p: Problem) -> Observation:
     for q in ("batch_mean", "batch_var"):
         obs.unsupported[q] = "torch.nn.BatchNorm does not expose the batch statistics"
     return obs
+
+
+def _export_quietly(torch, module, example):
+    """The exporter's model; its notices (torchvision ops not registered, "model in training mode") are not
+    findings of ours: the mode it exported is recorded as a fact, from the graph itself."""
+    import logging
+    import warnings
+
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.onnx.export(module, (example,), dynamo=True, verbose=False).model_proto
+    finally:
+        logger.setLevel(level)
 
 
 def _bn_modes(onnx, model) -> str:
