@@ -101,7 +101,7 @@ def simulate(problem: Problem, convention: Convention, compute_dtype: str | None
     bmeans, bvars = [], []
     step_mean, step_var, norm_mean, norm_var, weights, sources = [], [], [], [], [], []
     last = None
-    for x, mode in zip(problem.xs, problem.modes):
+    for x, mode in zip(problem.xs, convention.modes(problem)):
         if compute_dtype is None:
             mu_c, v_c = moments(x, axis)
         else:
