@@ -56,7 +56,9 @@ def cached_function(adapter, key, fn, path: str):
     cache = adapter.__dict__.setdefault("_tf_functions", {})
     full = (path, key)
     if full not in cache:
-        cache[full] = adapter.tf.function(fn, jit_compile=path == "xla", reduce_retracing=False)
+        import tensorflow as tf  # the adapter imported it (setup) with its deterministic flags
+
+        cache[full] = tf.function(fn, jit_compile=path == "xla", reduce_retracing=False)
     return cache[full]
 
 
@@ -67,8 +69,10 @@ def unsupported(p: Problem, path: str) -> str | None:
     if path == "tflite":
         if "train" in p.modes:
             return TFLITE_INFERENCE_ONLY
-        if p.dtype in ("float16", "bfloat16"):
-            return "the TFLite path converts float32/float64 models (16-bit is a converter quantization option)"
+        if p.dtype != "float32":
+            return (f"TFLite's built-in kernels are float32 (16-bit is a converter quantization option); a {p.dtype} "
+                    "model does not convert without TF Select ops (float64: 'Some ops are not supported by the "
+                    "native TFLite runtime ... TF Select ops: AddV2, Mul, Rsqrt, Sub')")
     return None
 
 
@@ -94,3 +98,193 @@ def function_snippet(eager: str, path: str) -> str:
         return eager
     return (f"# path {path}: wrap each step's layer/op call in tf.function(..., jit_compile={path == 'xla'})\n"
             + eager)
+
+
+# -- Keras 3 (adapters/keras3.py)
+def expected_dtype(adapter, quantity: str, p: Problem, path: str) -> str:
+    """Under a mixed policy the model input is float32: its gradients (dx, d2x) come back in float32."""
+    if path in MIXED and quantity in ("dx", "d2x"):
+        return "float32"
+    from .base import dtype_of
+
+    return dtype_of(quantity, adapter.path_precision(p, path))
+
+
+def _fresh_keras3_layer(adapter, p: Problem, **overrides):
+    cfg = {**adapter.native_config(p), **overrides}
+    layer = adapter.keras.layers.BatchNormalization(**cfg)
+    layer.build(p.shape)
+    return layer
+
+
+def run_keras(adapter, p: Problem, path: str) -> Observation:
+    keras = adapter.keras
+    if path in ("graph", "xla"):
+        def call(layer, training):
+            fn = lambda tv, ntv, x: layer.stateless_call(tv, ntv, x, training=training)  # noqa: E731
+            return cached_function(adapter, (id(layer), training), fn, path)
+        layer = adapter.layer(p)
+        obs = adapter.steps(p, layer, call=call)
+        obs.facts["function"] = path
+        return obs
+    if path == "frozen":
+        layer = _fresh_keras3_layer(adapter, p)
+        layer.trainable = False
+        obs = adapter.steps(p, layer)
+        frozen_facts(obs, layer)
+        if p.affine:
+            for q in ("dgamma", "dbeta", "d2gamma"):
+                obs.unsupported[q] = "frozen: gamma and beta are non-trainable (the stateless call's state)"
+        return obs
+    if path in MIXED:
+        cfg = {k: v for k, v in adapter.native_config(p).items() if k != "dtype"}
+        before = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(POLICY_OF[path])
+        try:
+            layer = keras.layers.BatchNormalization(**cfg)
+            layer.build(p.shape)
+        finally:
+            keras.config.set_dtype_policy(before)
+        obs = adapter.steps(p, layer, input_dtype="float32")
+        obs.facts.update(compute_dtype=str(layer.compute_dtype), variable_dtype=str(layer.variable_dtype),
+                         input="float32")
+        return obs
+    if path == "fit":
+        return _fit(adapter, p, keras, _fresh_keras3_layer(adapter, p), keras3=True)
+    if path == "tflite":
+        return _tflite(adapter, p, keras, _fresh_keras3_layer(adapter, p))
+    raise NotImplementedError(path)
+
+
+# -- tf_keras (adapters/tf_keras.py)
+def run_tf_keras(adapter, p: Problem, path: str) -> Observation:
+    tfk = adapter.tf_keras
+
+    def fresh(**overrides):
+        layer = tfk.layers.BatchNormalization(**{**adapter.native_config(p), **overrides})
+        layer.build(p.shape)
+        return layer
+    if path in ("graph", "xla"):
+        def call(layer, training):
+            return cached_function(adapter, (id(layer), training), lambda x: layer(x, training=training), path)
+        obs = adapter.steps(p, adapter.layer(p), call=call)
+        obs.facts["function"] = path
+        return obs
+    if path == "frozen":
+        layer = fresh()
+        layer.trainable = False
+        obs = adapter.steps(p, layer)
+        frozen_facts(obs, layer)
+        return obs
+    if path in MIXED:
+        cfg = {k: v for k, v in adapter.native_config(p).items() if k != "dtype"}
+        before = tfk.mixed_precision.global_policy()
+        tfk.mixed_precision.set_global_policy(POLICY_OF[path])
+        try:
+            layer = tfk.layers.BatchNormalization(**cfg)
+            layer.build(p.shape)
+        finally:
+            tfk.mixed_precision.set_global_policy(before)
+        obs = adapter.steps(p, layer, input_dtype="float32")
+        obs.facts.update(compute_dtype=str(layer.compute_dtype), variable_dtype=str(layer.variable_dtype),
+                         input="float32")
+        return obs
+    if path == "fit":
+        return _fit(adapter, p, tfk, fresh(), keras3=False)
+    if path == "tflite":
+        return _tflite(adapter, p, tfk, fresh())
+    raise NotImplementedError(path)
+
+
+def _assign(layer, p: Problem, to) -> None:
+    if p.affine:
+        layer.gamma.assign(to(p.gamma))
+        layer.beta.assign(to(p.beta))
+    layer.moving_mean.assign(to(p.running_mean))
+    layer.moving_variance.assign(to(p.running_var))
+
+
+def _fit(adapter, p: Problem, keras, layer, keras3: bool) -> Observation:
+    """The layer in a Sequential model compiled with SGD(learning_rate=0) and a mean-squared-error loss against
+    zeros, stepped as fit() steps it (train_on_batch) and as predict() does (predict_on_batch)."""
+    import numpy as np
+
+    xdt = "float32" if p.dtype in ("float16", "bfloat16") else p.dtype  # numpy has no bfloat16: exact in float32
+    model = keras.Sequential([keras.Input(shape=p.shape[1:], batch_size=p.shape[0], dtype=xdt), layer])
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.0), loss="mse")
+    pdt = layer.moving_mean.dtype
+    dname = pdt if isinstance(pdt, str) else pdt.name
+    _assign(layer, p, lambda a: np.asarray(a, dtype=dname))
+    ys, means, vars_, ydt = [], [], [], None
+    for x, mode in zip(p.xs, p.modes):
+        xa = np.asarray(x, dtype=xdt)
+        if mode == "train":
+            model.train_on_batch(xa, np.zeros(p.shape, dtype=xdt))
+            ys.append(np.full(p.shape, np.nan))
+        else:
+            out = model.predict_on_batch(xa)
+            ydt = getattr(out.dtype, "name", str(out.dtype))
+            ys.append(np.asarray(out, dtype=np.float64))
+        means.append(np.asarray(keras.ops.convert_to_numpy(layer.moving_mean) if keras3 else
+                                layer.moving_mean.numpy(), dtype=np.float64))
+        vars_.append(np.asarray(keras.ops.convert_to_numpy(layer.moving_variance) if keras3 else
+                                layer.moving_variance.numpy(), dtype=np.float64))
+    obs = Observation(facts={"device": "cpu", "model": "Sequential([Input, BatchNormalization])",
+                             "optimizer": "SGD(learning_rate=0.0)",
+                             "jit_compile": str(getattr(model, "jit_compile", None))})
+    if "train" in p.modes:
+        obs.unsupported["y"] = "train_on_batch returns the loss, not the layer's output"
+    else:
+        obs.put("y", np.stack(ys), ydt)
+    obs.put("running_mean", np.stack(means), dname)
+    obs.put("running_var", np.stack(vars_), dname)
+    no_gradients(obs, "fit() applies the gradients (learning rate 0 here) and returns none")
+    for q in ("batch_mean", "batch_var"):
+        obs.unsupported[q] = "Keras BatchNormalization does not expose the batch statistics"
+    obs.unsupported["num_batches_tracked"] = "Keras BatchNormalization keeps no step counter"
+    return obs
+
+
+def _tflite(adapter, p: Problem, keras, layer) -> Observation:
+    """The layer in a Sequential model (static batch), converted by TFLiteConverter.from_keras_model (float ops,
+    no quantization) and run by tf.lite.Interpreter; the interpreter's op list is recorded (BatchNorm folded
+    into MUL/ADD or kept). (from_concrete_functions of a tf.function of the layer keeps Keras 3's variables as
+    TFLite resource variables that nothing initializes: garbage output. Not the path users take.)"""
+    import contextlib
+    import sys
+
+    import numpy as np
+    import tensorflow as tf
+
+    model = keras.Sequential([keras.Input(shape=p.shape[1:], batch_size=p.shape[0], dtype=p.dtype), layer])
+    pdt = layer.moving_mean.dtype
+    dname = pdt if isinstance(pdt, str) else pdt.name
+    _assign(layer, p, lambda a: np.asarray(a, dtype=dname))
+    with contextlib.redirect_stdout(sys.stderr):  # the converter prints the saved artifact's signature
+        model = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    interp = tf.lite.Interpreter(model_content=model)
+    interp.allocate_tensors()
+    ops = sorted({d["op_name"] for d in interp._get_ops_details()})
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    ys = []
+    for x in p.xs:
+        interp.set_tensor(inp["index"], np.asarray(x, dtype=inp["dtype"]))
+        interp.invoke()
+        ys.append(np.array(interp.get_tensor(out["index"]), dtype=np.float64))
+    obs = Observation(facts={"device": "cpu", "runtime": f"tf.lite.Interpreter (tensorflow {tf.__version__})",
+                             "ops": ", ".join(ops), "input": str(np.dtype(inp["dtype"]))})
+    obs.put("y", np.stack(ys), str(np.dtype(out["dtype"])))
+    const = np.stack([np.asarray(p.running_mean)] * p.steps), np.stack([np.asarray(p.running_var)] * p.steps)
+    obs.put("running_mean", const[0], dname)  # an inference graph: the statistics are its constants
+    obs.put("running_var", const[1], dname)
+    no_gradients(obs, "a TFLite interpreter computes no gradients")
+    for q in ("batch_mean", "batch_var"):
+        obs.unsupported[q] = "Keras BatchNormalization does not expose the batch statistics"
+    obs.unsupported["num_batches_tracked"] = "Keras BatchNormalization keeps no step counter"
+    return obs
+
+
+def keras_snippet(eager: str, p: Problem, path: str) -> str:
+    if path == "frozen":
+        return eager.replace("layer.build(", "layer.trainable = False; layer.build(")
+    return function_snippet(eager, path)
