@@ -179,6 +179,12 @@ _TABLE: list[Case] = [
     Case(S4, "float32", T(3) + E(), init_stats="random", note="workhorse float32"),
     Case(S4, "float32", E() + T() + E(), paths=True, init_stats="random",
          note="inference before any training uses the initial statistics"),
+    Case(S4, "float32", E() + T(2) + E(), paths=True,
+         note="the framework's own initial state (constructor/init/build), inference first, then training: "
+              "a variance initialised to 0 divides inference by sqrt(eps) (equinox#955)"),
+    Case(S4, "float64", E() + T() + E(),
+         note="the framework's own initial state in a float64 model, inference first: the dtype its init gives "
+              "the statistics (flax.linen: float32)"),
     Case(S2, "float32", T(2) + E(), init_stats="random", note="rank 2 (BatchNorm1d on (N, C))"),
     Case(S2_SMALL_N, "float32", T(2) + E(), init_stats="random", knob="running_var",
          note="n = 4: unbiased and biased running variance differ by 4/3"),
