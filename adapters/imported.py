@@ -33,7 +33,8 @@ class Runtime:
     channel_axes: str = "any"
     max_rank: int = 5
     single_element_training: str = "computes"
-    not_run: str = ""  # what the report says while no observation of it has been imported
+    missing: str = ""  # what is missing while no observation of it has been imported
+    not_run: str = ""  # how to get its observations
     limits: dict[str, str] = field(default_factory=dict)  # feature -> why it is unsupported
 
 
@@ -55,6 +56,9 @@ TFJS = Runtime(
     dtypes=frozenset({"float32"}),
     quantities=frozenset(QUANTITIES) - _NOT_EXPOSED,
     max_rank=4,
+    missing="no TensorFlow.js observation imported",
+    not_run="bnconform export --runner node --out DIR; cd DIR && npm ci && node run.js .; bnconform import DIR "
+            "(tox -e tfjs does all three)",
     limits={"rank": "tf.layers.batchNormalization implements ranks 2-4 only (normalization.ts line 65 throws "
                     "NotImplementedError)",
             "dtype": "TensorFlow.js computes floating point in float32 only"},
@@ -77,13 +81,13 @@ MATLAB_FUNCTION = Runtime(
     api="batchnorm (dlarray; 5 inputs/3 outputs in training, 5 inputs/1 output in inference)",
     convention=_MATLAB_CONVENTION, source=_MATLAB_DOC, dtypes=frozenset({"float64", "float32"}),
     quantities=frozenset(QUANTITIES) - {"num_batches_tracked", "batch_mean", "batch_var"},
-    not_run=_MATLAB_NOT_RUN)
+    missing="MATLAB with Deep Learning Toolbox: not run here", not_run=_MATLAB_NOT_RUN)
 MATLAB_NETWORK = Runtime(
     name="matlab.dlnetwork", runner="matlab", framework="MATLAB",
     api="dlnetwork forward (training) / predict (inference) with batchNormalizationLayer",
     convention=_MATLAB_CONVENTION, source=_MATLAB_DOC, dtypes=frozenset({"float64", "float32"}),
     quantities=frozenset(QUANTITIES) - {"num_batches_tracked", "batch_mean", "batch_var"},
-    not_run=_MATLAB_NOT_RUN)
+    missing="MATLAB with Deep Learning Toolbox: not run here", not_run=_MATLAB_NOT_RUN)
 
 RUNTIMES: dict[str, Runtime] = {r.name: r for r in (TFJS, MATLAB_FUNCTION, MATLAB_NETWORK)}
 RUNNERS: dict[str, tuple[str, ...]] = {}
@@ -102,7 +106,7 @@ class ImportedAdapter(Adapter):
                  standin: str | None = None):
         self.runtime = runtime
         self.name = runtime.name if not standin else f"{runtime.name}[stand-in:{standin}]"
-        self.framework = runtime.framework if not standin else f"stand-in for {runtime.framework} ({standin})"
+        self.framework = runtime.framework if not standin else f"{standin} stand-in for {runtime.framework}"
         self.api = runtime.api if not standin else f"STAND-IN, not {runtime.framework}: {runtime.api}"
         self.convention = runtime.convention
         self.dtypes = runtime.dtypes

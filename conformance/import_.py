@@ -67,7 +67,7 @@ def _check_case(folder: Path, entry: dict) -> tuple[Case, str]:
     except KeyError:
         raise ex.ExchangeError(f"{path}: case {entry['id']!r} is not in this bnconform's case table "
                                "(export again with this version)") from None
-    if doc["case"] != case.id or doc["input_checksum"] != checksum(materialize(case)):
+    if doc["case_id"] != case.id or doc["input_checksum"] != checksum(materialize(case)):
         raise ex.ExchangeError(f"{path}: its inputs differ from this bnconform's case {case.id} (export again)")
     return case, entry["sha256"]
 
@@ -76,8 +76,8 @@ def _observation(path: Path, adapter: str, case: Case, case_sha: str) -> tuple[O
     """The observation, the runtime it names, and the quantities whose computation threw (name -> message)."""
     doc, _ = ex.read_json(path, "an observation file")
     ex.validate("observation", doc, str(path))
-    if doc["case"] != case.id or doc["adapter"] != adapter:
-        raise ex.ExchangeError(f"{path}: holds case {doc['case']!r} of {doc['adapter']!r}, not {case.id!r} of "
+    if doc["case_id"] != case.id or doc["adapter"] != adapter:
+        raise ex.ExchangeError(f"{path}: holds case {doc['case_id']!r} of {doc['adapter']!r}, not {case.id!r} of "
                                f"{adapter!r}")
     if doc["case_sha256"] != case_sha:
         raise ex.ExchangeError(f"{path}: computed from another case file (its case_sha256 is not the manifest's)")
@@ -172,8 +172,7 @@ def adapter_meta(adapter: ImportedAdapter | None, runtime: Runtime, cases: list[
     planned = sum(len(applicable(c)) for c in cases)
     if adapter is None:
         return {"name": runtime.name, "family": runtime.runner, "available": False,
-                "missing": [note or f"{runtime.framework} (not run here)"], "install": runtime.not_run or
-                "run the exported folder's runner, then bnconform import", "api": runtime.api,
+                "missing": [note or runtime.missing], "install": runtime.not_run, "api": runtime.api,
                 "framework": runtime.framework, "version": None, "convention": runtime.convention.knobs(),
                 "source": runtime.source, "precision": {}, "planned": planned}
     return {"name": adapter.name, "family": runtime.runner, "available": True, "missing": [],
@@ -199,9 +198,10 @@ def write_results(imported: Imported, out: str | Path, registry: Registry, repor
              "missing_observations": sum(len(v) for v in imported.missing.values())}
     meta = runmeta.base(source="import", tier=manifest["tier"], selection=",".join(manifest["adapters"]),
                         specs=[], cases=cases, flags=flags, checksum=input_checksum(cases))
-    have = {a.runtime.name: a for a in imported.adapters}
-    meta["adapters"] = [adapter_meta(have.get(r.name), r, cases) for r in RUNTIMES.values()
-                        if r.name not in have]
+    # Every declared outside runtime without observations here gets its row, saying how to get them. A stand-in
+    # never fills the real runtime's row: its adapter has another name.
+    have = {a.name for a in imported.adapters}
+    meta["adapters"] = [adapter_meta(None, r, cases) for r in RUNTIMES.values() if r.name not in have]
     meta["adapters"] += [adapter_meta(a, a.runtime, cases) for a in imported.adapters]
     run_dir = Path(out) / "runs" / meta["run_id"]
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -169,7 +169,7 @@ async function main() {
     const raw = fs.readFileSync(path.join(dir, entry.file));
     const c = JSON.parse(raw.toString('utf8'));
     const obs = {
-      format: 'bnconform-exchange-observation', version: FORMAT_VERSION, case: c.case, adapter: ADAPTER,
+      format: 'bnconform-exchange-observation', version: FORMAT_VERSION, case_id: c.case_id, adapter: ADAPTER,
       case_sha256: crypto.createHash('sha256').update(raw).digest('hex'), runtime,
       skip: null, raised: null, values: {}, unsupported: {}, failed: {},
     };
@@ -187,10 +187,10 @@ async function main() {
       }
     }
     try {
-      writeAtomic(path.join(dir, manifest.observations, ADAPTER, `${c.case}.json`), obs);
+      writeAtomic(path.join(dir, manifest.observations, ADAPTER, `${c.case_id}.json`), obs);
     } catch (e) {
       unwritten += 1;
-      process.stderr.write(`run.js: ${c.case}: cannot write its observation: ${e.message}\n`);
+      process.stderr.write(`run.js: ${c.case_id}: cannot write its observation: ${e.message}\n`);
     }
     tf.disposeVariables();
   }
