@@ -72,8 +72,9 @@ def _check_case(folder: Path, entry: dict) -> tuple[Case, str]:
     return case, entry["sha256"]
 
 
-def _observation(path: Path, adapter: str, case: Case, case_sha: str) -> tuple[Observation, dict, dict]:
-    """The observation, the runtime it names, and the quantities whose computation threw (name -> message)."""
+def _observation(path: Path, adapter: str, case: Case, case_sha: str) -> tuple[Observation, dict]:
+    """The observation and the runtime it names. A quantity whose computation threw ("failed") is kept as
+    unsupported with the FAILED prefix; evaluate_all turns it into an error."""
     doc, _ = ex.read_json(path, "an observation file")
     ex.validate("observation", doc, str(path))
     if doc["case_id"] != case.id or doc["adapter"] != adapter:
@@ -85,10 +86,10 @@ def _observation(path: Path, adapter: str, case: Case, case_sha: str) -> tuple[O
     failed = {q: m for q, m in doc.get("failed", {}).items() if m}
     if doc["skip"]:  # "" is none too: MATLAB's jsonencode has no null
         obs.facts["skip"] = doc["skip"]
-        return obs, doc["runtime"], {}
+        return obs, doc["runtime"]
     if doc["raised"]:
         obs.raised = doc["raised"]
-        return obs, doc["runtime"], {}
+        return obs, doc["runtime"]
     shapes = expected_shapes(case)
     for q, enc in doc["values"].items():
         arr = ex.decode_array(enc, f"{path}: values.{q}")
@@ -101,7 +102,7 @@ def _observation(path: Path, adapter: str, case: Case, case_sha: str) -> tuple[O
     missing = [q for q in applicable(case) if q not in obs.values and q not in obs.unsupported]
     if missing:
         raise ex.ExchangeError(f"{path}: no value and no reason for {', '.join(missing)}")
-    return obs, doc["runtime"], failed
+    return obs, doc["runtime"]
 
 
 def load(folder: str | Path) -> Imported:
@@ -125,11 +126,11 @@ def load(folder: str | Path) -> Imported:
                 out.missing.setdefault(name, []).append(case.id)
                 continue
             try:
-                obs, rt, _ = _observation(path, name, case, sha)
+                observations[case.id], rt = _observation(path, name, case, sha)
             except ex.ExchangeError as e:
                 out.rejected.append(str(e))
                 continue
-            observations[case.id], runtimes = obs, runtimes + [rt]
+            runtimes.append(rt)
         if not observations:
             out.not_run.append(runtime)
             continue
