@@ -92,6 +92,14 @@ def test_import_of_a_correct_runtime_passes_and_is_labelled_a_stand_in(folder, t
     assert rows[ADAPTER]["available"] is False
     assert "not run here" in rows["matlab.batchnorm"]["install"] and rows["matlab.dlnetwork"]["available"] is False
     assert meta["source"] == "import"
+    # The files are those of `bnconform run`: the same schemas.
+    import jsonschema
+
+    for name, docs in (("meta", [meta]), ("record", records)):
+        schema = json.loads((ex.SCHEMA_DIR / f"{name}.schema.json").read_text())
+        v = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+        for doc in docs:
+            v.validate(doc)
 
 
 def test_import_finds_and_names_a_planted_deviation(folder, tmp_path):
