@@ -43,11 +43,11 @@ TFJS = Runtime(
     runner="node",
     framework="@tensorflow/tfjs",
     api="tf.layers.batchNormalization (TensorFlow.js, CPU backend)",
-    # tfjs-layers/src/layers/normalization.ts (tensorflow/tfjs 0fc04d9): momentum 0.99 and epsilon 1e-3 at lines
-    # 282-283; the moving average writes orig - (orig - value) * (1 - momentum) at lines 378-381, i.e. momentum
-    # is the weight on the old value; the batch statistics come from tfc.moments (line 93/123), whose variance
-    # is mean(square(x - mean)) (tfjs-core/src/ops/moments.ts line 55-57): biased, two-pass, and the same
-    # biased variance feeds the moving variance. The CPU kernel normalizes with
+    # tfjs-layers/src/layers/normalization.ts (tensorflow/tfjs 0fc04d9): momentum 0.99 and epsilon 1e-3 at
+    # lines 282-283; the moving average writes orig - (orig - value) * (1 - momentum) at lines 378-381, i.e.
+    # momentum is the weight on the old value; the batch statistics come from tfc.moments (line 93/123),
+    # whose variance is mean(square(x - mean)) (tfjs-core/src/ops/moments.ts line 55-57): biased, two-pass,
+    # and the same biased variance feeds the moving variance. The CPU kernel normalizes with
     # (x - mean) * scale / sqrt(var + eps) (tfjs-backend-cpu/src/kernels/BatchNorm.ts line 73).
     convention=Convention(momentum_form="weight_on_old", default_momentum=0.99, default_eps=1e-3,
                           running_var="biased"),
@@ -57,8 +57,8 @@ TFJS = Runtime(
     quantities=frozenset(QUANTITIES) - _NOT_EXPOSED,
     max_rank=4,
     missing="no TensorFlow.js observation imported",
-    not_run="bnconform export --runner node --out DIR; cd DIR && npm ci && node run.js .; bnconform import DIR "
-            "(tox -e tfjs does all three)",
+    not_run="bnconform export --runner node --out DIR; cd DIR && npm ci && node run.js .; "
+            "bnconform import DIR (tox -e tfjs does all three)",
     limits={"rank": "tf.layers.batchNormalization implements ranks 2-4 only (normalization.ts line 65 throws "
                     "NotImplementedError)",
             "dtype": "TensorFlow.js computes floating point in float32 only"},
@@ -66,11 +66,11 @@ TFJS = Runtime(
 
 _MATLAB_NOT_RUN = ("not run here — run `matlab -batch` on the exported folder "
                    "(`bnconform export --runner matlab`), then `bnconform import`")
-_MATLAB_DOC = ("MathWorks documentation: batchnorm (https://www.mathworks.com/help/deeplearning/ref/dlarray.batchnorm"
-               ".html: 'MeanDecay'/'VarianceDecay' default 0.1, s_n = phi*s_x + (1-phi)*s_n; 'Epsilon' default "
-               "1e-5), batchNormalizationLayer (https://www.mathworks.com/help/deeplearning/ref/nnet.cnn.layer."
-               "batchnormalizationlayer.html); biased batch variance as in the users' worked example "
-               "(var(X,1,...)); not verified against a MATLAB run")
+_MATLAB_DOC = ("MathWorks documentation: batchnorm (https://www.mathworks.com/help/deeplearning/ref/"
+               "dlarray.batchnorm.html: 'MeanDecay'/'VarianceDecay' default 0.1, s_n = phi*s_x + "
+               "(1-phi)*s_n; 'Epsilon' default 1e-5), batchNormalizationLayer (https://www.mathworks.com/"
+               "help/deeplearning/ref/nnet.cnn.layer.batchnormalizationlayer.html); biased batch variance "
+               "as in the users' worked example (var(X,1,...)); not verified against a MATLAB run")
 # Decay phi is the weight on the new mini-batch statistic (the documented update). Whether the returned and
 # stored variance is the biased sigmaSq of the batch (declared here, from the worked example) or an unbiased
 # estimate is what the first imported MATLAB run decides: diagnosis names "unbiased" if it is.

@@ -5,7 +5,7 @@ conformance/schema/exchange-{manifest,case,observation}.schema.json.
 A folder written by `bnconform export`:
     manifest.json                       format, version, runner, tier, adapters, every file with its SHA-256
     cases/<case-id>.json                one case: hyperparameters and its input arrays
-    <runner files>                      run.js + package.json + package-lock.json (node), bnconform_run.m (matlab)
+    <runner files>                      run.js, package.json, package-lock.json (node); bnconform_run.m
     observations/<adapter>/<case-id>.json   written by the runner, one per case, each complete or absent
 
 Arrays are {"dtype", "shape", "data"}: `data` is the base64 of the array's bytes in C (row-major) order,

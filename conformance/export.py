@@ -37,7 +37,8 @@ def case_document(case: Case) -> dict:
     p = materialize(case)
     enc = ex.encode_array
     return {
-        "format": ex.CASE_FORMAT, "version": ex.VERSION, "case_id": case.id, "note": case.note, "tier": case.tier,
+        "format": ex.CASE_FORMAT, "version": ex.VERSION, "case_id": case.id, "note": case.note,
+        "tier": case.tier,
         "dtype": case.dtype, "shape": list(p.shape), "axis": p.axis, "modes": list(p.modes),
         "momentum": p.momentum,
         "momentum_old": None if p.momentum is None else _complement(p.momentum),

@@ -49,8 +49,8 @@ def expected_shapes(case: Case) -> dict[str, tuple[int, ...]]:
 def read_manifest(folder: Path) -> dict:
     doc, _ = ex.read_json(folder / ex.MANIFEST, "the exchange manifest")
     if isinstance(doc, dict) and doc.get("format") == ex.FORMAT and doc.get("version") != ex.VERSION:
-        raise ex.ExchangeError(f"{folder / ex.MANIFEST}: exchange format version {doc.get('version')!r}; this "
-                               f"bnconform reads version {ex.VERSION}")
+        raise ex.ExchangeError(f"{folder / ex.MANIFEST}: exchange format version {doc.get('version')!r}; "
+                               f"this bnconform reads version {ex.VERSION}")
     ex.validate("manifest", doc, str(folder / ex.MANIFEST))
     return doc
 
@@ -68,7 +68,8 @@ def _check_case(folder: Path, entry: dict) -> tuple[Case, str]:
         raise ex.ExchangeError(f"{path}: case {entry['id']!r} is not in this bnconform's case table "
                                "(export again with this version)") from None
     if doc["case_id"] != case.id or doc["input_checksum"] != checksum(materialize(case)):
-        raise ex.ExchangeError(f"{path}: its inputs differ from this bnconform's case {case.id} (export again)")
+        raise ex.ExchangeError(f"{path}: its inputs differ from this bnconform's case {case.id} "
+                               "(export again)")
     return case, entry["sha256"]
 
 
@@ -78,11 +79,13 @@ def _observation(path: Path, adapter: str, case: Case, case_sha: str) -> tuple[O
     doc, _ = ex.read_json(path, "an observation file")
     ex.validate("observation", doc, str(path))
     if doc["case_id"] != case.id or doc["adapter"] != adapter:
-        raise ex.ExchangeError(f"{path}: holds case {doc['case_id']!r} of {doc['adapter']!r}, not {case.id!r} of "
-                               f"{adapter!r}")
+        raise ex.ExchangeError(f"{path}: holds case {doc['case_id']!r} of {doc['adapter']!r}, not "
+                               f"{case.id!r} of {adapter!r}")
     if doc["case_sha256"] != case_sha:
-        raise ex.ExchangeError(f"{path}: computed from another case file (its case_sha256 is not the manifest's)")
-    obs = Observation(facts={k: str(v) for k, v in doc["runtime"].items() if v is not None and k != "standin"})
+        raise ex.ExchangeError(f"{path}: computed from another case file (its case_sha256 is not the "
+                               "manifest's)")
+    facts = {k: str(v) for k, v in doc["runtime"].items() if v is not None and k != "standin"}
+    obs = Observation(facts=facts)
     failed = {q: m for q, m in doc.get("failed", {}).items() if m}
     if doc["skip"]:  # "" is none too: MATLAB's jsonencode has no null
         obs.facts["skip"] = doc["skip"]
@@ -168,12 +171,12 @@ def _failed(rec: dict, adapter: ImportedAdapter, registry: Registry) -> dict:
     return rec
 
 
-def adapter_meta(adapter: ImportedAdapter | None, runtime: Runtime, cases: list[Case], note: str = "") -> dict:
+def adapter_meta(adapter: ImportedAdapter | None, runtime: Runtime, cases: list[Case]) -> dict:
     """The adapter's entry in meta.json (the shape runmeta.adapter_info writes for in-process adapters)."""
     planned = sum(len(applicable(c)) for c in cases)
     if adapter is None:
         return {"name": runtime.name, "family": runtime.runner, "available": False,
-                "missing": [note or runtime.missing], "install": runtime.not_run, "api": runtime.api,
+                "missing": [runtime.missing], "install": runtime.not_run, "api": runtime.api,
                 "framework": runtime.framework, "version": None, "convention": runtime.convention.knobs(),
                 "source": runtime.source, "precision": {}, "planned": planned}
     return {"name": adapter.name, "family": runtime.runner, "available": True, "missing": [],
@@ -199,8 +202,8 @@ def write_results(imported: Imported, out: str | Path, registry: Registry, repor
              "missing_observations": sum(len(v) for v in imported.missing.values())}
     meta = runmeta.base(source="import", tier=manifest["tier"], selection=",".join(manifest["adapters"]),
                         specs=[], cases=cases, flags=flags, checksum=input_checksum(cases))
-    # Every declared outside runtime without observations here gets its row, saying how to get them. A stand-in
-    # never fills the real runtime's row: its adapter has another name.
+    # Every declared outside runtime without observations here gets its row, saying how to get them. A
+    # stand-in never fills the real runtime's row: its adapter has another name.
     have = {a.name for a in imported.adapters}
     meta["adapters"] = [adapter_meta(None, r, cases) for r in RUNTIMES.values() if r.name not in have]
     meta["adapters"] += [adapter_meta(a, a.runtime, cases) for a in imported.adapters]
@@ -217,19 +220,21 @@ def write_results(imported: Imported, out: str | Path, registry: Registry, repor
     evaluate_all(imported, registry, take)
     writer.close()
     total = sum(counts.values(), Counter())
-    meta.update(finished=runmeta.now(), status="complete", counts=dict(sorted(total.items())), checks=writer.count,
-                versions={a.framework: a.version for a in imported.adapters})
+    meta.update(finished=runmeta.now(), status="complete", counts=dict(sorted(total.items())),
+                checks=writer.count, versions={a.framework: a.version for a in imported.adapters})
     for a in meta["adapters"]:
         if a["name"] in counts:
             a["cases_done"] = len(next(x for x in imported.adapters if x.name == a["name"]).observations)
             a["counts"] = dict(sorted(counts[a["name"]].items()))
-    meta["stale_registry"] = [e.as_dict() for e in registry.stale({a.name: a.version for a in imported.adapters})]
+    selected = {a.name: a.version for a in imported.adapters}
+    meta["stale_registry"] = [e.as_dict() for e in registry.stale(selected)]
     results.write_meta(run_dir, meta)
     from . import analysis
 
     loaded = results.load([run_dir])
     tables = analysis.tables(loaded.records)
-    results.write_atomic(run_dir / results.ANALYSIS, json.dumps(results.sanitize({"tables": tables}), indent=1) + "\n")
+    text = json.dumps(results.sanitize({"tables": tables}), indent=1) + "\n"
+    results.write_atomic(run_dir / results.ANALYSIS, text)
     if report:
         from . import report as report_mod
 

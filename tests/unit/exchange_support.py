@@ -1,6 +1,6 @@
-"""Test support for the exchange protocol: a runner written in Python that answers a case with the oracle under a
-chosen convention (what a correct outside runtime returns), so the import path is tested without Node or
-MATLAB. Its observations are marked as a stand-in, like every test double of a runtime."""
+"""Test support for the exchange protocol: a runner written in Python that answers a case with the oracle
+under a chosen convention (what a correct outside runtime returns), so the import path is tested without Node
+or MATLAB. Its observations are marked as a stand-in, like every test double of a runtime."""
 from __future__ import annotations
 
 import json
@@ -34,7 +34,8 @@ def oracle_runner(folder: Path, adapter: str, convention, dtype_out: str = "floa
                 arr = mutate(q, arr)
             values[q] = ex.encode_array(arr, dtype_out)
         doc = {"format": ex.OBSERVATION_FORMAT, "version": ex.VERSION, "case_id": case.id, "adapter": adapter,
-               "case_sha256": entry["sha256"], "runtime": {"name": "python", "version": "1.0", "standin": "oracle"},
+               "case_sha256": entry["sha256"],
+               "runtime": {"name": "python", "version": "1.0", "standin": "oracle"},
                "skip": None, "raised": None, "values": values, "unsupported": unsupported}
         path = folder / ex.OBSERVATIONS / adapter / f"{case.id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)

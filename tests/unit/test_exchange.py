@@ -57,7 +57,8 @@ def test_export_writes_valid_files_with_the_suites_inputs(folder):
         doc = json.loads(raw)
         ex.validate("case", doc, entry["file"])
         p = materialize(case_by_id(entry["id"]))
-        assert all(ex.decode_array(e, "x").tobytes() == x.tobytes() for e, x in zip(doc["arrays"]["xs"], p.xs))
+        xs = zip(doc["arrays"]["xs"], p.xs, strict=True)
+        assert all(ex.decode_array(e, "x").tobytes() == x.tobytes() for e, x in xs)
         assert ex.decode_array(doc["arrays"]["gamma"], "g").tobytes() == p.gamma.tobytes()
         assert doc["momentum_old"] == {0.1: 0.9, 0.5: 0.5}[doc["momentum"]]  # 1 - alpha without binary noise
     with pytest.raises(ExportError, match="already holds an export"):
@@ -90,7 +91,8 @@ def test_import_of_a_correct_runtime_passes_and_is_labelled_a_stand_in(folder, t
     rows = {a["name"]: a for a in meta["adapters"]}
     # The real runtimes keep their own rows, not run: a stand-in never fills them.
     assert rows[ADAPTER]["available"] is False
-    assert "not run here" in rows["matlab.batchnorm"]["install"] and rows["matlab.dlnetwork"]["available"] is False
+    assert "not run here" in rows["matlab.batchnorm"]["install"]
+    assert rows["matlab.dlnetwork"]["available"] is False
     assert meta["source"] == "import"
     # The files are those of `bnconform run`: the same schemas.
     import jsonschema
@@ -130,7 +132,8 @@ def test_partial_and_bad_observation_files(folder):
 
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / "cases" / f"{CASES[0]}.json").write_text("{}"), "SHA-256 differs from the manifest"),
-    (lambda d: (d / ex.MANIFEST).write_text(json.dumps({**json.loads((d / ex.MANIFEST).read_text()), "version": 2})),
+    (lambda d: (d / ex.MANIFEST).write_text(
+        json.dumps({**json.loads((d / ex.MANIFEST).read_text()), "version": 2})),
      "exchange format version 2"),
     (lambda d: (d / ex.MANIFEST).unlink(), "no such file"),
 ])
