@@ -65,7 +65,8 @@ def octave():
 def test_matlab_runner_runs_end_to_end_with_the_stand_in(octave, tmp_path):
     folder = _export(tmp_path)
     run = _octave(folder, folder / "bnconform_run.m")
-    assert "bnconform_run: 10 cases x 2 APIs written" in run.stderr, run.stderr
+    # (Octave 7.3 prints "error: ignoring const execution_exception& while preparing to exit" at every exit.)
+    assert run.returncode == 0 and "bnconform_run: 10 cases x 2 APIs written" in run.stderr, run.stderr
     records, meta, r = _import(folder, tmp_path / "out")
     assert r.returncode == 0, r.stdout + r.stderr
     names = {rec["adapter"] for rec in records}

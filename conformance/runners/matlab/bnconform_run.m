@@ -78,7 +78,7 @@ elseif ~strcmp(c.memory_format, 'contiguous')
     why = 'MATLAB arrays have no memory format: this case is its contiguous twin';
 elseif strcmp(api, 'matlab.dlnetwork') && ~c.track_running_stats
     why = 'batchNormalizationLayer always keeps running statistics (predict always uses them)';
-elseif strcmp(api, 'matlab.dlnetwork') && ~exist('dlnetwork', 'file')
+elseif strcmp(api, 'matlab.dlnetwork') && ~exist('dlnetwork')
     why = 'dlnetwork is not available in this runtime (no Deep Learning Toolbox)';
 end
 end
@@ -109,7 +109,7 @@ steps = numel(c.modes);
 wants = cellstr(c.quantities);
 grads_wanted = any(ismember({'dx', 'dgamma', 'dbeta', 'd2x', 'd2gamma'}, wants));
 second = any(ismember({'d2x', 'd2gamma'}, wants));
-can_differentiate = exist('dlgradient', 'file') && exist('dlfeval', 'file');
+can_differentiate = exist('dlgradient') > 0 && exist('dlfeval') > 0;  % functions, classes or built-ins
 if strcmp(api, 'matlab.dlnetwork')
     net = make_network(shape, perm, fmt, gamma, beta, mu, sigmaSq, c.use_defaults, c.momentum, c.eps, ...
                        cast_to, xs(1));
@@ -179,7 +179,8 @@ function [Y, mu, sigmaSq] = function_step(X, beta, gamma, mu, sigmaSq, opts, tra
 % The two syntaxes of the user's question: 5 inputs/3 outputs (training: batch statistics normalize, given
 % statistics are blended into the returned ones) and 5 inputs/1 output (inference: given statistics normalize).
 if ~tracking
-    [Y, ~, ~] = batchnorm(X, beta, gamma, opts{:});  % batch statistics in both modes; nothing is kept
+    eps_opt = epsilon_only(opts);
+    [Y, ~, ~] = batchnorm(X, beta, gamma, eps_opt{:});  % batch statistics in both modes; nothing is kept
 elseif training
     [Y, mu, sigmaSq] = batchnorm(X, beta, gamma, mu, sigmaSq, opts{:});
 else
@@ -222,8 +223,8 @@ end
 
 function [mu, sigmaSq] = network_statistics(net)
 s = net.State;
-mu = extractdata(s.Value{strcmp(s.Parameter, 'TrainedMean')});
-sigmaSq = extractdata(s.Value{strcmp(s.Parameter, 'TrainedVariance')});
+mu = num(s.Value{strcmp(s.Parameter, 'TrainedMean')});
+sigmaSq = num(s.Value{strcmp(s.Parameter, 'TrainedVariance')});
 end
 
 function [Y, state, g] = network_gradients(net, X, dY, V, training, second)
