@@ -98,3 +98,26 @@ def test_report_has_tfjs_and_an_honest_matlab_row(imported):
     assert rows["matlab.batchnorm"]["available"] is False
     html = imported["html"]
     assert ADAPTER in html and "not run here — run `matlab -batch` on the exported folder" in html
+
+
+def test_a_planted_momentum_bug_in_the_runner_is_caught(imported, tmp_path):
+    """Planted: the runner passes the weight on the new statistic as tfjs' momentum (the porting bug the
+    declared convention exists to catch). The import fails the running statistics and names the cause."""
+    folder = tmp_path / "export"
+    cases = ["f32-8x4-ax1-T2E-a0.1-eps1e-05-rstats-s0", "f32-8x4-ax1-TE-a0.1-eps0.001-sc0.03-s0"]
+    r = bnconform("export", "--runner", "node", "--out", folder, *[a for c in cases for a in ("--case", c)])
+    assert r.returncode == 0, r.stderr
+    source = (folder / "run.js").read_text()
+    planted = source.replace("cfg.momentum = c.momentum_old;", "cfg.momentum = c.momentum;")
+    assert planted != source
+    (folder / "run.js").write_text(planted)
+    run = subprocess.run(["node", str(folder / "run.js"), str(folder)], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "NODE_PATH": str(MODULES)})
+    assert run.returncode == 0, run.stderr
+    r = bnconform("import", folder, "--out", tmp_path / "out", "--no-report")
+    assert r.returncode == 1, r.stdout + r.stderr
+    (rd,) = (tmp_path / "out" / "runs").iterdir()
+    records = [json.loads(x) for x in (rd / "records.jsonl").read_text().splitlines()]
+    failed = [x for x in records if x["verdict"] == "fail"]
+    assert {x["quantity"] for x in failed} >= {"running_mean", "running_var"}
+    assert all("momentum" in x["diagnosis"]["summary"] for x in failed if x["quantity"] == "running_mean")
