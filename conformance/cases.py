@@ -236,6 +236,9 @@ _TABLE: list[Case] = [
          note="inference only, float64: an exported model's float32 attributes (eps) show here"),
     Case(S4, "float32", T() + E(), dist="constant_channel", note="a constant channel: variance 0"),
     Case((1, 4), "float32", T(), note="one element per channel in training: n = 1"),
+    Case(S2, "float32", T() + E(), eps=1e-3, scale=3e-2,
+         note="eps 1e-3 with variance ~1e-3 on rank 2: the eps discrimination for APIs that run channels-last "
+              "only (TensorFlow.js' CPU kernel)"),
     # -- the seeds' scenarios (users' MATLAB questions), small and float32 so every runtime can run them
     Case(S2, "float32", T() + E(), init_stats="random", same_batch=True,
          note="seed scenario (MATLAB batchnorm, 5 inputs): given statistics are ignored by the training output "
