@@ -118,7 +118,10 @@ class Keras3(Adapter):
             return ops.convert_to_tensor(a.copy(), dtype=dtype)
 
         params = [to(p.gamma, pdt), to(p.beta, pdt)] if p.affine else []
-        stats = [to(p.running_mean, pdt), to(p.running_var, pdt)]
+        if p.native_init:  # the moving statistics build() created with the layer's initializers (zeros, ones)
+            stats = [ops.convert_to_tensor(layer.moving_mean), ops.convert_to_tensor(layer.moving_variance)]
+        else:
+            stats = [to(p.running_mean, pdt), to(p.running_var, pdt)]
         tv, ntv = (params, stats) if layer.trainable else ([], params + stats)
         obs = Observation(facts={"device": "cpu", "backend": self.backend, "policy": layer.dtype_policy.name})
         ys, means, vars_ = [], [], []

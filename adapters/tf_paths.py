@@ -200,8 +200,9 @@ def _assign(layer, p: Problem, to) -> None:
     if p.affine:
         layer.gamma.assign(to(p.gamma))
         layer.beta.assign(to(p.beta))
-    layer.moving_mean.assign(to(p.running_mean))
-    layer.moving_variance.assign(to(p.running_var))
+    if not p.native_init:  # else the fresh layer's own initial statistics (build())
+        layer.moving_mean.assign(to(p.running_mean))
+        layer.moving_variance.assign(to(p.running_var))
 
 
 def _fit(adapter, p: Problem, keras, layer, keras3: bool) -> Observation:
