@@ -139,6 +139,9 @@ class TFKeras(Adapter):
         return tfp.run_tf_keras(self, p, path)
 
     def path_unsupported(self, p: Problem, path: str) -> str | None:
+        if path == "sync" and self.fused:
+            return ("tf_keras refuses synchronized=True with fused=True ('`fused=True` is not supported when "
+                    "`synchronized=True`.', batch_normalization.py, BatchNormalizationBase.__init__)")
         return tfp.unsupported(p, path)
 
     def path_precision(self, p: Problem, path: str) -> Precision:

@@ -44,6 +44,9 @@ def keras_paths(convention, tf_backend: bool) -> tuple[PathSpec, ...]:
                         "predict_on_batch"),
     ]
     if tf_backend:
+        out.append(PathSpec("sync", "synchronized=True under tf.distribute.MirroredStrategy over 2 logical CPU "
+                                    "devices, the batch split over them (equally or as the case's shards say)",
+                            convention=convention.with_(variance="fast_clamped"), sharded=True))
         out.append(PathSpec("tflite", "tf.lite.TFLiteConverter of a model holding the layer, run by "
                                       "tf.lite.Interpreter (inference)", tier="nightly"))
     return tuple(out)
@@ -63,6 +66,13 @@ def cached_function(adapter, key, fn, path: str):
 
 
 def unsupported(p: Problem, path: str) -> str | None:
+    if path == "sync":
+        from .tf_common import SYNC_DEVICES
+
+        if p.shards and len(p.shards) != SYNC_DEVICES:
+            return f"the case splits its batch over {len(p.shards)} devices; the sync path has {SYNC_DEVICES}"
+        if not p.shards and p.shape[0] % SYNC_DEVICES:
+            return f"a batch of {p.shape[0]} does not split equally over {SYNC_DEVICES} devices"
     if path in MIXED and p.dtype != MIXED[path]:
         return (f"{path} runs the {MIXED[path]} cases: under the {POLICY_OF[path]} policy the layer computes on "
                 f"{MIXED[path]} activations, and only the {MIXED[path]} cases' inputs are exact in it")
@@ -153,6 +163,9 @@ def run_keras(adapter, p: Problem, path: str) -> Observation:
         return _fit(adapter, p, keras, _fresh_keras3_layer(adapter, p), keras3=True)
     if path == "tflite":
         return _tflite(adapter, p, keras, _fresh_keras3_layer(adapter, p))
+    if path == "sync":
+        return _sync(adapter, p, lambda: keras.layers.BatchNormalization(synchronized=True,
+                                                                         **adapter.native_config(p)))
     raise NotImplementedError(path)
 
 
@@ -193,6 +206,9 @@ def run_tf_keras(adapter, p: Problem, path: str) -> Observation:
         return _fit(adapter, p, tfk, fresh(), keras3=False)
     if path == "tflite":
         return _tflite(adapter, p, tfk, fresh())
+    if path == "sync":
+        return _sync(adapter, p, lambda: tfk.layers.BatchNormalization(synchronized=True,
+                                                                       **adapter.native_config(p)))
     raise NotImplementedError(path)
 
 
@@ -289,3 +305,59 @@ def keras_snippet(eager: str, p: Problem, path: str) -> str:
     if path == "frozen":
         return eager.replace("layer.build(", "layer.trainable = False; layer.build(")
     return function_snippet(eager, path)
+
+
+# -- sync: synchronized BatchNorm under MirroredStrategy (Keras 3 TF backend, tf_keras)
+def _sync(adapter, p: Problem, make_layer) -> Observation:
+    """Each replica gets its shard of every step's batch (axis 0); the replicas' outputs are concatenated back
+    in order, so the oracle is the global batch's (statistics of the whole batch, however it is split). The
+    moving statistics are read after each step (the replicas' copies must agree: their spread is a fact).
+    Gradients are not observed on this path."""
+    import numpy as np
+    import tensorflow as tf
+
+    from .tf_common import SYNC_DEVICES, logical_cpus
+
+    devices = logical_cpus(tf)[:SYNC_DEVICES]
+    if len(devices) < SYNC_DEVICES:
+        raise RuntimeError(f"the sync path needs {SYNC_DEVICES} logical CPU devices, TensorFlow has {devices}: "
+                           "its runtime started before adapters.tf_common.split_cpu could split the CPU")
+    shards = tuple(p.shards) or (p.shape[0] // SYNC_DEVICES,) * SYNC_DEVICES
+    bounds = np.cumsum((0,) + shards)
+    if "_mirrored" not in adapter.__dict__:  # one strategy per worker: a new one per case aborts the collectives
+        adapter._mirrored = tf.distribute.MirroredStrategy(devices)
+    strategy = adapter._mirrored
+    with strategy.scope():
+        layer = make_layer()
+        layer.build(p.shape)
+        pdt = layer.moving_mean.dtype
+        dname = pdt if isinstance(pdt, str) else pdt.name
+        _assign(layer, p, lambda a: np.asarray(a, dtype=dname))
+    steps = {}
+    for training in (True, False):
+        steps[training] = tf.function(
+            lambda dx, t=training: strategy.run(lambda x: layer(x, training=t), args=(dx,)))
+    ys, means, vars_, spread = [], [], [], 0.0
+    for x, mode in zip(p.xs, p.modes):
+        parts = [tf.constant(np.asarray(x[bounds[i]:bounds[i + 1]]), dtype=p.dtype) for i in range(len(shards))]
+        dist = strategy.experimental_distribute_values_from_function(
+            lambda ctx, parts=parts: parts[ctx.replica_id_in_sync_group])
+        out = strategy.experimental_local_results(steps[mode == "train"](dist))
+        ys.append(np.concatenate([np.asarray(o.numpy(), dtype=np.float64) for o in out], axis=0))
+        copies = [[np.asarray(v.numpy(), dtype=np.float64) for v in
+                   strategy.experimental_local_results(var)] for var in (layer.moving_mean, layer.moving_variance)]
+        spread = max(spread, *(float(np.max(np.abs(c - cs[0]))) for cs in copies for c in cs))
+        means.append(copies[0][0])
+        vars_.append(copies[1][0])
+    ydt = out[0].dtype.name
+    obs = Observation(facts={"device": ", ".join(devices), "strategy": "MirroredStrategy",
+                             "shards": "+".join(map(str, shards)),
+                             "replica_statistics_spread": f"{spread:.3g}"})
+    obs.put("y", np.stack(ys), ydt)
+    obs.put("running_mean", np.stack(means), dname)
+    obs.put("running_var", np.stack(vars_), dname)
+    no_gradients(obs, "gradients are not observed on the sync path (outputs and moving statistics are)")
+    for q in ("batch_mean", "batch_var"):
+        obs.unsupported[q] = "Keras BatchNormalization does not expose the batch statistics"
+    obs.unsupported["num_batches_tracked"] = "Keras BatchNormalization keeps no step counter"
+    return obs

@@ -1,5 +1,5 @@
 """A TensorFlow/Keras execution path's checks can fail: a broken path of each kind (xla/graph, frozen, mixed
-precision, fit, tflite) is caught on that path, with the path in the check id, and named by the diagnosis where
+precision, fit, tflite, sync) is caught on that path, with the path in the check id, and named by the diagnosis where
 the diagnosis has a hypothesis for it; the same adapter's eager path passes."""
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ DIAGNOSIS = {
     "mixed_stats_in_bf16": None,
     "fit_updates_twice": None,
     "tflite_eps_dropped": None,
+    "sync_mean_of_device_stats": None,
 }
 
 
@@ -32,7 +33,9 @@ CASES_PER_PATH = 4  # the first cases the path runs: enough to catch each bug, s
 
 
 def _records(adapter, path):
-    cases = [c for c in cases_on(path, cases_for_tier("default"), "default")
+    sharded = adapter.path_spec(path).sharded
+    ordered = sorted(cases_for_tier("default"), key=lambda c: not c.shards)  # unequal shards first (sync)
+    cases = [c for c in cases_on(path, ordered, "default", sharded)
              if not adapter.unsupported(materialize(c)) and not (path != "eager" and adapter.path_unsupported(materialize(c), path))]
     return [r for case in cases[:CASES_PER_PATH]
             for r in evaluate(adapter, case, path=path, diagnose=diagnose) if r["quantity"] not in IGNORED]
