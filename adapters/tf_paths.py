@@ -16,6 +16,14 @@
   tflite      (nightly) the layer in a model converted by tf.lite.TFLiteConverter and run by tf.lite.Interpreter:
               inference only; what the converter did to BatchNorm (folded into arithmetic or kept) is a fact
 
+  sync        synchronized=True under tf.distribute.MirroredStrategy over 2 logical CPU devices (TF backend;
+              tf_keras non-fused), the batch split equally or as the case's `shards` say; the oracle is the global
+              batch's. Both compute the variance as max(E[x^2] - E[x]^2, 0) from all-reduced sums
+              (keras/src/backend/tensorflow/nn.py _compute_moments_sync; tf_keras batch_normalization.py
+              _sync_calculate_mean_and_var): declared as the path's convention (variance "fast_clamped").
+
+Tiers (default runs with --paths default): frozen, mixed-*, sync in default; graph, xla, fit, tflite in nightly
+(tracing/compiling/converting costs seconds per case: README "TensorFlow and Keras paths").
 Compiled functions are cached per layer, mode and path in the worker (a retrace costs ~45 ms); none is shared
 between eager and a path.
 """
@@ -25,7 +33,7 @@ from reference import GRADIENTS, Problem
 
 from .base import Observation, PathSpec, Precision
 
-GRAPH = PathSpec("graph", "tf.function(step): the TF graph runtime (Grappler), no XLA")
+GRAPH = PathSpec("graph", "tf.function(step): the TF graph runtime (Grappler), no XLA", tier="nightly")
 XLA = PathSpec("xla", "tf.function(step, jit_compile=True): XLA:CPU compiles the step", tier="nightly")
 MIXED = {"mixed-bf16": "bfloat16", "mixed-f16": "float16"}
 POLICY_OF = {"mixed-bf16": "mixed_bfloat16", "mixed-f16": "mixed_float16"}
@@ -41,7 +49,7 @@ def keras_paths(convention, tf_backend: bool) -> tuple[PathSpec, ...]:
         PathSpec("mixed-bf16", "keras.mixed_precision.set_global_policy('mixed_bfloat16'), float32 input"),
         PathSpec("mixed-f16", "keras.mixed_precision.set_global_policy('mixed_float16'), float32 input"),
         PathSpec("fit", "the layer in a compiled keras Model (SGD, learning rate 0), stepped by train_on_batch / "
-                        "predict_on_batch"),
+                        "predict_on_batch", tier="nightly"),
     ]
     if tf_backend:
         out.append(PathSpec("sync", "synchronized=True under tf.distribute.MirroredStrategy over 2 logical CPU "
