@@ -27,6 +27,7 @@ class FlaxNNX(Adapter):
     api = "flax.nnx.BatchNorm"
     convention = FAST
     channel_axes = "any"
+    conventional_layout = "channels_last"  # flax.nnx.Conv takes (batch, spatial..., features)
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var", "num_batches_tracked"}
     source = SOURCE
 

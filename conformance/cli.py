@@ -134,7 +134,8 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_port(args) -> int:
-    from .port import port
+    from .port import PortError, port
+    from .state import StateError
 
     momentum, given = None, False
     if args.momentum is not None:
@@ -144,7 +145,68 @@ def _cmd_port(args) -> int:
                 momentum = float(args.momentum)
             except ValueError:
                 raise UsageError(f"bnconform port: --momentum must be a number or 'none', not {args.momentum!r}")
-    print(port(args.source, args.target, momentum=momentum, eps=args.eps, momentum_given=given).text())
+    shape = _int_tuple(args.batch_shape, "--batch-shape") if args.batch_shape else None
+    if (args.out or args.map) and not args.state:
+        raise UsageError("bnconform port: --out and --map need --state (the trained state file to convert)")
+    if args.state and not args.out:
+        raise UsageError("bnconform port: --state needs --out (the file to write the converted state to)")
+    try:
+        result = port(args.source, args.target, momentum=momentum, eps=args.eps, momentum_given=given,
+                      layout=args.layout, batch_shape=shape, steps=args.steps, dtype=args.dtype,
+                      snippet=not args.state)
+        if args.state:
+            return _convert_state(args, result, shape)
+    except (PortError, StateError) as e:
+        raise UsageError(f"bnconform port: {e}") from None
+    print(result.text())
+    return 0
+
+
+def _int_tuple(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.replace("x", ",").split(","))
+    except ValueError:
+        raise UsageError(f"bnconform port: {option} must be integers like 32,8,4,4, not {text!r}") from None
+
+
+def _convert_state(args, result, shape) -> int:
+    """`port --state IN --out OUT`: every BatchNorm layer of IN converted to the target's names and written."""
+    from .state import History, StateError, convert_model, read_model, write_model
+
+    mapping = {}
+    for item in args.map or []:
+        src, sep, dst = item.partition("=")
+        if not sep or not src or not dst:
+            raise StateError(f"--map takes SOURCE_LAYER=TARGET_LAYER, not {item!r}")
+        mapping[src] = dst
+    layers = read_model(args.state, result.source)
+    per_layer, n = {}, None
+    for item in args.n or []:
+        layer, sep, value = item.rpartition("=")
+        try:
+            value = int(value)
+        except ValueError:
+            raise StateError(f"--n takes N or LAYER=N (an integer), not {item!r}") from None
+        if sep:
+            per_layer[layer] = value
+        else:
+            n = value
+    if n is None and shape is not None:
+        n = int(np.prod(shape)) // shape[1]
+    unknown = sorted(set(per_layer) - set(layers))
+    if unknown:
+        raise StateError(f"--n names layers the state does not have: {', '.join(unknown)}; it has {', '.join(layers)}")
+    history = {name: History(n=per_layer.get(name, n), steps=args.steps, initial_var=args.initial_var,
+                             n_varied=args.n_varied) for name in layers}
+    converted = convert_model(layers, result.source, result.target, result.alpha, history, args.purpose, mapping)
+    kind = write_model(args.out, converted, result.target)
+    print(f"converted {len(converted.layers)} BatchNorm layer(s) of {args.state} ({result.source}) for "
+          f"{result.target}: {args.out} ({kind})")
+    for note in converted.notes:
+        print(f"  {note}")
+    print(f"  target hyperparameters: {', '.join(f'{k}={v!r}' for k, v in result.target_native.items())}")
+    if not converted.exact:
+        print("  the running-variance correction is APPROXIMATE (see above)")
     return 0
 
 
@@ -276,6 +338,25 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--momentum", help="source's momentum in its own native form ('none': cumulative average); "
                                        "default: the source's default")
     pt.add_argument("--eps", type=float, help="eps (default: the source's default)")
+    pt.add_argument("--layout", choices=["channels_first", "channels_last"],
+                    help="the target model's data layout (default: its framework's convention, stated in the output)")
+    pt.add_argument("--batch-shape", help="one training batch as N,C[,spatial...] (default: the demo 32,8,4,4)")
+    pt.add_argument("--steps", type=int, help="training steps the state went through (default: 3 for the sizes; "
+                                              "unknown for --purpose training, which is then approximate)")
+    pt.add_argument("--dtype", default="float32", help="the model's dtype (default: float32)")
+    pt.add_argument("--state", help="trained state to convert: .npz, torch .pt state_dict, Keras .weights.h5, "
+                                    "flax .msgpack")
+    pt.add_argument("--out", help="where to write the converted state (.npz or the target's own container)")
+    pt.add_argument("--purpose", choices=["inference", "training"], default="inference",
+                    help="inference: copy the statistics (the target infers as the source); training: the state "
+                         "the target would hold after the same training (exact estimator correction)")
+    pt.add_argument("--n", action="append", metavar="[LAYER=]N",
+                    help="elements per channel in each training step of LAYER (N x H x W at that layer), or of every "
+                         "layer; repeatable (default: from --batch-shape)")
+    pt.add_argument("--initial-var", type=float, default=1.0, help="initial running variance R0 (default 1)")
+    pt.add_argument("--n-varied", action="store_true", help="n was not the same in every step: the correction "
+                                                             "is approximate and says so")
+    pt.add_argument("--map", action="append", metavar="SRC=DST", help="rename a layer (repeatable)")
     pt.set_defaults(func=_cmd_port)
     df = sub.add_parser("diff", help="compare two result sets (e.g. two framework versions): regressions, "
                                      "fixes, drift, convention changes; exit status is a CI gate")

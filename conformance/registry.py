@@ -9,6 +9,8 @@
     reason = "why it deviates, in words a user understands"
     link = "https://github.com/..."         # upstream issue or source line ("" when none exists)
     action = "xfail"                        # xfail: run, expect the failure; skip: do not run (crash, hang)
+    model = { debias_hidden_init = "initial_stats" }  # optional: what the framework computes instead, as
+                                            # reference.Convention changes; `port` sizes the deviation with it
 
 A check matched by an xfail entry that fails is `xfail`; one that passes is `xpass` (the deviation is gone:
 remove the entry; `--strict` makes it fail). Entries that match no check of the selected adapters are stale
@@ -26,7 +28,7 @@ from packaging.version import InvalidVersion, Version
 
 DEFAULT_DIR = Path(__file__).parent / "registry"
 REQUIRED = ("id", "adapter", "cases", "quantities", "reason", "action")
-OPTIONAL = ("versions", "link")
+OPTIONAL = ("versions", "link", "model")
 ACTIONS = ("xfail", "skip")
 
 
@@ -45,6 +47,7 @@ class Entry:
     versions: str = ""
     link: str = ""
     source: str = ""  # file it came from
+    model: dict = field(default_factory=dict, compare=False)  # Convention changes that reproduce it
     hits: int = field(default=0, compare=False)
 
     def applies_to(self, adapter: str, version: str) -> bool:
@@ -95,9 +98,18 @@ def _parse_entry(raw: dict, where: str, source: str) -> Entry:
             SpecifierSet(versions)
         except InvalidSpecifier:
             raise RegistryError(f"{where}: 'versions' = {versions!r} is not a PEP 440 specifier") from None
+    model = raw.get("model", {})
+    if not isinstance(model, dict):
+        raise RegistryError(f"{where}: 'model' must be a table of Convention knobs")
+    from reference import Convention
+
+    knobs = Convention().knobs()
+    bad = sorted(set(model) - set(knobs))
+    if bad:
+        raise RegistryError(f"{where}: 'model' names unknown Convention knob(s) {', '.join(bad)}")
     return Entry(id=raw["id"], adapter=raw["adapter"], cases=_as_globs(raw["cases"], where, "cases"),
                  quantities=_as_globs(raw["quantities"], where, "quantities"), reason=raw["reason"].strip(),
-                 action=raw["action"], versions=versions, link=raw.get("link", ""), source=source)
+                 action=raw["action"], versions=versions, link=raw.get("link", ""), source=source, model=model)
 
 
 class Registry:
