@@ -185,7 +185,7 @@ def _group_keras_h5(flat):
         # named it) and it holds 2 (no center/scale) to 4 vectors of one length
         if "batch_norm" in leaf and 2 <= len(vecs) <= 4 and len({v.shape for v in vecs}) == 1 and vecs[0].ndim == 1:
             roles = KERAS.order[-len(vecs):] if len(vecs) < 4 else KERAS.order
-            out[path] = dict(zip(roles, vecs))
+            out[path.removeprefix("layers/")] = dict(zip(roles, vecs))  # written back under layers/
     return out
 
 
