@@ -109,7 +109,8 @@ def read_flat(path: Path) -> dict[str, np.ndarray]:
     except ImportError as e:
         raise StateFileError(f"{path}: reading it needs {e.name or e}, which is not installed") from None
     except Exception as e:  # noqa: BLE001 - any parser error is one line for the user
-        raise StateFileError(f"{path}: not a readable {kind} file ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0][:160]  # parsers' messages run to many lines
+        raise StateFileError(f"{path}: not a readable {kind} file ({type(e).__name__}: {first})") from None
 
 
 def _read_torch(path: Path) -> dict[str, np.ndarray]:

@@ -27,7 +27,7 @@ RESIDUAL_KNOBS = ("running_var", "averaging", "debias_hidden_init", "first_step"
 PORT_SHAPE = (32, 8, 4, 4)  # the demo problem (N, C, H, W): n = 512 elements per channel
 PORT_STEPS = 3
 LAYOUTS = ("channels_first", "channels_last")
-MAX_SIZED = 1 << 22  # elements per batch the oracle sizes directly; beyond, channels are capped (see _sizing_shape)
+MAX_SIZED = 1 << 18  # elements per batch the oracle sizes directly; beyond, channels are capped (see _sizing_shape)
 SIZED_QUANTITIES = ("y", "running_mean", "running_var")
 
 

@@ -133,6 +133,10 @@ for s in SPECS:
     if s.core:
         a = load(s.name)
         assert a.snippet(p) and isinstance(a.native_config(p), dict) and a.precision(p), s.name
+from conformance.port import port
+for src, dst in (("torch", "keras"), ("torch", "flax"), ("keras", "torch"), ("torch", "equinox"), ("torch", "onnx"),
+                 ("tensorflow", "nnx"), ("jax", "tf_keras")):
+    assert port(src, dst).text()  # advice, sizes, registered deviations and porting code, no framework
 heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'tensorflow', 'jax', 'keras', 'flax', 'onnx',
                                                        'onnxruntime', 'haiku', 'equinox', 'tf_keras')]
 assert not heavy, heavy
