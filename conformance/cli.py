@@ -204,7 +204,12 @@ def _convert_state(args, result, shape) -> int:
           f"{result.target}: {args.out} ({kind})")
     for note in converted.notes:
         print(f"  {note}")
-    print(f"  target hyperparameters: {', '.join(f'{k}={v!r}' for k, v in result.target_native.items())}")
+    from .port import native_config
+
+    rank = len(shape) if shape else 4
+    for C in sorted({int(np.asarray(st["mean"]).shape[0]) for st in converted.layers.values()}):
+        cfg = native_config(result.target, result.alpha, result.eps, C, rank, args.dtype, result.layout)
+        print(f"  target hyperparameters for {C} channels: {', '.join(f'{k}={v!r}' for k, v in cfg.items())}")
     if not converted.exact:
         print("  the running-variance correction is APPROXIMATE (see above)")
     return 0

@@ -215,17 +215,17 @@ def port(source: str, target: str, momentum: float | None = None, eps: float | N
 
     assumed = layout is None
     layout = layout or dst.conventional_layout
-    layout_note = (f"{layout} ({'assumed: the convention of ' + dst.api + '; pass --layout to change it' if assumed else 'as given'})"
+    how = f"assumed: the convention of {dst.api}; pass --layout to change it" if assumed else "as given"
+    layout_note = (f"{layout} ({how})"
                    + ("; the channel axis is " + ("-1 (last)" if layout == "channels_last" else "1")))
     shape, sized_note = _sizing_shape(batch_shape, steps)
     case = port_case(alpha, eps, shape, steps, dtype, layout)
     problem = materialize(case)
-    src_problem = materialize(port_case(alpha, eps, shape, steps, dtype, src.conventional_layout))
-    src_native = src.native_config(src_problem) if not src.unsupported(src_problem) else {}
+    src_native = native_config(src_name, alpha, eps, batch_shape[1], len(batch_shape), dtype, src.conventional_layout)
+    dst_native = native_config(dst_name, alpha, eps, batch_shape[1], len(batch_shape), dtype, layout)
     unsupported = dst.unsupported(problem)
-    dst_native = {} if unsupported else dst.native_config(problem)
-    if layout == "channels_last" and dst_native.get("axis") == len(problem.shape) - 1:
-        dst_native["axis"] = -1  # what users write for channels-last (and the frameworks' default)
+    if unsupported:
+        dst_native = {}
     n = problem.reduced_count
     problem_note = ("the demo problem: " if demo else "your problem: ") + (
         f"batch {'x'.join(map(str, batch_shape))} (N, C, spatial), n = {n} elements per channel, {steps} training "
@@ -239,6 +239,19 @@ def port(source: str, target: str, momentum: float | None = None, eps: float | N
         text = porting_code(src_name, dst_name, src_native, dst_native, alpha, eps, batch_shape, layout, dtype)
     return PortResult(src_name, dst_name, _public(src_native), _public(dst_native), alpha, eps, residuals, text,
                       problem, unsupported, layout, layout_note, deviations, problem_note, case)
+
+
+def native_config(name: str, alpha, eps: float, channels: int, rank: int, dtype: str, layout: str) -> dict:
+    """Adapter `name`'s native configuration for a layer of `channels` channels on rank-`rank` data in `layout`
+    (the channel count of the user's layer, not of the problem the oracle sized on). {} where it cannot run."""
+    adapter = load(name)
+    p = materialize(port_case(alpha, eps, (2, channels, *(1,) * (rank - 2)), 1, dtype, layout))
+    if adapter.unsupported(p):
+        return {}
+    cfg = adapter.native_config(p)
+    if layout == "channels_last" and rank > 2 and cfg.get("axis") == rank - 1:
+        cfg["axis"] = -1  # what users write for channels-last (and the frameworks' default)
+    return cfg
 
 
 def _public(cfg: dict) -> dict:
