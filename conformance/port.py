@@ -337,8 +337,9 @@ def registered_deviations(problem, case: Case, target: str, registry=None) -> li
         for e in registry.entries:
             if not fnmatch.fnmatchcase(option, e.adapter) or (installed and not e.applies_to(option, installed)):
                 continue
-            if not any(fnmatch.fnmatchcase(case.id, g) for g in e.cases):
-                continue
+            if not e.on_path("eager") or not any(fnmatch.fnmatchcase(case.id, g) for g in e.cases) or any(
+                    fnmatch.fnmatchcase(case.id, g) for g in e.except_cases):
+                continue  # the port advises on the layer as a user calls it: the eager path
             quantities = [q for q in SIZED_QUANTITIES if any(fnmatch.fnmatchcase(q, g) for g in e.quantities)]
             effect = {}
             if e.model and quantities:
