@@ -32,26 +32,23 @@ def {name}(x, state):
 '''
 
 
-def _keras(name, cfg, layout, spec_kwargs):
+def _keras(name, cfg, layout, spec_kwargs, header=None, to_numpy="keras.ops.convert_to_numpy"):
     backend = spec_kwargs.get("backend", "tensorflow")
-    last = layout == "channels_last"
+    header = header or f'import os\n    os.environ.setdefault("KERAS_BACKEND", {backend!r})\n    import keras'
     return f'''
 def {name}(x, state):
-    import os
-    os.environ.setdefault("KERAS_BACKEND", {backend!r})
-    import keras
-    {_to(last)}
+    {header}
+    {_to(layout == "channels_last")}
     layer = keras.layers.BatchNormalization(**{cfg!r})
     layer.build(xt.shape)
     layer.set_weights([state["gamma"], state["beta"], state["mean"], state["var"]])  # Keras' weights order
-    y = keras.ops.convert_to_numpy(layer(xt, training=False)).astype(np.float64)
-    {_back(last)}
+    y = np.asarray({to_numpy}(layer(xt, training=False)), dtype=np.float64)
+    {_back(layout == "channels_last")}
 '''
 
 
 def _tf_keras(name, cfg, layout, spec_kwargs):
-    return _keras(name, cfg, layout, spec_kwargs).replace("    import os\n    os.environ.setdefault(\"KERAS_BACKEND\", 'tensorflow')\n    import keras\n",
-                                                          "    import tf_keras as keras\n")
+    return _keras(name, cfg, layout, spec_kwargs, header="import tf_keras as keras", to_numpy="np.asarray")
 
 
 def _flax_linen(name, cfg, layout, spec_kwargs):

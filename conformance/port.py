@@ -110,9 +110,18 @@ class PortResult:
                 lines.append(f"    size: {size}")
                 if d.link:
                     lines.append(f"    {d.link}")
-        lines.append("Trained state: `bnconform port --from {0} --to {1} --state IN --out OUT` converts every "
-                     "BatchNorm layer (names, order, dtype, counters; --purpose training also corrects the running "
-                     "variance's estimator exactly, given --n and --steps).".format(self.source, self.target))
+        from adapters.state_io import format_for
+
+        from .catalogue import spec
+
+        if format_for(spec(self.source).module) and format_for(spec(self.target).module):
+            lines.append(f"Trained state: `bnconform port --from {self.source} --to {self.target} --state IN --out OUT` "
+                         "converts every BatchNorm layer (names, order, dtype, counters; --purpose training also "
+                         "corrects the running variance's estimator exactly, given --n and --steps).")
+        else:
+            lines.append("Trained state: bnconform has no state format for "
+                         + " and ".join(n for n in (self.source, self.target) if not format_for(spec(n).module))
+                         + " (it converts torch, Keras, flax and ONNX names).")
         if self.snippet:
             lines += ["Porting code (pasteable; replace the demo data and state with yours):", "", self.snippet]
         return "\n".join(lines)

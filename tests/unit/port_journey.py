@@ -140,7 +140,8 @@ def torch_from_keras(d: Path) -> dict:
             for x in k[f"rec_{name}"]:
                 bn(torch.from_numpy(nchw(x)))
         replay[name] = (bn.running_mean.numpy(), bn.running_var.numpy())
-    np.savez(d / "torch_from_keras.npz", y_ported=ys["ported"], y_naive=ys["naive"], **{f"replay_{n}_mean": m for n, (m, _) in replay.items()},
+    np.savez(d / "torch_from_keras.npz", y_ported=ys["ported"], y_naive=ys["naive"],
+             **{f"replay_{n}_mean": m for n, (m, _) in replay.items()},
              **{f"replay_{n}_var": v for n, (_, v) in replay.items()})
     return {"layers": sorted(converted)}
 
