@@ -1,5 +1,6 @@
 """Trained BatchNorm state as each framework stores it: names, order, container. Imports frameworks lazily,
-only inside the functions that read or write their own containers (torch `.pt`, flax msgpack); Keras
+only inside the functions that read or write their own containers (torch `.pt`, flax msgpack, an orbax
+checkpoint directory); Keras
 `.weights.h5` is read and written with h5py, and `.npz` with NumPy, so neither needs Keras or a backend.
 
 A BatchNorm layer's state has four ROLES, the same in every framework: gamma (scale), beta (offset), mean and
@@ -67,6 +68,8 @@ BY_MODULE = {
     "adapters.flax_linen": FLAX, "adapters.flax_nnx": FLAX,
     "adapters.onnxruntime_bn": ONNX,
 }
+# Containers a framework reads besides its `container` (flax variables are also kept as orbax checkpoints).
+ALSO = {"flax": ("orbax",)}
 FLAX_COLLECTIONS = {"gamma": "params", "beta": "params", "mean": "batch_stats", "var": "batch_stats"}
 
 
@@ -80,6 +83,8 @@ def format_for(module: str) -> StateFormat | None:
 
 def container_of(path: Path) -> str:
     name = path.name.lower()
+    if name.endswith(".orbax") or path.is_dir():
+        return "orbax"
     if name.endswith(".npz"):
         return "npz"
     if name.endswith((".pt", ".pth", ".bin")):
@@ -89,14 +94,14 @@ def container_of(path: Path) -> str:
     if name.endswith((".msgpack", ".flax")):
         return "flax_msgpack"
     raise StateFileError(f"{path}: unknown state file type (use .npz, .pt/.pth (torch state_dict), "
-                         ".weights.h5 (Keras) or .msgpack (flax variables))")
+                         ".weights.h5 (Keras), .msgpack (flax variables) or an orbax checkpoint directory)")
 
 
 # -- reading: every container becomes a flat {path: array} with "/"-joined paths, then layers are grouped
 def read_flat(path: Path) -> dict[str, np.ndarray]:
     kind = container_of(path)
-    if not path.is_file():
-        raise StateFileError(f"{path}: no such file")
+    if not (path.is_dir() if kind == "orbax" else path.is_file()):
+        raise StateFileError(f"{path}: no such {'checkpoint directory' if kind == 'orbax' else 'file'}")
     try:
         if kind == "npz":
             with np.load(path, allow_pickle=False) as z:
@@ -105,6 +110,8 @@ def read_flat(path: Path) -> dict[str, np.ndarray]:
             return _read_torch(path)
         if kind == "keras_h5":
             return _read_h5(path)
+        if kind == "orbax":
+            return _read_orbax(path)
         return _read_msgpack(path)
     except StateFileError:
         raise
@@ -141,7 +148,16 @@ def _read_h5(path: Path) -> dict[str, np.ndarray]:
 def _read_msgpack(path: Path) -> dict[str, np.ndarray]:
     from flax import serialization
 
-    tree = serialization.msgpack_restore(path.read_bytes())
+    return _flatten(serialization.msgpack_restore(path.read_bytes()))
+
+
+def _read_orbax(path: Path) -> dict[str, np.ndarray]:
+    import orbax.checkpoint as ocp
+
+    return _flatten(ocp.StandardCheckpointer().restore(path.resolve()))
+
+
+def _flatten(tree) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
 
     def walk(prefix, node):
@@ -209,9 +225,12 @@ def write(path: Path, layers: dict[str, dict[str, np.ndarray]], fmt: StateFormat
     """Write converted layers ({layer: {role: array}}) in `fmt`'s names to `path` (its suffix picks the
     container: .npz always; otherwise the target framework's own). Returns the container written."""
     kind = container_of(path)
-    if kind != "npz" and kind != fmt.container:
+    own = (fmt.container, *ALSO.get(fmt.framework, ())) if fmt.container else ()
+    if kind != "npz" and kind not in own:
         raise StateFileError(f"{path}: the target ({fmt.framework}) does not read this container; use .npz"
-                             + (f" or its own ({_SUFFIX[fmt.container]})" if fmt.container else ""))
+                             + (f" or its own ({', '.join(_SUFFIX[c] for c in own)})" if own else ""))
+    if kind == "orbax" and path.exists():
+        raise StateFileError(f"{path}: exists; orbax writes a new checkpoint directory")
     path.parent.mkdir(parents=True, exist_ok=True)
     if kind == "npz":
         flat = {f"{layer}{fmt.separator}{fmt.names[r]}": a for layer, st in layers.items() for r, a in st.items()
@@ -221,7 +240,7 @@ def write(path: Path, layers: dict[str, dict[str, np.ndarray]], fmt: StateFormat
     elif kind == "torch":
         import torch
 
-        sd = {f"{layer}.{fmt.names[r]}": torch.from_numpy(np.ascontiguousarray(a))
+        sd = {f"{layer}.{fmt.names[r]}": torch.from_numpy(np.array(a, copy=True))  # keeps 0-d counters 0-d
               for layer, st in layers.items() for r, a in st.items() if r in fmt.names}
         torch.save(sd, path)
     elif kind == "keras_h5":
@@ -233,15 +252,22 @@ def write(path: Path, layers: dict[str, dict[str, np.ndarray]], fmt: StateFormat
                 for i, r in enumerate(r for r in fmt.order if r in st):
                     g.create_dataset(str(i), data=st[r])
     else:
-        from flax import serialization
-
         tree: dict = {"params": {}, "batch_stats": {}}
         for layer, st in layers.items():
             for r, a in st.items():
                 if r in FLAX_COLLECTIONS:
                     tree[FLAX_COLLECTIONS[r]].setdefault(layer, {})[fmt.names[r]] = a
-        path.write_bytes(serialization.msgpack_serialize(tree))
+        if kind == "orbax":
+            import orbax.checkpoint as ocp
+
+            checkpointer = ocp.StandardCheckpointer()
+            checkpointer.save(path.resolve(), tree)
+            checkpointer.wait_until_finished()  # save is asynchronous
+        else:
+            from flax import serialization
+
+            path.write_bytes(serialization.msgpack_serialize(tree))
     return kind
 
 
-_SUFFIX = {"torch": ".pt", "keras_h5": ".weights.h5", "flax_msgpack": ".msgpack"}
+_SUFFIX = {"torch": ".pt", "keras_h5": ".weights.h5", "flax_msgpack": ".msgpack", "orbax": "DIR.orbax"}

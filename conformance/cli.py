@@ -354,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "unknown for --purpose training, which is then approximate)")
     pt.add_argument("--dtype", default="float32", help="the model's dtype (default: float32)")
     pt.add_argument("--state", help="trained state to convert: .npz, torch .pt state_dict, Keras .weights.h5, "
-                                    "flax .msgpack")
+                                    "flax .msgpack or an orbax checkpoint directory")
     pt.add_argument("--out", help="where to write the converted state (.npz or the target's own container)")
     pt.add_argument("--purpose", choices=["inference", "training"], default="inference",
                     help="inference: copy the statistics (the target infers as the source); training: the state "

@@ -140,14 +140,21 @@ def convert_layer(state: dict[str, np.ndarray], source: str, target: str, alpha:
     out = {r: a.astype(out_dtype) for r, a in out.items()}
     fmt = state_io.format_for(spec(target).module)
     if fmt is not None and "count" in fmt.names:
-        count = int(np.asarray(state["count"])) if "count" in state else (history.steps or 0)
+        count = _count(state["count"]) if "count" in state else (history.steps or 0)
         out["count"] = np.asarray(count, dtype=np.int64)
         if "count" not in state:
             notes.append(f"num_batches_tracked set to {count} ({'the steps given' if history.steps else 'unknown'}"
                          "; it matters only for momentum=None, the cumulative average)")
     elif "count" in state:
-        notes.append(f"the step counter ({int(np.asarray(state['count']))}) is dropped: {target} keeps none")
+        notes.append(f"the step counter ({_count(state['count'])}) is dropped: {target} keeps none")
     return out, notes, exact
+
+
+def _count(value) -> int:
+    a = np.asarray(value)
+    if a.size != 1 or not np.isfinite(a).all() or a.reshape(-1)[0] < 0 or a.reshape(-1)[0] != int(a.reshape(-1)[0]):
+        raise StateError(f"the step counter must be one non-negative integer, not {a.tolist()!r}")
+    return int(a.reshape(-1)[0])
 
 
 def target_layer_name(name: str, k: int, target_fmt) -> str:

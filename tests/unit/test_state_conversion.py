@@ -101,7 +101,7 @@ def _layers():
 
 @pytest.mark.parametrize("target, suffix, needs", [
     (KERAS, ".npz", None), (KERAS, ".weights.h5", "h5py"), (FLAX, ".msgpack", "flax"), (FLAX, ".npz", None),
-    (TORCH, ".pt", "torch"),
+    (TORCH, ".pt", "torch"), (FLAX, ".orbax", "orbax.checkpoint"),
 ])
 def test_whole_model_round_trips_in_the_targets_names(target, suffix, needs, tmp_path):
     if needs and importlib.util.find_spec(needs) is None:
@@ -115,6 +115,8 @@ def test_whole_model_round_trips_in_the_targets_names(target, suffix, needs, tmp
     for name, st in conv.layers.items():
         for role in ("gamma", "beta", "mean", "var"):
             np.testing.assert_array_equal(back[name][role], st[role])
+        if "count" in st and suffix == ".pt":  # torch's num_batches_tracked is a 0-d int64 tensor
+            assert back[name]["count"].shape == () and int(back[name]["count"]) == 5
     expected = {KERAS: ["batch_normalization", "batch_normalization_1"], FLAX: ["BatchNorm_0", "BatchNorm_1"],
                 TORCH: ["features.1", "features.4"]}[target]
     assert list(conv.layers) == expected
@@ -176,3 +178,16 @@ def test_porting_code_runs_and_reports_within_the_bound(tmp_path):
     for pair, r in results.items():
         assert r.returncode == 0, f"{pair}: {r.stderr[-2000:]}"
         assert "(within float rounding)" in r.stdout, f"{pair}: {r.stdout}"
+
+
+def test_orbax_checkpoints_are_read_and_never_overwritten(tmp_path, capsys):
+    if importlib.util.find_spec("orbax.checkpoint") is None:
+        pytest.skip("orbax-checkpoint not installed")
+    conv = convert_model(_layers(), TORCH, FLAX, 0.1, History(), "inference")
+    write_model(tmp_path / "ckpt.orbax", conv, FLAX)
+    argv = ["port", "--from", "flax", "--to", "torch", "--state", str(tmp_path / "ckpt.orbax"), "--out"]
+    assert main(argv + [str(tmp_path / "back.pt")]) == 0
+    assert "converted 2 BatchNorm layer(s)" in capsys.readouterr().out
+    assert main(["port", "--from", "torch", "--to", "flax", "--state", str(tmp_path / "back.pt"), "--out",
+                 str(tmp_path / "ckpt.orbax")]) == 2
+    assert "exists" in capsys.readouterr().err
