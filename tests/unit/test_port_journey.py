@@ -250,8 +250,9 @@ def test_running_statistics_converted_for_training_match_the_targets_own(journey
             rows.append(f"{bn}: trained in {dst} with its default momentum: running var "
                         f"{float(np.max(np.abs(naive_replay[bn] - want_var) / allowed_var)):.3g} of the bound away")
         assert ratio_var <= 1 and ratio_mean <= 1, rows[-1]
-        # outside both frameworks' rounding: copying is measurably not what the target would hold
-        assert naive_copy > 1, f"copying the statistics should measurably differ: {rows[-1]}"
+        # outside both frameworks' rounding: copying, or rescaling by n/(n-1) (a planted wrong correction), is
+        # measurably not what the target would hold
+        assert naive_copy > 1 and naive_rescale > 1, f"naive conversions should measurably differ: {rows[-1]}"
     FIGURES[f"{direction}, running statistics"] = "; ".join(rows)
 
 
