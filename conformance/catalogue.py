@@ -85,7 +85,7 @@ def select(selection: str | None) -> list[AdapterSpec]:
 
 def resolve(name: str) -> AdapterSpec:
     """The one adapter a name stands for (the first of its selection); KeyError as `select`."""
-    if not isinstance(name, str) or "," in name:
+    if not isinstance(name, str) or "," in name or name.strip() in ("", "all", "everything"):
         raise KeyError(f"name one framework or adapter, not {name!r}; {choices()}")
     return select(name)[0]
 

@@ -51,6 +51,12 @@ def test_unknown_names_get_the_same_message_everywhere(capsys):
     assert "aliases:" in messages[0] and "pytorch" in messages[0] and "flax" in messages[0]
 
 
+def test_port_needs_one_framework(capsys):
+    for name in ("all", "torch,keras", ""):
+        assert main(["port", "--from", name, "--to", "keras"]) == 2
+        assert "name one framework or adapter" in capsys.readouterr().err
+
+
 def test_run_accepts_what_port_accepts():
     for name in ("flax", "equinox", "tensorflow", "pytorch", "tf_keras", "jax", "keras.*"):
         assert select(name) and resolve(name)
