@@ -89,24 +89,37 @@ def _baselines(run_dir, paths, args, fail_on, baseline, status: int) -> int:
 
     from . import diff as diffmod
     from . import results
-    from .diffview import baseline_json, print_terminal
+    from .diffview import baseline_json, print_terminal, render_html
 
     console = Console(width=160)
     rs = results.load([run_dir])
+    reasons: list[str] = []
     if baseline is not None:
         try:
             d = diffmod.diff(baseline, rs)
         except diffmod.DiffRefused as e:
             raise UsageError(f"bnconform run: cannot compare with baseline {args.compare_baseline!r}: {e}") from None
-        print_terminal(d, console)
         reasons = diffmod.gate(d, fail_on)
-        console.print(f"baseline {args.compare_baseline}: " + (f"FAIL ({', '.join(reasons)})" if reasons else "pass"),
-                      highlight=False)
+        page = run_dir.parent.parent / f"baseline-{args.compare_baseline}.html"
+        label = f"baseline {args.compare_baseline}"
+        html = render_html(d, f"{label} ({paths['compare_baseline']})", str(run_dir), reasons,
+                           f"This run against {label}")
+        try:
+            results.write_atomic(page, html)
+        except OSError as e:
+            raise UsageError(f"bnconform run: cannot write {page}: {e.strerror or e}") from None
+        print_terminal(d, console, page=str(page))
+        console.print(f"diff page: {page}", highlight=False, markup=False)
+        console.print(f"{label}: " + (f"FAIL ({', '.join(reasons)}; {diffmod.REGRESSION_MEANS})" if reasons
+                                      else "pass"), highlight=False, markup=False)
         if reasons:
             status = max(status, 1)
     if "save_baseline" in paths:
         path = results.write_atomic(paths["save_baseline"], baseline_json(rs, args.save_baseline))
         console.print(f"baseline saved: {path}", highlight=False, markup=False)
+    if status == 1 and baseline is not None and not reasons:  # say why, when the gate alone would pass
+        console.print("exit status 1: this run has failing or erroring checks of its own (listed above), "
+                      "although it is no worse than the baseline", highlight=False, markup=False)
     return status
 
 
@@ -216,7 +229,7 @@ def _cmd_diff(args) -> int:
         raise UsageError(f"bnconform diff: {e}") from None
     reasons = diffmod.gate(d, fail_on, drift_floor=args.drift_floor)
     console = Console(width=160)
-    print_terminal(d, console)
+    print_terminal(d, console, page=args.html)
     if args.html:
         out = Path(args.html)
         if out.is_dir():
@@ -228,7 +241,8 @@ def _cmd_diff(args) -> int:
             raise UsageError(f"bnconform diff: cannot write {out}: {e.strerror or e}") from None
         console.print(f"diff page: {out}", highlight=False, markup=False)
     if reasons:
-        console.print(f"gate: FAIL ({', '.join(reasons)})", highlight=False)
+        console.print(f"gate: FAIL ({', '.join(reasons)}; {diffmod.REGRESSION_MEANS})", highlight=False,
+                      markup=False)
         return 1
     console.print("gate: pass", highlight=False)
     return 0

@@ -326,7 +326,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if bn.stale is None:
         tr.write_line("stale registry entries: not checked (the selection ran only part of the collected checks)")
     for e in bn.stale or []:
-        tr.write_line(f"stale registry entry {e.id} ({e.source}): matched no check. {e.reason}")
+        tr.write_line(f"stale registry entry {e.id} ({e.source}): covers checks of this session but matched none "
+                      f"(another entry matched them first). {e.reason}")
     if bn.results_path:
         tr.write_line(f"results written to {bn.results_path}")
 
@@ -340,7 +341,9 @@ def _stale(bn):
         if r.get("registry"):
             hits[r["registry"]["id"]] = hits.get(r["registry"]["id"], 0) + 1
     selected = {adapter: next(iter(vers.values()), "0") for adapter, vers in bn.versions.items()}
-    return bn.registry.stale(selected, hits)
+    from .runner import evaluated
+
+    return bn.registry.stale(selected, hits, evaluated(bn.records.values()))
 
 
 def _stale_merged(bn, path):
@@ -360,7 +363,9 @@ def _stale_merged(bn, path):
     for r in records:
         if r.get("registry"):
             hits[r["registry"]["id"]] = hits.get(r["registry"]["id"], 0) + 1
-    return bn.registry.stale(adapters, hits)
+    from .runner import evaluated
+
+    return bn.registry.stale(adapters, hits, evaluated(records))
 
 
 def _flags(config) -> dict:

@@ -62,6 +62,11 @@ def _prepare_dir(path: Path) -> None:
         raise RunError(f"cannot write results to {path}: {e.strerror or e}") from None
 
 
+def evaluated(records) -> list[tuple[str, str, str]]:
+    """The checks a registry entry could have matched: compared with the oracle (not skipped, not errored)."""
+    return [(r["adapter"], r["case"], r["quantity"]) for r in records if r["verdict"] not in ("skip", "error")]
+
+
 def exit_status(counts: Counter, strict: bool, stale: list | None) -> int:
     if any(counts[v] for v in FAILING):
         return 1
@@ -81,6 +86,7 @@ class _Collector:
         self.versions: dict[str, dict] = {}
         self.hits: Counter = Counter()  # registry entry id -> checks it matched (stale entries match none)
         self.timing: dict[str, dict] = {}  # adapter -> wall_seconds, startup_seconds
+        self.evaluated: list[tuple[str, str, str]] = []  # (adapter, case, quantity) compared with the oracle
 
     def run_for(self, name: str, case_ids: list[str], cfg: WorkerConfig) -> AdapterRun:
         return AdapterRun(name, case_ids, cfg, on_records=lambda cid, recs: self.records(name, recs),
@@ -90,6 +96,7 @@ class _Collector:
         self.writer.write(records)
         self.counts[name].update(r["verdict"] for r in records)
         self.hits.update(r["registry"]["id"] for r in records if r.get("registry"))
+        self.evaluated += evaluated(records)
         self.done[name] += 1
         self.show.case_done(name, records)
 
@@ -145,6 +152,11 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
     if got.writer.count:
         _write_analysis(run_dir)
     _summary(console, specs, got.counts, stale)
+    unchecked = meta.get("unchecked_registry") or []
+    if unchecked:
+        console.print(f"{len(unchecked)} registry entr{'y' if len(unchecked) == 1 else 'ies'} not checked by this "
+                      f"run (no check of tier {opts.tier} is one they cover): {', '.join(unchecked[:6])}"
+                      f"{', ...' if len(unchecked) > 6 else ''}", highlight=False, markup=False)
     console.print(f"results: {run_dir}", highlight=False, markup=False)
     if opts.report and got.writer.count:
         from . import report
@@ -201,7 +213,8 @@ def _finish_meta(meta: dict, got: _Collector, registry: Registry, interrupted: b
     if interrupted:
         return None
     selected = {a["name"]: a["version"] or "0" for a in meta["adapters"] if a["available"]}
-    meta["stale_registry"] = [e.as_dict() for e in registry.stale(selected, dict(got.hits))]
+    meta["stale_registry"] = [e.as_dict() for e in registry.stale(selected, dict(got.hits), got.evaluated)]
+    meta["unchecked_registry"] = [e.id for e in registry.unchecked(selected, got.evaluated)]
     return meta["stale_registry"]
 
 
@@ -224,5 +237,5 @@ def _summary(console: Console, specs, counts: dict[str, Counter], stale) -> None
                                         for v in order], "")
     console.print(table)
     for e in stale or []:
-        console.print(f"stale registry entry {e['id']} ({e['source']}): matched no check. {e['reason']}",
-                      highlight=False, markup=False)
+        console.print(f"stale registry entry {e['id']} ({e['source']}): covers checks of this run but matched none "
+                      f"(another entry matched them first). {e['reason']}", highlight=False, markup=False)
