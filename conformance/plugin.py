@@ -94,6 +94,7 @@ def pytest_generate_tests(metafunc):
         return
     from .cases import cases_for_tier
     from .engine import applicable
+    from .install import hint as install_hint
 
     config = metafunc.config
     cases = cases_for_tier(config.getoption("--bn-tier"))
@@ -101,7 +102,8 @@ def pytest_generate_tests(metafunc):
     for s in _selection(config):
         missing = s.missing()
         if missing:
-            params.append(pytest.param(("missing", s.name, f"{', '.join(missing)} not installed; {s.install}"),
+            why = f"{', '.join(missing)} not installed; {install_hint(s.install)}"
+            params.append(pytest.param(("missing", s.name, why),
                                        id=f"{s.name}/not-installed"))
             continue
         for case in cases:
