@@ -237,7 +237,7 @@ def _cause(r: dict) -> tuple[str, str, str]:
     if summary:  # one group per explanation: the quantity it starts with and its ratios differ per check
         general = re.sub(r"\s*\([^()]*\d[^()]*\)", "", summary)
         general = general[len(r["quantity"]) + 1:] if general.startswith(r["quantity"] + " ") else general
-        return "diag:" + general, general[:1].upper() + general[1:], ""
+        return "diag:" + general, general, ""
     reason = (r.get("characterization") or r.get("reason") or "").splitlines()
     text = reason[0][:240] if reason else "outside the bound, no diagnosis fits"
     if r["verdict"] == "error":
