@@ -39,7 +39,7 @@ DETAILED = ("fail", "error", "xfail", "xpass", "characterized")
 FINDING_ORDER = ("fail", "error", "xpass", "xfail", "characterized")  # the findings' order: most severe first
 MAX_VALUES = 8
 KEY_FINDINGS = 12  # groups on the first screen
-LAZY = ("findings", "checks", "cross")  # the parts kept compressed in the page, inserted when opened
+LAZY = ("finding-list", "findings", "checks", "cross", "steps", "skips")  # the parts kept compressed in the page, inserted when opened
 
 
 def mode_of(case_id: str) -> str:
@@ -351,10 +351,10 @@ def expand(html: str) -> str:
     appended as plain HTML: what a reader sees after opening everything."""
     parts = [html]
     for name in LAZY:
-        m = re.search(rf'<script type="application/octet-stream" id="data-{name}">([^<]*)</script>', html)
+        m = re.search(rf'<script type="application/octet-stream" id="data-{re.escape(name)}">([^<]*)</script>', html)
         if m:
             data = unpack(m.group(1).strip())
-            parts += data.values() if isinstance(data, dict) else data
+            parts += [data] if isinstance(data, str) else data.values() if isinstance(data, dict) else data
     return "\n".join(parts)
 
 
@@ -511,6 +511,10 @@ def render(rs: results.ResultSet) -> str:
         "findings": _pack({d["anchor"]: str(part.finding_body(d)) for d in ctx["details"]}),
         "checks": _pack([str(part.check_row(c)) for c in ctx["checks"]]),
         "cross": _pack({c["id"]: str(part.cross_case(c)) for c in ctx["cross"]}),
+        "steps": _pack([str(part.step_plot(p)) for p in ctx["step_plots"]]),
+        "finding-list": _pack(str(part.finding_list(ctx["details"]))),
+        "skips": _pack({f"{a['anchor']}-{i}": ", ".join(items) for a in ctx["adapters"]
+                        for i, (_, items) in enumerate(a["skips"], 1)}),
     }
     return env.get_template("report.html.j2").render(**ctx)
 

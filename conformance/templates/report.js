@@ -146,10 +146,33 @@
     } else if (first) { fillCase(first); }
   }
 
-  /* -- opening a finding or the checks table inserts its content */
-  $$("#findings > details.finding").forEach(function (d) {
-    d.addEventListener("toggle", function () { if (d.open) { fillFinding(d); } });
+  /* -- the per-step plots when their section comes into view */
+  var plots = $("#steps .plots");
+  if (plots) {
+    var drawPlots = function () { fill(plots, "steps", function (figs) { return figs.join(""); }); };
+    if ("IntersectionObserver" in window) {
+      var watch = new IntersectionObserver(function (entries) {
+        if (entries.some(function (e) { return e.isIntersecting; })) { watch.disconnect(); drawPlots(); }
+      });
+      watch.observe(plots);
+    } else { drawPlots(); }
+  }
+
+  /* -- the findings' list is read from the page's data once the page is shown; opening a finding inserts its
+     body, opening a skip reason its checks */
+  var listed = fill($("#findings"), "finding-list", function (html) { return html; }).then(function () {
+    $$("#findings > details.finding").forEach(function (d) {
+      d.addEventListener("toggle", function () { if (d.open) { fillFinding(d); } });
+    });
+    if (fc) { filterChecks(); }
   });
+  $$("details.lazy-ids").forEach(function (d) {
+    d.addEventListener("toggle", function () {
+      var div = $(".ids", d);
+      if (d.open) { fill(div, "skips", function (m) { return escapeHtml(m[div.getAttribute("data-key")] || ""); }); }
+    });
+  });
+  function escapeHtml(text) { var p = document.createElement("p"); p.textContent = text; return p.innerHTML; }
   var all = $("#all-checks");
   if (all) { all.addEventListener("toggle", function () { if (all.open) { fillChecks().then(filterChecks); } }); }
 
@@ -163,8 +186,8 @@
       el.scrollIntoView();
     }
   }
-  window.addEventListener("hashchange", openTarget);
-  openTarget();
+  window.addEventListener("hashchange", function () { listed.then(openTarget); });
+  listed.then(openTarget);
 
   /* -- copy a repro snippet (bound as finding bodies are inserted) */
   function bindCopy(root) {

@@ -144,18 +144,21 @@ def test_first_screen_names_the_key_findings_most_severe_first(records):
     assert fail_at < xfail_at  # fail before xfail
     assert "error/bound up to" in key and 'href="https://example.invalid/1"' in key
     anchors = re.findall(r'href="#(c-[0-9a-f]+)"', key)
-    assert anchors and all(f'id="{a}"' in html for a in anchors)  # each links to a finding on the page
+    listed = _data(html, "finding-list")  # the findings' list, inserted as the page is shown
+    assert anchors and all(f'id="{a}"' in listed for a in anchors)  # each links to a finding
     # the findings themselves: fail, then xfail
-    order = [m for m in re.findall(r'class="finding v-(\w+)"', html)]
+    order = [m for m in re.findall(r'class="finding v-(\w+)"', listed)]
     assert order == sorted(order, key=report.FINDING_ORDER.index)
 
 
 def test_finding_bodies_and_the_checks_table_are_inserted_when_opened(records):
     html = _page(records)
-    assert '<div class="body" data-lazy="findings"></div>' in html and 'class="hist"' not in html
+    assert '<div id="findings" data-lazy="finding-list">' in html and 'class="hist"' not in html
     assert '<tbody data-lazy="checks"></tbody>' in html
+    listed = _data(html, "finding-list")
+    assert '<div class="body" data-lazy="findings"></div>' in listed
     bodies = _data(html, "findings")
-    assert set(bodies) == set(re.findall(r'<details class="finding v-\w+" id="(c-[0-9a-f]+)"', html))
+    assert set(bodies) == set(re.findall(r'<details class="finding v-\w+" id="(c-[0-9a-f]+)"', listed))
     assert all('class="hist"' in b for b in bodies.values() if "Metrics" in b)
     assert len(_data(html, "checks")) == len(records)
 
@@ -171,14 +174,15 @@ def test_an_interrupted_run_without_failures_is_labelled_incomplete(records):
 
 def test_paths_are_shown_and_a_missing_path_is_eager(records):
     recs = _records_with(records, {("fake.wrong_var", "running_var"): {"path": "compile"}})
-    html = _page(recs)
+    html = _html(recs)
     assert "fake.wrong_var@compile" in html and "fake.oracle@eager" not in html
 
 
 def test_running_statistics_per_step_and_ratio_distribution_are_plotted(records):
     html = _page(records)
     assert html.count('class="ratios"') == 2  # one per adapter card
-    steps = html[html.index('<section id="steps">'):]
+    assert '<section id="steps">' in html and '<div class="plots" data-lazy="steps">' in html
+    steps = "".join(_data(html, "steps"))
     assert "<polyline" in steps and "stroke-dasharray" in steps  # the oracle dashed, each framework solid
     # a multi-step case's running_var of both adapters: wrong_var's line leaves the oracle's
     assert "running_var[0] after each step" in steps and "fake.wrong_var (fail)" in steps

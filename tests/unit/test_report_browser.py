@@ -114,6 +114,7 @@ def test_report_at_800px_and_anchors_below_the_sticky_bar(sync_playwright, small
             page = browser.new_page(viewport={"width": 800, "height": 900})
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.goto((out / "index.html").as_uri())
+            page.locator("#findings details.finding").first.wait_for()
             page.locator("#all-checks > summary").click()
             page.wait_for_function("document.querySelectorAll('#checks-table tbody tr').length > 0")
             assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
@@ -138,6 +139,7 @@ def _visible(page, selector):
 
 
 def _check_page(page, out):
+    page.locator("#findings details.finding").first.wait_for()  # the list is read from the page's data
     # -- the first screen leads with the why: the key findings, most severe first, each linking to a check
     key = page.locator("#key")
     assert key.is_visible() and key.bounding_box()["y"] < 1000  # within the first screen at 1400 x 1000
@@ -217,6 +219,11 @@ def _check_page(page, out):
     assert page.locator(f'.xcase[data-case="{SMOKE[1].id}"]').is_visible()
     assert not page.locator(f'.xcase[data-case="{SMOKE[0].id}"]').is_visible()
     assert page.locator(f'.xcase[data-case="{SMOKE[1].id}"] tr.oracle').count() > 0
+
+    # -- the per-step plots are drawn when their section comes into view
+    page.locator("#steps").scroll_into_view_if_needed()
+    page.locator("#steps svg.steps").first.wait_for()
+    assert page.locator("#steps svg.steps polyline").count() >= 2
 
     # -- the analysis.json table is a section
     assert page.locator("#t-defaults-hazard table.analysis-table tbody tr").count() == 2
