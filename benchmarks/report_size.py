@@ -3,7 +3,8 @@
     python benchmarks/report_size.py reports/runs/<run-id> [--adapters 18]
 
 renders the report of the given results and prints its size, each part's share (sections, the compressed
-parts inserted when opened) and the time to render. `--adapters N` also estimates a run over N adapters by
+parts inserted when opened) and the time to render; with `--open` (playwright and a chromium), how long
+headless Chromium takes to show it (DOMContentLoaded, load, the findings' list inserted). `--adapters N` also estimates a run over N adapters by
 renaming the run's adapters into N (their records repeated as copies): the size of a default run over every
 core adapter (18) from a run over a few.
 """
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conformance import report, results  # noqa: E402
 
 
-def measure(rs, label: str) -> None:
+def measure(rs, label: str, browse: bool = False) -> None:
     t0 = time.perf_counter()
     html = report.render(rs)
     took = time.perf_counter() - t0
@@ -33,6 +34,33 @@ def measure(rs, label: str) -> None:
             print(f"  section {m.group(1):28s} {size / 1e3:8.0f} kB")
     for m in re.finditer(r'<script type="application/octet-stream" id="data-(\w+)">([^<]*)</script>', html):
         print(f"  compressed part {m.group(1):20s} {len(m.group(2)) / 1e3:8.0f} kB")
+    if browse:
+        open_in_chromium(html)
+
+
+def open_in_chromium(html: str) -> None:
+    import os
+    import shutil
+    import tempfile
+
+    from playwright.sync_api import sync_playwright
+
+    chromium = os.environ.get("BNCONFORM_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
+        path = Path(tmp) / "index.html"
+        path.write_text(html, encoding="utf-8")
+        browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        for attempt in ("cold", "warm"):
+            t0 = time.perf_counter()
+            page.goto(path.as_uri())
+            page.locator("#findings details.finding").first.wait_for(timeout=60_000)
+            listed = time.perf_counter() - t0
+            timing = page.evaluate("JSON.stringify(performance.getEntriesByType('navigation')[0].toJSON())")
+            nav = __import__("json").loads(timing)
+            print(f"  chromium ({attempt}): DOMContentLoaded {nav['domContentLoadedEventEnd']:.0f} ms, load "
+                  f"{nav['loadEventEnd']:.0f} ms, findings listed after {listed * 1000:.0f} ms")
+        browser.close()
 
 
 def scaled(rs, n: int):
@@ -59,9 +87,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", nargs="+")
     ap.add_argument("--adapters", type=int, default=0, help="also estimate a run over this many adapters")
+    ap.add_argument("--open", action="store_true", help="time opening the report in headless Chromium")
     args = ap.parse_args()
     rs = results.load(args.results)
-    measure(rs, "this run")
+    measure(rs, "this run", args.open)
     if args.adapters:
         measure(scaled(rs, args.adapters), f"estimate for {args.adapters} adapters")
 
