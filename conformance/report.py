@@ -38,7 +38,8 @@ VERDICT_ORDER = ("pass", "fail", "error", "xfail", "xpass", "characterized", "sk
 DETAILED = ("fail", "error", "xfail", "xpass", "characterized")
 FINDING_ORDER = ("fail", "error", "xpass", "xfail", "characterized")  # the findings' order: most severe first
 MAX_VALUES = 8
-KEY_FINDINGS = 12  # groups on the first screen
+KEY_FINDINGS = 8  # groups on the first screen
+KEY_TEXT = 150  # characters of a group's reason shown there
 LAZY = ("finding-list", "findings", "checks", "cross", "steps", "skips")  # the parts kept compressed in the page, inserted when opened
 
 
@@ -246,16 +247,18 @@ def _cause(r: dict) -> tuple[str, str, str]:
 
 
 def _key_findings(records) -> list[dict]:
-    """Findings grouped by verdict, adapter and cause, most severe first, then largest: the first screen."""
+    """Findings grouped by verdict and cause (one registry entry, diagnosis or error, whichever adapters it
+    concerns), most severe first, then most checks: the first screen."""
     groups: dict[tuple, dict] = {}
     for r in records:
         if r["verdict"] not in DETAILED:
             continue
         key, what, link = _cause(r)
-        g = groups.setdefault((r["verdict"], r["adapter"], key), {
-            "verdict": r["verdict"], "adapter": r["adapter"], "what": what, "link": link, "n": 0, "cases": set(),
+        g = groups.setdefault((r["verdict"], key), {
+            "verdict": r["verdict"], "adapters": set(), "what": what, "link": link, "n": 0, "cases": set(),
             "quantities": set(), "paths": set(), "ratio": None, "anchor": anchor(r["check_id"]), "anchor_ratio": -2.0})
         g["n"] += 1
+        g["adapters"].add(r["adapter"])
         g["cases"].add(r["case"])
         g["quantities"].add(r["quantity"])
         g["paths"].add(r.get("path") or "eager")
@@ -264,9 +267,14 @@ def _key_findings(records) -> list[dict]:
             g["ratio"] = ratio
         if (ratio if ratio is not None else -1.0) > g["anchor_ratio"]:  # link the largest of the group
             g["anchor"], g["anchor_ratio"] = anchor(r["check_id"]), ratio if ratio is not None else -1.0
+    for g in groups.values():
+        g["adapter"] = ", ".join(sorted(g.pop("adapters")))
     out = sorted(groups.values(), key=lambda g: (FINDING_ORDER.index(g["verdict"]), -g["n"],
                                                  -(g["ratio"] or 0.0), g["adapter"], g["what"]))
     for g in out:
+        g["full"] = g["what"]
+        if len(g["what"]) > KEY_TEXT:  # the first screen gets the gist; the finding has the whole reason
+            g["what"] = g["what"][:KEY_TEXT].rsplit(" ", 1)[0] + " …"
         quantities = [q for q in QUANTITIES if q in g["quantities"]] + sorted(g["quantities"] - set(QUANTITIES))
         size = (f"error/bound up to {fmt(g['ratio'], 3)}" if g["ratio"] is not None and math.isfinite(g["ratio"])
                 else "shape, dtype or NaN/Inf mismatch" if g["ratio"] is not None else "")
