@@ -202,7 +202,7 @@ def _next_steps(console: Console, failing: list[dict], opts: RunOptions, report_
         diagnosis = r.get("diagnosis") if isinstance(r.get("diagnosis"), dict) else {}
         why = diagnosis.get("summary") or next(iter((r.get("reason") or "").splitlines()), "")
         size = f"error/bound {float(ratio):.3g}" if isinstance(ratio, (int, float)) else ""
-        console.print(f"  {r['verdict']:5s} {r['check_id']}  {size}{'; ' if size and why else ''}{why[:160]}",
+        console.print(f"  {r['verdict']:5s} {r['check_id']}  {size}{'; ' if size and why else ''}{why[:100]}",
                       highlight=False, markup=False)
     first = failing[0]
     console.print("next: " + (f"open {report_path} (findings first), or " if report_path else "")
