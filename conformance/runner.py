@@ -20,12 +20,14 @@ from pathlib import Path
 
 from rich.console import Console
 
+from . import paths as paths_mod
 from . import progress as progress_mod
 from . import results, runmeta
 from .catalogue import select
 from .cases import cases_for_tier
 from .engine import input_checksum
 from .install import hint as install_hint
+from .paths import split
 from .registry import Registry, RegistryError
 from .worker import AdapterRun, Pool, WorkerConfig
 
@@ -40,6 +42,7 @@ class RunError(Exception):
 class RunOptions:
     frameworks: str = "all"
     tier: str = "default"
+    paths: str = "default"  # execution paths: default | all | eager | names/globs (conformance.paths)
     out: str = "reports"
     jobs: int = 0  # 0: CPU count
     case_timeout: float = 300.0
@@ -68,7 +71,8 @@ def _prepare_dir(path: Path) -> None:
 
 def evaluated(records) -> list[tuple[str, str, str]]:
     """The checks a registry entry could have matched: compared with the oracle (not skipped, not errored)."""
-    return [(r["adapter"], r["case"], r["quantity"]) for r in records if r["verdict"] not in ("skip", "error")]
+    return [(r["adapter"], r["case"], r["quantity"], r.get("path", "eager")) for r in records
+            if r["verdict"] not in ("skip", "error")]
 
 
 def exit_status(counts: Counter, strict: bool, stale: list | None) -> int:
@@ -92,7 +96,7 @@ class _Collector:
         self.timing: dict[str, dict] = {}  # adapter -> wall_seconds, startup_seconds
         self.warnings: dict[str, list[dict]] = {}  # adapter -> the Python warnings its framework raised
         self.failing: list[dict] = []  # the failing and erroring records, for the end of the run
-        self.evaluated: list[tuple[str, str, str]] = []  # (adapter, case, quantity) compared with the oracle
+        self.evaluated: list[tuple[str, str, str, str]] = []  # (adapter, case, quantity, path) compared with the oracle
 
     def run_for(self, name: str, case_ids: list[str], cfg: WorkerConfig) -> AdapterRun:
         return AdapterRun(name, case_ids, cfg, on_records=lambda cid, recs: self.records(name, recs),
@@ -119,10 +123,11 @@ class _Collector:
 def run(opts: RunOptions, console: Console | None = None) -> int:
     began = time.monotonic()
     console = console or _console()
-    specs, registry, cases, available = _plan(opts)
+    specs, registry, cases, available, work = _plan(opts)
     jobs = min(opts.jobs or os.cpu_count() or 1, len(available))
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    flags = {"frameworks": opts.frameworks, "tier": opts.tier, "jobs": jobs, "threads_per_worker": threads,
+    flags = {"frameworks": opts.frameworks, "tier": opts.tier, "paths": opts.paths, "jobs": jobs,
+             "threads_per_worker": threads,
              "case_timeout": opts.case_timeout, "adapter_timeout": opts.adapter_timeout,
              "registry": opts.registry, "strict": opts.strict}
     meta = runmeta.base(source="cli", tier=opts.tier, selection=opts.frameworks, specs=specs, cases=cases,
@@ -134,6 +139,7 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
     if opts.report:
         _prepare_dir(out)
     results.write_meta(run_dir, meta)
+    meta["paths"] = {name: sorted({split(i)[1] for i in items}) for name, items in work.items()}
     console.print(f"bnconform run {meta['run_id']}: tier {opts.tier}, {len(cases)} cases, {len(available)} of "
                   f"{len(specs)} adapters installed, {jobs} at a time, {threads} thread(s) each", highlight=False,
                   soft_wrap=True)
@@ -144,12 +150,11 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
     _prepare_dir(logs)
     cfg = WorkerConfig(registry_path=opts.registry, threads=threads, case_timeout=opts.case_timeout,
                        adapter_timeout=opts.adapter_timeout, log_dir=str(logs))
-    case_ids = [c.id for c in cases]
-    pool = Pool([got.run_for(s.name, case_ids, cfg) for s in available], jobs)
+    pool = Pool([got.run_for(s.name, work[s.name], cfg) for s in available], jobs)
     with show:
         for s in specs:
             if s in available:
-                show.add(s.name, len(case_ids))
+                show.add(s.name, len(work[s.name]))
             else:
                 show.skipped(s.name, f"{', '.join(s.missing())} not installed; {install_hint(s.install)}")
         interrupted = pool.wait(on_interrupt=lambda: console.print(
@@ -206,7 +211,8 @@ def _next_steps(console: Console, failing: list[dict], opts: RunOptions, report_
                       highlight=False, markup=False)
     first = failing[0]
     console.print("next: " + (f"open {report_path} (findings first), or " if report_path else "")
-                  + f"rerun one case: bnconform run --frameworks {first['adapter']} --case {first['case']}",
+                  + f"rerun one case: bnconform run --frameworks {first['adapter']} --case {first['case']}"
+                  + (f" --paths {first['path']}" if first.get("path", "eager") != "eager" else ""),
                   highlight=False, markup=False, soft_wrap=True)
 
 
@@ -257,7 +263,13 @@ def _plan(opts: RunOptions):
     if not available:
         why = "; ".join(f"{s.name}: {', '.join(s.missing())} not installed" for s in specs[:3])
         raise RunError(f"no adapter of selection {opts.frameworks!r} is installed ({why}); nothing to check")
-    return specs, registry, cases, available
+    declared = {s.name: paths_mod.declared(s) for s in available}
+    try:
+        paths_mod.check_selection(opts.paths, declared.values())
+    except paths_mod.PathError as e:
+        raise RunError(str(e)) from None
+    work = {name: paths_mod.items(p, opts.paths, opts.tier, cases) for name, p in declared.items()}
+    return specs, registry, cases, available, work
 
 
 def _cases(opts: RunOptions):
@@ -321,7 +333,9 @@ def _finish_meta(meta: dict, got: _Collector, registry: Registry, interrupted: b
     if interrupted:
         return None
     selected = {a["name"]: a["version"] or "0" for a in meta["adapters"] if a["available"]}
-    meta["stale_registry"] = [e.as_dict() for e in registry.stale(selected, dict(got.hits), got.evaluated)]
+    paths_run = {name: set(p) for name, p in meta.get("paths", {}).items()}
+    meta["stale_registry"] = [e.as_dict() for e in registry.stale(selected, dict(got.hits), paths_run,
+                                                                    got.evaluated)]
     meta["unchecked_registry"] = [e.id for e in registry.unchecked(selected, got.evaluated)]
     return meta["stale_registry"]
 
