@@ -13,7 +13,7 @@
               _param_dtype). Runs the 16-bit case of the policy (its values are exact in float32).
   fit         the layer in a keras Model, compiled (SGD, learning rate 0: gamma and beta stay) and stepped with
               train_on_batch / predict_on_batch as fit() and predict() step it; Keras' own jit_compile default
-  tflite      (nightly) the layer in a model converted by tf.lite.TFLiteConverter and run by tf.lite.Interpreter:
+  tflite      (nightly) the layer in a model converted by tf.lite.TFLiteConverter and run by LiteRT (ai-edge-litert):
               inference only; what the converter did to BatchNorm (folded into arithmetic or kept) is a fact
 
   sync        synchronized=True under tf.distribute.MirroredStrategy over 2 logical CPU devices (TF backend;
@@ -56,7 +56,7 @@ def keras_paths(convention, tf_backend: bool) -> tuple[PathSpec, ...]:
                                     "devices, the batch split over them (equally or as the case's shards say)",
                             convention=convention.with_(variance="fast_clamped"), sharded=True))
         out.append(PathSpec("tflite", "tf.lite.TFLiteConverter of a model holding the layer, run by "
-                                      "tf.lite.Interpreter (inference)", tier="nightly"))
+                                      "LiteRT's interpreter (inference)", tier="nightly"))
     return tuple(out)
 
 
@@ -287,7 +287,7 @@ def _tflite(adapter, p: Problem, keras, layer) -> Observation:
     _assign(layer, p, lambda a: np.asarray(a, dtype=dname))
     with contextlib.redirect_stdout(sys.stderr):  # the converter prints the saved artifact's signature
         model = tf.lite.TFLiteConverter.from_keras_model(model).convert()
-    interp = tf.lite.Interpreter(model_content=model)
+    interp, runtime = _interpreter(model, tf)
     interp.allocate_tensors()
     ops = sorted({d["op_name"] for d in interp._get_ops_details()})
     inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
@@ -296,7 +296,7 @@ def _tflite(adapter, p: Problem, keras, layer) -> Observation:
         interp.set_tensor(inp["index"], np.asarray(x, dtype=inp["dtype"]))
         interp.invoke()
         ys.append(np.array(interp.get_tensor(out["index"]), dtype=np.float64))
-    obs = Observation(facts={"device": "cpu", "runtime": f"tf.lite.Interpreter (tensorflow {tf.__version__})",
+    obs = Observation(facts={"device": "cpu", "runtime": runtime,
                              "ops": ", ".join(ops), "input": str(np.dtype(inp["dtype"]))})
     obs.put("y", np.stack(ys), str(np.dtype(out["dtype"])))
     const = np.stack([np.asarray(p.running_mean)] * p.steps), np.stack([np.asarray(p.running_var)] * p.steps)
@@ -307,6 +307,23 @@ def _tflite(adapter, p: Problem, keras, layer) -> Observation:
         obs.unsupported[q] = "Keras BatchNormalization does not expose the batch statistics"
     obs.unsupported["num_batches_tracked"] = "Keras BatchNormalization keeps no step counter"
     return obs
+
+
+def _interpreter(model: bytes, tf):
+    """LiteRT's interpreter (ai-edge-litert, what TensorFlow's deprecation notice points to: tf.lite.Interpreter
+    "is scheduled for deletion"), or TensorFlow's own where LiteRT is not installed."""
+    try:
+        from importlib.metadata import version
+
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter(model_content=model), f"ai_edge_litert.interpreter.Interpreter {version('ai-edge-litert')}"
+    except ImportError:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the deprecation notice: recorded as the runtime fact instead
+            return tf.lite.Interpreter(model_content=model), f"tf.lite.Interpreter (tensorflow {tf.__version__})"
 
 
 def keras_snippet(eager: str, p: Problem, path: str) -> str:
