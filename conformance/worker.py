@@ -381,7 +381,8 @@ class Pool:
 
     A slot keeps its process for the next run of the same process key (the family's imports are paid once);
     when none is left it takes a run of a key no other slot is running (so the families spread over the
-    slots), else any run, in a fresh process. Families with more adapters go first: they are the longest."""
+    slots), else shares a running family that has two runs or more left, in a fresh process; else it is done.
+    Families with more adapters go first: they are the longest."""
 
     def __init__(self, runs: Iterable, jobs: int):
         self.runs = list(runs)
@@ -399,9 +400,15 @@ class Pool:
         with self._lock:
             if not self._pending or any(r.stopped.is_set() for r in self.runs):
                 return None
-            others = {k for s, k in self._running.items() if s != slot}
+            others = [k for s, k in self._running.items() if s != slot]
+            pending = [_key(r) for r in self._pending]
             run = (next((r for r in self._pending if _key(r) == current), None)
-                   or next((r for r in self._pending if _key(r) not in others), None) or self._pending[0])
+                   or next((r for r in self._pending if _key(r) not in others), None)
+                   # a second process of a running family pays its imports again: only for two runs or more
+                   or next((r for r in self._pending if pending.count(_key(r)) >= 2), None))
+            if run is None:
+                self._running.pop(slot, None)
+                return None
             self._pending.remove(run)
             self._running[slot] = _key(run)
             return run

@@ -231,3 +231,7 @@ def test_pool_keeps_a_family_on_its_process_and_spreads_families_over_slots():
     assert pool._take(1, "tf").adapter_name == "onnx.a"  # tf done: a family slot 0 is not running
     assert pool._take(0, "jax").adapter_name == "jax.c"
     assert [pool._take(0, "jax").adapter_name, pool._take(0, "keras.torch")] == ["keras.torch", None]
+    # a family running in another slot: a second process only while two of its runs or more are left
+    pool = Pool([Run("tf.a", "tf"), Run("tf.b", "tf"), Run("tf.c", "tf")], jobs=2)
+    assert [pool._take(0, None).adapter_name, pool._take(1, None).adapter_name] == ["tf.a", "tf.b"]
+    assert pool._take(1, None) is None and pool._take(0, "tf").adapter_name == "tf.c"
