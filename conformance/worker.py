@@ -39,12 +39,17 @@ def limit_threads(threads: int) -> None:
 
 def persistent_caches(cache_dir: str | None) -> None:
     """Point the frameworks' compiled-artifact caches under `cache_dir` (the results directory's .cache), so
-    a rerun reuses what the last run compiled: JAX (adapters read BNCONFORM_CACHE_DIR) and TorchInductor. A
-    directory the user already chose (the variable set) is kept."""
+    a rerun reuses what the last run compiled: JAX (adapters read BNCONFORM_CACHE_DIR), TorchInductor and
+    TensorFlow's XLA (for code compiled with jit_compile; the flag is in TF >= 2.12's jit/flags.cc). A
+    directory the user already chose (the variable or flag set) is kept."""
     if not cache_dir:
         return
     os.environ.setdefault("BNCONFORM_CACHE_DIR", cache_dir)
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(os.environ["BNCONFORM_CACHE_DIR"]) / "inductor"))
+    base = Path(os.environ["BNCONFORM_CACHE_DIR"])
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(base / "inductor"))
+    flags = os.environ.get("TF_XLA_FLAGS", "")
+    if "tf_xla_persistent_cache_directory" not in flags:
+        os.environ["TF_XLA_FLAGS"] = f"{flags} --tf_xla_persistent_cache_directory={base / 'xla'}".strip()
 
 
 class _Hosted:

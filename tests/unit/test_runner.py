@@ -235,3 +235,20 @@ def test_pool_keeps_a_family_on_its_process_and_spreads_families_over_slots():
     pool = Pool([Run("tf.a", "tf"), Run("tf.b", "tf"), Run("tf.c", "tf")], jobs=2)
     assert [pool._take(0, None).adapter_name, pool._take(1, None).adapter_name] == ["tf.a", "tf.b"]
     assert pool._take(1, None) is None and pool._take(0, "tf").adapter_name == "tf.c"
+
+
+def test_compiled_code_caches_go_under_the_results_directory_unless_chosen(monkeypatch, tmp_path):
+    from conformance.worker import persistent_caches
+
+    for var in ("BNCONFORM_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TF_XLA_FLAGS"):
+        monkeypatch.delenv(var, raising=False)
+    persistent_caches(str(tmp_path / ".cache"))
+    assert os.environ["BNCONFORM_CACHE_DIR"] == str(tmp_path / ".cache")  # JAX: adapters/jax_common.cache_dir
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".cache" / "inductor")
+    assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_persistent_cache_directory={tmp_path / '.cache' / 'xla'}"
+    monkeypatch.setenv("BNCONFORM_CACHE_DIR", "/mine")
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=/mine/xla")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    persistent_caches(str(tmp_path / ".cache"))
+    assert os.environ["BNCONFORM_CACHE_DIR"] == "/mine" and os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/mine/inductor"
+    assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/mine/xla"
