@@ -78,17 +78,21 @@ class _Hosted:
         self.adapters[name] = adapter
         return adapter
 
-    def evaluate_case(self, name: str, case_id: str) -> list[dict]:
-        return self.evaluate(self.adapters[name], self.case_by_id(case_id), self.registry,
+    def evaluate_item(self, name: str, item: str) -> list[dict]:
+        from .paths import split
+
+        case_id, path = split(item)
+        return self.evaluate(self.adapters[name], self.case_by_id(case_id), self.registry, path=path,
                              diagnose=self.diagnose, evidence=self.evidence)
 
 
 def _worker_main(conn, registry_path: str | None, threads: int, diagnose: bool, cache_dir: str | None) -> None:
     """Runs in the child: set adapters up when asked (each once), evaluate their cases, until told to stop.
 
-    Messages in: ("setup", adapter), ("eval", adapter, case_id), ("observe", adapter, Case), ("stop",).
-    Replies: ("ready", versions, device) | ("setup_error", message, traceback); ("done", case_id, records) |
-    ("failed", case_id, message, traceback); observe's tuples (see `_observe`)."""
+    Messages in: ("setup", adapter), ("eval", adapter, item), ("observe", adapter, Case), ("stop",); an item
+    is a case id, or case-id@path (conformance.paths).
+    Replies: ("ready", versions, device) | ("setup_error", message, traceback); ("done", item, records) |
+    ("failed", item, message, traceback); observe's tuples (see `_observe`)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us cleanly
@@ -113,11 +117,11 @@ def _worker_main(conn, registry_path: str | None, threads: int, diagnose: bool, 
         if msg[0] == "observe":  # raw arrays for cross-adapter comparisons (porting): msg[2] is a Case
             conn.send(_observe(hosted.adapters[msg[1]], msg[2]))
             continue
-        _, name, case_id = msg
+        _, name, item = msg  # item: a case id, or case-id@path (conformance.paths)
         try:
-            conn.send(("done", case_id, hosted.evaluate_case(name, case_id)))
+            conn.send(("done", item, hosted.evaluate_item(name, item)))
         except BaseException as e:  # noqa: BLE001  engine bug: report it as this case's error
-            conn.send(("failed", case_id, f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
+            conn.send(("failed", item, f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
 
 
 def _observe(adapter, case) -> tuple:
@@ -244,7 +248,7 @@ class AdapterRun:
     adapters of its process key, handed over by the Pool); records arrive through `on_records`."""
 
     adapter_name: str
-    case_ids: list[str]
+    case_ids: list[str]  # work items: case ids, or case-id@path for execution paths other than eager
     config: WorkerConfig
     on_records: Callable[[str, list[dict]], None]
     on_event: Callable[[str, dict], None] = lambda kind, info: None
@@ -258,14 +262,17 @@ class AdapterRun:
     def __post_init__(self):
         self.key = self.key or process_key(self.adapter_name)
 
-    def _error_records(self, case_id: str, reason: str, detail: str = "") -> list[dict]:
+    def _error_records(self, item: str, reason: str, detail: str = "") -> list[dict]:
         from .cases import case_by_id
         from .catalogue import load
         from .engine import records_for
+        from .paths import split
 
         adapter = load(self.adapter_name)
         version = self.versions.get(adapter.framework, "") or _dist_version(adapter.framework)
-        return records_for(adapter, case_by_id(case_id), "error", reason, version, message=detail or reason)
+        case_id, path = split(item)
+        return records_for(adapter, case_by_id(case_id), "error", reason, version, message=detail or reason,
+                           path=path)
 
     def _setup(self, worker: WorkerProcess) -> str | None:
         """Set the adapter up in `worker` (a fresh process when it has none): None, or why it failed."""
