@@ -498,4 +498,5 @@ class Pool:
 
 
 def _key(run) -> str:
-    return getattr(run, "key", "") or run.adapter_name
+    """The process key a run can share; a bare run (no key: tests' stand-ins) shares with nothing."""
+    return getattr(run, "key", "") or f"{run.adapter_name}#{id(run)}"
