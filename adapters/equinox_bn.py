@@ -57,12 +57,8 @@ class EquinoxBatchNorm(Adapter):
     @functools.cached_property
     def has_mode(self) -> bool:
         """BatchNorm has `mode` (and a state index per mode) from equinox 0.13.0. Read from the installed
-        distribution, not the module: snippet() runs without setup() (bnconform port)."""
-        from importlib.metadata import version
-
-        from packaging.version import Version
-
-        return Version(version("equinox")) >= Version("0.13.0")
+        distribution, not the module: snippet() runs without setup() (bnconform port), maybe without equinox."""
+        return jc.installed_at_least("equinox", "0.13.0")
 
     def precision(self, problem: Problem) -> Precision:
         return Precision.uniform(problem.dtype, accumulate_low_precision_in=problem.dtype)  # all in `dtype`
@@ -130,11 +126,14 @@ class EquinoxBatchNorm(Adapter):
 
     def run(self, p: Problem) -> Observation:
         key, bn, state0, apply = self._model(p)
-        mean, var = jc.to_jax(self.jax, p.running_mean, p.dtype), jc.to_jax(self.jax, p.running_var, p.dtype)
-        # The case's initial statistics go where equinox keeps what inference uses before any training.
         index = self._index(bn)
         fresh = self.jax.tree.map(lambda a: a, state0)  # State.set invalidates the object it is called on
-        state = {"state": fresh.set(index, (mean, var)), "mean": mean, "var": var}
+        if p.native_init:  # equinox's own State from make_with_state: what inference uses before any training
+            mean, var = fresh.get(index)
+            state = {"state": fresh, "mean": mean, "var": var}
+        else:  # the case's initial statistics go where equinox keeps what inference uses before any training
+            mean, var = jc.to_jax(self.jax, p.running_mean, p.dtype), jc.to_jax(self.jax, p.running_var, p.dtype)
+            state = {"state": fresh.set(index, (mean, var)), "mean": mean, "var": var}
         obs = Observation(facts={"device": self.device, "mode": self.mode})
         jc.run(self, p, key, apply, jc.initial_params(self.jax, p, p.dtype), state, self._read(bn), obs)
         for q in ("batch_mean", "batch_var"):

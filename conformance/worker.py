@@ -37,6 +37,61 @@ def limit_threads(threads: int) -> None:
                                    f" intra_op_parallelism_threads={threads}").strip()
 
 
+# Framework log noise (TensorFlow's C++ INFO/WARNING lines such as the oneDNN notice, absl/glog lines of XLA)
+# never reaches the terminal: these quiet it at the source (a user's own setting wins), and `log` sends what
+# is left of the worker's stdout/stderr to a file. Numerics are untouched (TF_ENABLE_ONEDNN_OPTS is not set).
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "GLOG_minloglevel": "2", "GRPC_VERBOSITY": "ERROR"}
+
+
+def quiet_frameworks(log: str | None = None) -> list[dict]:
+    """Silence framework logging in this (worker) process; return the list Python warnings are collected in
+    (one entry per category, message and place, with a count) instead of being printed."""
+    import warnings
+
+    for var, value in QUIET_ENV.items():
+        os.environ.setdefault(var, value)
+    if log:
+        redirect_output(log)
+    caught: list[dict] = []
+    seen: dict[tuple, dict] = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        key = (category.__name__, str(message), f"{filename}:{lineno}")
+        if key in seen:
+            seen[key]["count"] += 1
+            return
+        seen[key] = {"category": key[0], "message": key[1][:500], "where": key[2], "count": 1}
+        caught.append(seen[key])
+
+    warnings.showwarning = record
+    warnings.simplefilter("default")  # once per place, as Python does by default (not the suite's own filters)
+    return caught
+
+
+def redirect_output(log: str) -> None:
+    """Send this process's stdout and stderr (file descriptors 1 and 2: C-level output too) to `log`. A
+    process shared by a family switches to each adapter's file as it sets that adapter up."""
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def log_path(log_dir: str | None, adapter_name: str) -> str | None:
+    """LOG_DIR/<adapter>.log (None without a log directory)."""
+    if not log_dir:
+        return None
+    import re
+
+    return os.path.join(log_dir, re.sub(r"[^A-Za-z0-9_.-]", "_", adapter_name) + ".log")
+
+
+def _drain(caught: list[dict]) -> list[dict]:
+    out = [dict(w) for w in caught]
+    caught.clear()
+    return out
+
+
 def persistent_caches(cache_dir: str | None) -> None:
     """Point the frameworks' compiled-artifact caches under `cache_dir` (the results directory's .cache), so
     a rerun reuses what the last run compiled: JAX (adapters read BNCONFORM_CACHE_DIR), TorchInductor and
@@ -86,18 +141,21 @@ class _Hosted:
                              diagnose=self.diagnose, evidence=self.evidence)
 
 
-def _worker_main(conn, registry_path: str | None, threads: int, diagnose: bool, cache_dir: str | None) -> None:
+def _worker_main(conn, registry_path: str | None, threads: int, diagnose: bool, cache_dir: str | None,
+                 log_dir: str | None = None) -> None:
     """Runs in the child: set adapters up when asked (each once), evaluate their cases, until told to stop.
 
     Messages in: ("setup", adapter), ("eval", adapter, item), ("observe", adapter, Case), ("stop",); an item
     is a case id, or case-id@path (conformance.paths).
-    Replies: ("ready", versions, device) | ("setup_error", message, traceback); ("done", item, records) |
-    ("failed", item, message, traceback); observe's tuples (see `_observe`)."""
+    Replies: ("ready", versions, device, warnings) | ("setup_error", message, traceback); ("done", item,
+    records, warnings) | ("failed", item, message, traceback); observe's tuples (see `_observe`). Framework
+    output goes to LOG_DIR/<adapter>.log of the adapter being set up or run; warnings come back with replies."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us cleanly
     limit_threads(threads)
     persistent_caches(cache_dir)
+    caught = quiet_frameworks()
     hosted = None
     while True:
         try:
@@ -107,10 +165,12 @@ def _worker_main(conn, registry_path: str | None, threads: int, diagnose: bool, 
         if msg[0] == "stop":
             return
         if msg[0] == "setup":
+            if log_dir:
+                redirect_output(log_path(log_dir, msg[1]))
             try:
                 hosted = hosted or _Hosted(registry_path, diagnose)
                 adapter = hosted.setup(msg[1])
-                conn.send(("ready", adapter.versions(), getattr(adapter, "device", "cpu")))
+                conn.send(("ready", adapter.versions(), getattr(adapter, "device", "cpu"), _drain(caught)))
             except BaseException as e:  # noqa: BLE001  setup failure is reported, not raised
                 conn.send(("setup_error", f"{type(e).__name__}: {e}", traceback.format_exc(limit=6)))
             continue
@@ -119,7 +179,7 @@ def _worker_main(conn, registry_path: str | None, threads: int, diagnose: bool, 
             continue
         _, name, item = msg  # item: a case id, or case-id@path (conformance.paths)
         try:
-            conn.send(("done", item, hosted.evaluate_item(name, item)))
+            conn.send(("done", item, hosted.evaluate_item(name, item), _drain(caught)))
         except BaseException as e:  # noqa: BLE001  engine bug: report it as this case's error
             conn.send(("failed", item, f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
 
@@ -200,13 +260,13 @@ class WorkerProcess:
         self.conn, child = ctx.Pipe()
         c = self.config
         self.proc = ctx.Process(target=_worker_main, name=f"bnconform[{self.key}]", daemon=True,
-                                args=(child, c.registry_path, c.threads, c.diagnose, c.cache_dir))
+                                args=(child, c.registry_path, c.threads, c.diagnose, c.cache_dir, c.log_dir))
         self.proc.start()
         child.close()
 
-    def setup(self, adapter_name: str) -> tuple[dict, str] | str:
-        """Set `adapter_name` up in this process (starting it if needed): (versions, device), or why not (the
-        process is then killed: a half-imported framework is no state to go on from)."""
+    def setup(self, adapter_name: str) -> tuple[dict, list[dict]] | str:
+        """Set `adapter_name` up in this process (starting it if needed): (versions, warnings raised), or why
+        not (the process is then killed: a half-imported framework is no state to go on from)."""
         if not self.alive:
             self._spawn()
         self.conn.send(("setup", adapter_name))
@@ -224,7 +284,7 @@ class WorkerProcess:
             self.kill()
             return f"adapter setup failed: {msg[1]}\n{msg[2]}"
         self.ready.add(adapter_name)
-        return msg[1], msg[2]
+        return msg[1], msg[3]
 
     def stop(self) -> None:
         """Ask the process to exit, then make sure it has."""
@@ -240,6 +300,7 @@ class WorkerProcess:
         _kill(self.proc)
         self.proc = self.conn = None
         self.ready = set()
+    log_dir: str | None = None  # the workers' stdout/stderr go to LOG_DIR/<adapter>.log (None: inherited)
 
 
 @dataclass
@@ -262,6 +323,20 @@ class AdapterRun:
     def __post_init__(self):
         self.key = self.key or process_key(self.adapter_name)
 
+    warnings: list[dict] = field(default_factory=list)  # Python warnings the framework raised (quiet_frameworks)
+
+    def _warned(self, caught) -> None:
+        for w in caught or []:
+            same = next((x for x in self.warnings if (x["category"], x["message"], x["where"]) ==
+                         (w["category"], w["message"], w["where"])), None)
+            if same:
+                same["count"] += w["count"]
+            else:
+                self.warnings.append(dict(w))
+
+    def log_path(self) -> str | None:
+        return log_path(self.config.log_dir, self.adapter_name)
+
     def _error_records(self, item: str, reason: str, detail: str = "") -> list[dict]:
         from .cases import case_by_id
         from .catalogue import load
@@ -281,6 +356,7 @@ class AdapterRun:
         if isinstance(got, str):
             return got
         self.versions = got[0]
+        self._warned(got[1])
         self.startup_seconds += time.monotonic() - t0
         return None
 
@@ -333,6 +409,7 @@ class AdapterRun:
                     else:
                         pending.pop(0)
                         if msg[0] == "done":
+                            self._warned(msg[3] if len(msg) > 3 else None)
                             self.on_records(case_id, msg[2])
                         else:
                             self.on_records(case_id, self._error_records(case_id, msg[2], msg[3]))
@@ -359,7 +436,7 @@ class AdapterRun:
                 worker.stop()
             self.finished.set()
             self.on_event("finished", {"wall_seconds": time.monotonic() - began,
-                                       "startup_seconds": self.startup_seconds})
+                                       "startup_seconds": self.startup_seconds, "warnings": self.warnings})
 
 
 def _kill(proc) -> None:

@@ -60,20 +60,20 @@ def unreadable_dir_entry(good, tmp):
 def wrong_schema_version(good, tmp):
     d = _copy(good, tmp)
     _rewrite_records(d, lambda r: {**r, "schema": 99})
-    return ["report", d], "results schema version 99; this bnconform reads version 1"
+    return ["report", d], "results schema version 99; this bnconform reads versions 1, 2"
 
 
 def wrong_meta_schema_version(good, tmp):
     d = _copy(good, tmp)
     meta = json.loads((d / "meta.json").read_text())
-    (d / "meta.json").write_text(json.dumps({**meta, "schema": 2}))
-    return ["report", d], "meta.json: results schema version 2"
+    (d / "meta.json").write_text(json.dumps({**meta, "schema": 3}))
+    return ["report", d], "meta.json: results schema version 3"
 
 
 def mixed_schema_versions(good, tmp):
     a, b = _copy(good, tmp, "a"), _copy(good, tmp, "b")
-    _rewrite_records(b, lambda r: {**r, "schema": 2, "adapter": "other", "check_id": "other" + r["check_id"]})
-    return ["report", a, b], "results schema version 2"
+    _rewrite_records(b, lambda r: {**r, "schema": 3, "adapter": "other", "check_id": "other" + r["check_id"]})
+    return ["report", a, b], "results schema version 3"
 
 
 def mismatched_checksums(good, tmp):
@@ -158,15 +158,23 @@ def negative_jobs(good, tmp):
     return ["run", "--frameworks", "fake.oracle", "--jobs", "-1", "--out", tmp / "out"], "--jobs must be >= 0"
 
 
-def no_subcommand(good, tmp):
-    return [], "the following arguments are required: command"
+def unknown_case(good, tmp):
+    return ["run", "--frameworks", "fake.oracle", "--case", "no-such-case", "--out", tmp / "out"], "no case with id"
+
+
+def bad_keyword(good, tmp):
+    return ["run", "--frameworks", "fake.oracle", "-k", "f64 and (", "--out", tmp / "out"], "-k 'f64 and ('"
+
+
+def keyword_matching_nothing(good, tmp):
+    return ["run", "--frameworks", "fake.oracle", "-k", "no-such-text", "--out", tmp / "out"], "matches no case"
 
 
 CORPUS = [corrupt_line, not_utf8, missing_file, unreadable_dir_entry, wrong_schema_version, wrong_meta_schema_version,
           mixed_schema_versions, mismatched_checksums, empty_file, empty_dir, not_a_record, unknown_verdict,
           bad_analysis, report_out_not_writable, report_out_is_a_directory, run_out_not_writable, unknown_framework,
           unknown_tier, nothing_installed, registry_syntax_error, registry_missing_reason, negative_jobs,
-          no_subcommand]
+          unknown_case, bad_keyword, keyword_matching_nothing]
 
 
 @pytest.mark.parametrize("make", CORPUS, ids=[f.__name__ for f in CORPUS])
