@@ -230,6 +230,7 @@ class WorkerConfig:
     setup_timeout: float = 300.0
     diagnose: bool = True
     cache_dir: str | None = None  # compiled-artifact caches (None: the adapters' default, reports/.cache)
+    log_dir: str | None = None  # the workers' stdout/stderr go to LOG_DIR/<adapter>.log (None: inherited)
 
 
 def process_key(adapter_name: str) -> str:
@@ -300,7 +301,6 @@ class WorkerProcess:
         _kill(self.proc)
         self.proc = self.conn = None
         self.ready = set()
-    log_dir: str | None = None  # the workers' stdout/stderr go to LOG_DIR/<adapter>.log (None: inherited)
 
 
 @dataclass
