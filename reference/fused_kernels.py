@@ -59,7 +59,8 @@ def new_stack():
 def pairwise(x, dy, lo, n, m, r, kind, stack):
     """NumPy's pairwise sum of the n terms from lo, in NumPy's order: halves of n // 2 rounded down to a
     multiple of 8, recursively, down to blocks of at most 128 (PW_BLOCKSIZE). The recursion runs on an
-    explicit stack (numba's on-disk cache does not take recursive functions)."""
+    explicit stack: a cached recursive function segfaults when loaded from numba's on-disk cache
+    (https://github.com/numba/numba/issues/6061, open; seen here with numba 0.68)."""
     if n <= 128:
         return _leaf(x, dy, lo, n, m, r, kind)
     stack_lo, stack_n, stack_left, has_left = stack  # stack_left: a left half's sum, once known
