@@ -234,6 +234,28 @@ def _cmd_diff(args) -> int:
     return 0
 
 
+def _cmd_fuzz(args) -> int:
+    import math
+
+    from .fuzz import FuzzError, FuzzOptions, run
+
+    for name in ("budget", "case_timeout"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value <= 0:
+            raise UsageError(f"bnconform fuzz: --{name.replace('_', '-')} must be a positive number of seconds")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise UsageError("bnconform fuzz: --seed must be an integer in [0, 2**32)")
+    if args.jobs < 0 or args.max_size < 1 or args.max_steps < 1:
+        raise UsageError("bnconform fuzz: --jobs must be >= 0, --max-size and --max-steps >= 1")
+    opts = FuzzOptions(frameworks=args.frameworks, budget=args.budget, seed=args.seed, jobs=args.jobs,
+                       out=args.out, corpus=args.corpus, write_corpus=not args.no_corpus, registry=args.registry,
+                       case_timeout=args.case_timeout, max_size=args.max_size, max_steps=args.max_steps)
+    try:
+        return run(opts, print_=lambda line: print(line, flush=True))
+    except FuzzError as e:
+        raise UsageError(f"bnconform fuzz: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bnconform", description="Cross-framework BatchNorm conformance suite.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -295,6 +317,21 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--jobs", type=int, default=0, help="worker processes at a time (default: CPU count)")
     cv.add_argument("--registry", default=None, help="registry dir or file")
     cv.set_defaults(func=_cmd_conventions)
+    fz = sub.add_parser("fuzz", help="search for cases where adapters disagree with the oracle; shrink each "
+                                     "failure to a minimal case and keep it in the regression corpus")
+    fz.add_argument("--frameworks", default="all", help="adapters, families or globs (default: all core)")
+    fz.add_argument("--budget", type=float, default=600.0, help="seconds in all (default: %(default)s)")
+    fz.add_argument("--seed", type=int, help="master seed (default: random, printed; the same seed and budget "
+                                             "search the same cases)")
+    fz.add_argument("--jobs", type=int, default=0, help="adapters fuzzed at a time (default: CPU count)")
+    fz.add_argument("--out", default="reports", help="results go to OUT/fuzz/<run-id>/ (default: %(default)s)")
+    fz.add_argument("--corpus", help="where minimal cases are written (default: conformance/corpus/fuzz)")
+    fz.add_argument("--no-corpus", action="store_true", help="do not write corpus files")
+    fz.add_argument("--registry", help="registry directory or TOML file (default: the bundled registry)")
+    fz.add_argument("--case-timeout", type=float, default=60.0, help="seconds one case may take (default: 60)")
+    fz.add_argument("--max-size", type=int, default=1 << 20, help="largest input, in elements (default: 2**20)")
+    fz.add_argument("--max-steps", type=int, default=2000, help="longest step sequence (default: 2000)")
+    fz.set_defaults(func=_cmd_fuzz)
     return p
 
 
