@@ -228,7 +228,7 @@ class Evaluator:
         self.restarts = 0
         self.evaluated = 0
 
-    def _start(self) -> None:
+    def start(self) -> None:
         t0 = time.monotonic()
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
@@ -254,7 +254,7 @@ class Evaluator:
         from .engine import records_for
 
         if self.proc is None:
-            self._start()
+            self.start()
         self.evaluated += 1
         version = self.versions.get(self.adapter.framework, "")
         self.conn.send(("eval", case, full))
@@ -295,6 +295,11 @@ def _kill(proc) -> None:
 
 # -- the search -----------------------------------------------------------------------------------------------
 
+class _OutOfTime(Exception):
+    """Raised for every new case past the deadline while nothing is being shrunk: ends the search at once
+    (rejecting instead would make hypothesis draw hundreds more cases before it gives up)."""
+
+
 class _Found(Exception):
     def __init__(self, case):
         super().__init__(case.id)
@@ -312,7 +317,7 @@ def search(evaluate, cases_strategy, seed: int, known: set[str], deadline: float
     `known`, shrunk while keeping that signature, or None. `evaluate(case) -> records`; `outcomes` caches
     (signature, score) per case across searches. Past `deadline` no new case is evaluated: generation stops,
     and shrinking keeps the smallest failing case found so far."""
-    from hypothesis import HealthCheck, Phase, Verbosity, given, reject, settings, target
+    from hypothesis import HealthCheck, Phase, Verbosity, given, settings, target
     from hypothesis import seed as hseed
     from hypothesis.errors import HypothesisException
 
@@ -328,7 +333,7 @@ def search(evaluate, cases_strategy, seed: int, known: set[str], deadline: float
         if case not in outcomes:
             if time.monotonic() > deadline:
                 if "sig" not in locked:
-                    reject()
+                    raise _OutOfTime
                 return
             records = evaluate(case)
             outcomes[case] = (signature(records), score(records))
@@ -345,6 +350,8 @@ def search(evaluate, cases_strategy, seed: int, known: set[str], deadline: float
     except _Found as found:
         sig = locked["sig"]
         return simplify(found.case, sig, evaluate, outcomes, deadline), sig
+    except _OutOfTime:
+        return None
     except HypothesisException:  # e.g. every case rejected: the budget ran out during generation
         return None
     return None
@@ -396,11 +403,17 @@ class AdapterReport:
 def fuzz_adapter(name: str, seed: int, budget: float, *, registry_path: str | None = None, threads: int = 1,
                  case_timeout: float = 60.0, max_size: int = 1 << 20, max_steps: int = 2000,
                  known: tuple[str, ...] = (), max_examples: int = 100) -> AdapterReport:
-    """Fuzz one adapter for `budget` seconds (its worker's start-up included)."""
+    """Fuzz one adapter for `budget` seconds, its worker's start-up included, but searching at least half of
+    it (a framework that takes longer to import than the budget still gets searched)."""
     began = time.monotonic()
-    deadline = began + budget
     report = AdapterReport(name, seed)
     evaluator = Evaluator(name, registry_path, threads, case_timeout)
+    try:
+        evaluator.start()
+    except FuzzError as e:
+        report.error, report.seconds = str(e), time.monotonic() - began
+        return report
+    deadline = max(began + budget, time.monotonic() + budget / 2)
     adapter = evaluator.adapter
     cases = strategy(getattr(adapter, "dtypes", DTYPES), getattr(adapter, "channel_axes", "any"), max_size,
                      max_steps)
@@ -495,9 +508,7 @@ def run(opts: FuzzOptions, print_=print) -> int:
            f"{len(available)} adapter(s), {jobs} at a time, {share:.0f} s each")
     kwargs = dict(registry_path=opts.registry, threads=threads, case_timeout=opts.case_timeout,
                   max_size=opts.max_size, max_steps=opts.max_steps)
-    work = [(s.name, seed, share, {**kwargs, "known": tuple(r.meta.get("signature", "") for r in corpus
-                                                            if r.meta.get("adapter") == s.name)})
-            for s in available]
+    work = [(s.name, seed, share, {**kwargs, "known": _known(corpus, s.name)}) for s in available]
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         reports = list(pool.map(_drive, work))
 
@@ -510,28 +521,34 @@ def run(opts: FuzzOptions, print_=print) -> int:
         rate = rep.evaluated / max(rep.seconds - rep.startup_seconds, 1e-9)
         print_(f"| {rep.adapter} | {rep.evaluated} | {rep.seconds:.0f} | {rate:.2f} | {rep.restarts} | "
                f"{len(rep.findings)}{' (' + rep.error + ')' if rep.error else ''} |")
+    by_case: dict[str, list] = {}  # one corpus file per minimal case, naming every adapter that fails it
     for rep in reports:
         for f in rep.findings:
-            case = f["case"]
             failing = [r for r in f["records"] if r["verdict"] in FINDING_VERDICTS]
             detail = _describe(failing)
-            print_(f"\nfinding on {rep.adapter}: {f['diagnosed']}\n  minimal case {case.id}\n  {detail}")
-            if opts.write_corpus:
-                meta = {"origin": "fuzz", "note": f"bnconform fuzz on {rep.adapter}: {detail}"[:400],
-                        "adapter": rep.adapter, "framework": rep.versions and next(iter(rep.versions)) or "",
-                        "versions": ", ".join(f"{k} {v}" for k, v in sorted(rep.versions.items())),
-                        "diagnosis": f["diagnosed"], "signature": f["signature"], "found": runmeta.now(),
-                        "fuzz_seed": seed}
-                existing = {r.case.id for r in corpus}
-                if case.id in existing:
-                    continue
-                try:
-                    path = regressions.write(case.with_(tier="default"), meta, corpus_dir)
-                except (regressions.CorpusError, OSError) as e:
-                    print_(f"  could not write the corpus file: {e}")
-                    continue
-                new_files.append(path)
-                print_(f"  corpus: {path}")
+            print_(f"\nfinding on {rep.adapter}: {f['diagnosed']}\n  minimal case {f['case'].id}\n  {detail}")
+            by_case.setdefault(f["case"].id, []).append((rep, f, detail))
+    existing = {r.case.id for r in corpus}
+    for case_id, found in by_case.items():
+        if not opts.write_corpus or case_id in existing:
+            continue
+        rep, f, detail = found[0]
+        versions = {k: v for r, _, _ in found for k, v in r.versions.items()}
+        meta = {"origin": "fuzz", "note": f"bnconform fuzz on {rep.adapter}: {detail}"[:400],
+                "adapter": ", ".join(r.adapter for r, _, _ in found),
+                "framework": next(iter(rep.versions), ""),
+                "versions": ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
+                "diagnosis": "; ".join(sorted({x["diagnosed"] for _, x, _ in found})),
+                "signature": "; ".join(sorted({x["signature"] for _, x, _ in found})),
+                "found": runmeta.now(), "fuzz_seed": seed}
+        try:
+            path = regressions.write(f["case"].with_(tier="default"), meta, corpus_dir)
+        except (regressions.CorpusError, OSError) as e:
+            print_(f"could not write the corpus file of {case_id}: {e}")
+            continue
+        existing.add(case_id)
+        new_files.append(path)
+        print_(f"corpus: {path}")
     print_(f"\nresults: {out}")
     if new_files:
         print_(f"{len(new_files)} new corpus file(s): the default tier now replays them; register what is a "
@@ -539,12 +556,25 @@ def run(opts: FuzzOptions, print_=print) -> int:
     return 1 if any(rep.findings for rep in reports) else 0
 
 
+def _known(corpus, adapter: str) -> tuple[str, ...]:
+    """Signatures the corpus already holds for `adapter`: not searched again."""
+    out: list[str] = []
+    for r in corpus:
+        if adapter in [a.strip() for a in r.meta.get("adapter", "").split(",")]:
+            out += [x.strip() for x in r.meta.get("signature", "").split(";") if x.strip()]
+    return tuple(out)
+
+
 def _describe(failing: list[dict]) -> str:
     if not failing:
         return "no longer fails on re-evaluation"
     r = failing[0]
     d = r.get("diagnosis") or {}
-    what = d.get("summary") or (r.get("metrics") or {}).get("detail") or r.get("reason") or ""
+    m = r.get("metrics") or {}
+    what = d.get("summary") or m.get("detail") or r.get("reason") or ""
+    if not what and m.get("ratio") is not None:
+        what = (f"{r['quantity']} error/bound ratio {m['ratio']:.3g} (observed {m.get('observed')!r}, expected "
+                f"{m.get('expected')!r})")
     quantities = ", ".join(sorted({x["quantity"] for x in failing}))
     return f"{r['verdict']} on {quantities}: {what}".strip()
 
