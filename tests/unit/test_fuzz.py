@@ -98,3 +98,35 @@ def test_corpus_file_round_trip_and_validation(tmp_path):
     path.write_text(regressions.render(case, {"origin": "fuzz", "note": "n"}).replace("seed = 12", "seed = 13"))
     with pytest.raises(regressions.CorpusError, match="does not match"):
         regressions.load(tmp_path)
+
+
+@pytest.mark.parametrize("args", [["--budget", "-1"], ["--budget", "nan"], ["--seed", "-3"], ["--case-timeout", "0"],
+                                  ["--max-size", "0"], ["--frameworks", "no.such.adapter"]])
+def test_bad_fuzz_options_are_one_line_and_exit_2(args, capsys):
+    from conformance.cli import main
+
+    assert main(["fuzz", "--budget", "1", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("bnconform") and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_fuzz_command_end_to_end_writes_corpus_and_results(tmp_path):
+    """`bnconform fuzz` on an adapter with an always-visible bug: exit status 1, the seed printed, a corpus file
+    that loads back, and records that `bnconform report` renders."""
+    from conformance import results
+
+    from .clirun import bnconform
+
+    out, corpus = tmp_path / "out", tmp_path / "corpus"
+    r = bnconform("fuzz", "--frameworks", "fake.wrong_var", "--budget", "20", "--seed", "5", "--jobs", "1",
+                  "--out", out, "--corpus", corpus, "--max-size", "256", "--max-steps", "3", timeout=240)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "rerun with --seed 5" in r.stdout and "| fake.wrong_var |" in r.stdout
+    (found,) = regressions.load(corpus)
+    assert found.meta["adapter"] == "fake.wrong_var" and found.meta["fuzz_seed"] == 5
+    assert "running_var" in found.meta["note"]
+    (run,) = (out / "fuzz").iterdir()
+    rs = results.load([run])
+    assert {x["case"] for x in rs.records} == {found.case.id}
+    page = tmp_path / "report.html"
+    assert bnconform("report", run, "--out", page).returncode == 0 and page.stat().st_size > 0
