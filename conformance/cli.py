@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -49,7 +50,7 @@ def _cmd_run(args) -> int:
         raise UsageError("bnconform run: --jobs must be >= 0")
     if args.case_timeout <= 0 or args.adapter_timeout <= 0:
         raise UsageError("bnconform run: timeouts must be positive")
-    opts = RunOptions(frameworks=args.frameworks, tier=args.tier, out=args.out, jobs=args.jobs,
+    opts = RunOptions(frameworks=args.frameworks, tier=args.tier, paths=args.paths, out=args.out, jobs=args.jobs,
                       case_timeout=args.case_timeout, adapter_timeout=args.adapter_timeout,
                       registry=args.registry, strict=args.strict, report=not args.no_report)
     baseline_paths = {}
@@ -234,6 +235,59 @@ def _cmd_diff(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .export import ExportError, export
+
+    try:
+        path = export(args.runner, args.tier, args.out, args.case or None)
+    except ExportError as e:
+        raise UsageError(f"bnconform export: {e}") from None
+    import json
+
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    print(f"exported {len(manifest['cases'])} cases of tier {args.tier} for the {args.runner} runner to "
+          f"{path.parent}")
+    print(f"run: {manifest['how_to_run'].replace('DIR', str(path.parent))}")
+    print(f"then: bnconform import {path.parent}")
+    return 0
+
+
+def _cmd_import(args) -> int:
+    from collections import Counter
+
+    from . import exchange
+    from .import_ import load, write_results
+    from .registry import Registry, RegistryError
+
+    try:
+        registry = Registry.load(args.registry)
+        imported = load(args.folder)
+    except (exchange.ExchangeError, RegistryError) as e:
+        raise UsageError(f"bnconform import: {e}") from None
+    for line in imported.rejected:
+        print(f"bnconform import: left out: {line}", file=sys.stderr)
+    if not imported.adapters:
+        raise UsageError(f"bnconform import: {args.folder}: no usable observation (has the runner run? "
+                         f"{imported.manifest['how_to_run']})")
+    try:
+        run_dir, counts = write_results(imported, args.out, registry, report=not args.no_report)
+    except OSError as e:
+        raise UsageError(f"bnconform import: cannot write {args.out}: {e.strerror or e}") from None
+    for adapter in imported.adapters:
+        c = counts[adapter.name]
+        missing = len(imported.missing.get(adapter.runtime.name, []))
+        print(f"{adapter.name} ({adapter.framework} {adapter.version}): "
+              + ", ".join(f"{v} {n}" for v, n in sorted(c.items()))
+              + (f"; {missing} case(s) without an observation (partial run)" if missing else ""))
+    for runtime in imported.not_run:
+        print(f"{runtime.name}: no observation in this folder ({runtime.not_run or 'not run'})")
+    print(f"results: {run_dir}")
+    if not args.no_report:
+        print(f"report:  {args.out}/index.html")
+    total = sum(counts.values(), Counter())
+    return 1 if (total["fail"] or total["error"] or imported.rejected) else 0
+
+
 def _cmd_fuzz(args) -> int:
     import math
 
@@ -249,7 +303,8 @@ def _cmd_fuzz(args) -> int:
         raise UsageError("bnconform fuzz: --jobs must be >= 0, --max-size and --max-steps >= 1")
     opts = FuzzOptions(frameworks=args.frameworks, budget=args.budget, seed=args.seed, jobs=args.jobs,
                        out=args.out, corpus=args.corpus, write_corpus=not args.no_corpus, registry=args.registry,
-                       case_timeout=args.case_timeout, max_size=args.max_size, max_steps=args.max_steps)
+                       case_timeout=args.case_timeout, max_size=args.max_size, max_steps=args.max_steps,
+                       paths=args.paths)
     try:
         return run(opts, print_=lambda line: print(line, flush=True))
     except FuzzError as e:
@@ -271,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adapters, families or globs, comma separated (default: all core adapters; those not "
                         "installed are skipped with their install command)")
     r.add_argument("--tier", default="default", choices=["smoke", "default", "nightly"])
+    r.add_argument("--paths", default=os.environ.get("BNCONFORM_PATHS", "default"),
+                   help="execution paths: 'default' (eager + the paths the tier includes), 'all', 'eager', or "
+                        "names/globs such as 'compile*,export-onnx' (env BNCONFORM_PATHS)")
     r.add_argument("--out", default="reports",
                    help="output directory: results in OUT/runs/<run-id>/, the report at OUT/index.html")
     r.add_argument("--jobs", type=int, default=0, help="adapter worker processes at a time (default: CPU count)")
@@ -317,6 +375,20 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--jobs", type=int, default=0, help="worker processes at a time (default: CPU count)")
     cv.add_argument("--registry", default=None, help="registry dir or file")
     cv.set_defaults(func=_cmd_conventions)
+    ex = sub.add_parser("export", help="write a tier's cases and a runner for an outside runtime (TensorFlow.js "
+                                       "under Node, MATLAB) into a folder; see docs/exchange.md")
+    ex.add_argument("--runner", required=True, choices=["node", "matlab", "json"])
+    ex.add_argument("--tier", default="default", choices=["smoke", "default", "nightly"])
+    ex.add_argument("--out", required=True, help="folder to write (created; must not hold an export already)")
+    ex.add_argument("--case", action="append", help="only this case id (repeatable; default: every case of --tier)")
+    ex.set_defaults(func=_cmd_export)
+    im = sub.add_parser("import", help="validate an exported folder's observations and turn them into results "
+                                       "and the report, as for an in-process adapter")
+    im.add_argument("folder", help="the folder `bnconform export` wrote, after its runner ran")
+    im.add_argument("--out", default="reports", help="results in OUT/runs/<run-id>/, the report at OUT/index.html")
+    im.add_argument("--registry", help="registry directory or TOML file (default: the bundled registry)")
+    im.add_argument("--no-report", action="store_true", help="write results only")
+    im.set_defaults(func=_cmd_import)
     fz = sub.add_parser("fuzz", help="search for cases where adapters disagree with the oracle; shrink each "
                                      "failure to a minimal case and keep it in the regression corpus")
     fz.add_argument("--frameworks", default="all", help="adapters, families or globs (default: all core)")
@@ -331,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     fz.add_argument("--case-timeout", type=float, default=60.0, help="seconds one case may take (default: 60)")
     fz.add_argument("--max-size", type=int, default=1 << 20, help="largest input, in elements (default: 2**20)")
     fz.add_argument("--max-steps", type=int, default=2000, help="longest step sequence (default: 2000)")
+    fz.add_argument("--paths", default="eager",
+                    help="execution paths every drawn case runs on: eager (default), all, or names/globs "
+                         "(compile*,export-onnx)")
     fz.set_defaults(func=_cmd_fuzz)
     return p
 

@@ -147,18 +147,19 @@ def signature(records: list[dict]) -> str | None:
     if not failing:
         return None
     r = failing[0]
+    where = "" if (r.get("path") or "eager") == "eager" else f"@{r['path']}"
     if r["verdict"] == "error":
-        return f"error:{_error_kind(r.get('reason') or '')}"
+        return f"error{where}:{_error_kind(r.get('reason') or '')}"
     family = FAMILIES.get(r["quantity"], r["quantity"])
     if r.get("metrics") is None:
-        return f"fail:{family}:behaviour"  # one element per channel: raised vs computed, against the declaration
+        return f"fail{where}:{family}:behaviour"  # one element per channel: raised vs computed, against the declaration
     d = r.get("diagnosis")
     problem = r["metrics"].get("problem")  # shape, dtype, nonfinite; None: the values
     if d is None:  # not diagnosed (the search: diagnosis is for the minimal case)
         kind = problem or "values"
     else:
         kind = (d.get("hypothesis") if d.get("explained") else None) or problem or "unexplained"
-    return f"fail:{family}:{kind}"
+    return f"fail{where}:{family}:{kind}"
 
 
 def score(records: list[dict]) -> float:
@@ -204,10 +205,13 @@ def _eval_worker(conn, adapter_name: str, registry_path: str | None, threads: in
             return
         if msg[0] == "stop":
             return
-        _, case, full = msg
+        _, case, full, paths = msg
         try:
             # Diagnosis (seconds on a large failing case) is for the minimal case only, not for every draw.
-            conn.send(("done", evaluate(adapter, case, registry, diagnose=diagnose if full else None)))
+            records = []
+            for path in paths:
+                records += evaluate(adapter, case, registry, path=path, diagnose=diagnose if full else None)
+            conn.send(("done", records))
         except BaseException as e:  # noqa: BLE001  an engine bug: this case's error
             conn.send(("failed", f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
 
@@ -216,11 +220,12 @@ class Evaluator:
     """Runs cases on one adapter in a worker process; restarts it after a crash or a hang."""
 
     def __init__(self, adapter_name: str, registry_path: str | None, threads: int, case_timeout: float,
-                 setup_timeout: float = 300.0):
+                 setup_timeout: float = 300.0, paths: tuple[str, ...] = ("eager",)):
         from .catalogue import load
 
         self.name, self.registry_path, self.threads = adapter_name, registry_path, threads
         self.case_timeout, self.setup_timeout = case_timeout, setup_timeout
+        self.paths = tuple(paths)  # execution paths every case runs on (conformance.paths)
         self.adapter = load(adapter_name)  # metadata for error records; no framework import
         self.proc = self.conn = None
         self.versions: dict = {}
@@ -257,7 +262,7 @@ class Evaluator:
             self.start()
         self.evaluated += 1
         version = self.versions.get(self.adapter.framework, "")
-        self.conn.send(("eval", case, full))
+        self.conn.send(("eval", case, full, self.paths))
         reason = None
         if self.conn.poll(self.case_timeout):
             try:
@@ -268,13 +273,20 @@ class Evaluator:
             else:
                 if msg[0] == "done":
                     return msg[1]
-                return records_for(self.adapter, case, "error", msg[1], version, message=msg[2])
+                return self._errors(case, msg[1], version, msg[2])
         else:
             reason = f"timed out after {self.case_timeout:.0f} s"
         _kill(self.proc)
         self.proc = self.conn = None
         self.restarts += 1
-        return records_for(self.adapter, case, "error", reason, version)
+        return self._errors(case, reason, version)
+
+    def _errors(self, case, reason: str, version: str, message: str = "") -> list[dict]:
+        from .engine import records_for
+
+        return [r for path in self.paths
+                for r in records_for(self.adapter, case, "error", reason, version, message=message or reason,
+                                     path=path)]
 
     def close(self) -> None:
         if self.conn is not None:
@@ -402,12 +414,13 @@ class AdapterReport:
 
 def fuzz_adapter(name: str, seed: int, budget: float, *, registry_path: str | None = None, threads: int = 1,
                  case_timeout: float = 60.0, max_size: int = 1 << 20, max_steps: int = 2000,
-                 known: tuple[str, ...] = (), max_examples: int = 100) -> AdapterReport:
+                 known: tuple[str, ...] = (), max_examples: int = 100,
+                 paths: tuple[str, ...] = ("eager",)) -> AdapterReport:
     """Fuzz one adapter for `budget` seconds, its worker's start-up included, but searching at least half of
     it (a framework that takes longer to import than the budget still gets searched)."""
     began = time.monotonic()
     report = AdapterReport(name, seed)
-    evaluator = Evaluator(name, registry_path, threads, case_timeout)
+    evaluator = Evaluator(name, registry_path, threads, case_timeout, paths=paths)
     try:
         evaluator.start()
     except FuzzError as e:
@@ -467,6 +480,7 @@ class FuzzOptions:
     case_timeout: float = 60.0
     max_size: int = 1 << 20
     max_steps: int = 2000
+    paths: str = "eager"  # execution paths (a conformance.paths selection): eager, all, or names and globs
 
 
 def run(opts: FuzzOptions, print_=print) -> int:
@@ -508,7 +522,20 @@ def run(opts: FuzzOptions, print_=print) -> int:
            f"{len(available)} adapter(s), {jobs} at a time, {share:.0f} s each")
     kwargs = dict(registry_path=opts.registry, threads=threads, case_timeout=opts.case_timeout,
                   max_size=opts.max_size, max_steps=opts.max_steps)
-    work = [(s.name, seed, share, {**kwargs, "known": _known(corpus, s.name)}) for s in available]
+    from . import paths as paths_mod
+
+    declared = {s.name: paths_mod.declared(s) for s in available}
+    try:
+        paths_mod.check_selection(opts.paths, declared.values())
+    except paths_mod.PathError as e:
+        raise FuzzError(str(e)) from None
+    work = []
+    for s in available:
+        chosen = tuple(p.name for p in paths_mod.chosen(declared[s.name], opts.paths, "nightly"))
+        if chosen:
+            work.append((s.name, seed, share, {**kwargs, "known": _known(corpus, s.name), "paths": chosen}))
+    if not work:
+        raise FuzzError(f"no selected adapter runs the paths {opts.paths!r}")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         reports = list(pool.map(_drive, work))
 

@@ -65,10 +65,10 @@ def case_table(case: "Case") -> dict:
     return out
 
 
-def case_from_table(table: dict, *, tier: str, note: str) -> "Case":
+def case_from_table(table: dict, *, tier: str, note: str, paths: bool = False) -> "Case":
     from .cases import Case, parse_modes
 
-    kwargs = dict(table)
+    kwargs = dict(table, paths=paths)
     kwargs["shape"] = tuple(kwargs["shape"])
     kwargs["modes"] = parse_modes(kwargs["modes"])
     if kwargs.get("momentum") == "cumulative":
@@ -94,7 +94,8 @@ def read(path: Path, validator=None) -> Regression:
         where = "/".join(map(str, errors[0].absolute_path)) or "(top level)"
         raise CorpusError(f"{path}: {where}: {errors[0].message}")
     try:
-        case = case_from_table(data["case"], tier="default", note=data["note"])
+        # A reproducer that names execution paths runs on every path the adapters declare (Case.paths).
+        case = case_from_table(data["case"], tier="default", note=data["note"], paths=bool(data.get("paths")))
     except (TypeError, ValueError) as e:
         raise CorpusError(f"{path}: [case]: {e}") from None
     if case.id != data["id"]:
