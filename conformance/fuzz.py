@@ -491,7 +491,7 @@ def run(opts: FuzzOptions, print_=print) -> int:
         raise FuzzError('bnconform fuzz needs hypothesis: pip install "bnconform[fuzz]"') from None
     from concurrent.futures import ProcessPoolExecutor
 
-    from . import regressions, results, runmeta
+    from . import regressions, runmeta
     from .catalogue import select
     from .registry import Registry, RegistryError
 
