@@ -122,11 +122,11 @@ def test_fuzz_command_end_to_end_writes_corpus_and_results(tmp_path):
                   "--out", out, "--corpus", corpus, "--max-size", "256", "--max-steps", "3", timeout=240)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "rerun with --seed 5" in r.stdout and "| fake.wrong_var |" in r.stdout
-    (found,) = regressions.load(corpus)
-    assert found.meta["adapter"] == "fake.wrong_var" and found.meta["fuzz_seed"] == 5
-    assert "running_var" in found.meta["note"]
+    found = regressions.load(corpus)  # one file per minimal case (how many signatures fit the budget varies)
+    assert found and all(f.meta["adapter"] == "fake.wrong_var" and f.meta["fuzz_seed"] == 5 for f in found)
+    assert any("running_var" in f.meta["note"] for f in found)
     (run,) = (out / "fuzz").iterdir()
     rs = results.load([run])
-    assert {x["case"] for x in rs.records} == {found.case.id}
+    assert {x["case"] for x in rs.records} == {f.case.id for f in found}
     page = tmp_path / "report.html"
     assert bnconform("report", run, "--out", page).returncode == 0 and page.stat().st_size > 0
