@@ -11,7 +11,11 @@ What is covered
   - edge cases: one element per channel in training, a constant channel, variance near eps, large mean;
   - each framework's own defaults (`defaults=True`): the defaults-hazard comparison;
   - the seeds' scenarios: given statistics in training vs inference on the same batch, second order in
-    training vs inference, forward vs predict after convergence on one batch (biased vs unbiased).
+    training vs inference, forward vs predict after convergence on one batch (biased vs unbiased);
+  - realistic sizes (default tier): ResNet and 3-D convolution features, a 1024-wide BatchNorm1d, channel
+    counts that are and are not multiples of 8/16/64, channels-last memory and axis, float16 at n = 6272;
+  - the corpus (conformance/corpus/): regression cases the fuzzer (`bnconform fuzz`) shrank, and published
+    BatchNorm bug reproducers, each with its upstream link; replayed in the default tier.
 
 What is not covered
   - synchronized batch norm beyond logical CPU devices (execution path `sync`: the batch split over devices,
@@ -49,7 +53,8 @@ class Case:
     affine: bool = True
     track_running_stats: bool = True
     init_stats: str = "default"  # "default": mean 0, var 1; "random": mean U(-.5,.5), var U(.5,1.5)
-    dist: str = "normal"  # normal | uniform | outliers | constant_channel
+    dist: str = "normal"  # conformance.inputs.DISTRIBUTIONS: normal, uniform, outliers, (near_)constant_channel,
+    #                       denormal, nan, inf
     loc: float = 0.0  # per-channel location scale of the inputs
     scale: float = 1.0  # per-channel spread of the inputs
     same_batch: bool = False  # every step sees the same batch (convergence)
@@ -179,6 +184,14 @@ S4_LAST = (4, 2, 3, 3)  # (N, H, W, C)
 S5 = (2, 3, 2, 2, 2)  # (N, C, D, H, W)
 S_BIG = (32, 8, 4, 4)  # n = 512
 S_NIGHTLY = (64, 16, 8, 8)  # n = 4096
+# Realistic sizes (what models run): few, because the oracle's cost grows with them (reference/blocked.py).
+R_RESNET = (8, 64, 56, 56)  # ResNet-50 after the stem: 1.6 M elements, n = 25088
+R_MLP = (256, 1024)  # BatchNorm1d on a 1024-wide layer
+R_3D = (2, 32, 16, 16, 16)  # 3-D U-Net features
+R_ODD_C = (32, 67, 9, 9)  # 67 channels: no multiple of 8
+R_C24_LAST = (8, 28, 28, 24)  # (N, H, W, C), C = 24
+R_HALF = (8, 64, 28, 28)  # n = 6272
+R_RESNET_S2 = (8, 128, 28, 28)  # ResNet-50 stage 2: 0.8 M elements
 
 _TABLE: list[Case] = [
     # -- smoke: seconds, one per family of quantity
@@ -273,6 +286,21 @@ _TABLE: list[Case] = [
          note="seed scenario (dlnetwork forward vs predict): 30 steps at alpha 0.5 on one batch of n = 4 make the "
               "running statistics the batch's (0.5^30 ~ 1e-9); predict then equals forward where the running "
               "variance is biased and differs by sqrt(4/3) where it is unbiased"),
+    # -- realistic sizes: the kernels real models reach (vectorized channel blocks, parallel reductions,
+    #    channels-last paths); first-order quantities only (second order stays on the small cases above)
+    Case(R_RESNET, "float32", T(2), init_stats="random",
+         note="ResNet stage 1 (8x64x56x56, n = 25088): training statistics and gradients at a real size"),
+    Case(R_RESNET_S2, "float32", T() + E(), init_stats="random", memory_format="channels_last",
+         note="ResNet stage 2 (8x128x28x28) in channels-last memory: the NHWC kernels, training then inference"),
+    Case(R_MLP, "float32", T(2) + E(), init_stats="random",
+         note="BatchNorm1d after a 1024-wide linear layer, batch 256 (C a multiple of 64)"),
+    Case(R_3D, "float32", T(2), init_stats="random", note="3-D convolution features (N, C, D, H, W), n = 8192"),
+    Case(R_ODD_C, "float32", T() + E(), init_stats="random",
+         note="67 channels (not a multiple of 8, 16 or 64): the remainder of vectorized channel blocks"),
+    Case(R_C24_LAST, "float32", T(2), axis=-1, init_stats="random",
+         note="channels last on the logical axis, 24 channels (a multiple of 8, not of 16), n = 6272"),
+    Case(R_HALF, "float16", T() + E(), init_stats="random",
+         note="float16 at a real size (n = 6272): accumulation in float32 or not"),
     # -- nightly: bigger, more seeds, heavier tails, longer
     Case(S_NIGHTLY, "float32", T(2) + E(), init_stats="random", tier="nightly", note="n = 4096"),
     Case(S_NIGHTLY, "float16", T() + E(), tier="nightly", note="n = 4096 float16"),
@@ -295,12 +323,19 @@ def _check_table(table: list[Case]) -> dict[str, Case]:
         if c.tier not in TIERS:
             raise ValueError(f"case {c.id}: unknown tier {c.tier!r}")
         if c.id in by_id:
-            raise ValueError(f"duplicate case id {c.id}")
+            raise ValueError(f"duplicate case id {c.id} (a corpus file repeating a table case?)")
         by_id[c.id] = c
     return by_id
 
 
-CASES: dict[str, Case] = _check_table(_TABLE)
+def _corpus() -> list[Case]:
+    """The regression corpus (conformance/corpus/, conformance.regressions): default-tier cases kept as files."""
+    from .regressions import load
+
+    return [r.case for r in load()]
+
+
+CASES: dict[str, Case] = _check_table(_TABLE + _corpus())
 
 
 def cases_for_tier(tier: str) -> list[Case]:

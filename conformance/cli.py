@@ -371,6 +371,29 @@ def _cmd_import(args) -> int:
     return 1 if (total["fail"] or total["error"] or imported.rejected) else 0
 
 
+def _cmd_fuzz(args) -> int:
+    import math
+
+    from .fuzz import FuzzError, FuzzOptions, run
+
+    for name in ("budget", "case_timeout"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value <= 0:
+            raise UsageError(f"bnconform fuzz: --{name.replace('_', '-')} must be a positive number of seconds")
+    if args.seed is not None and not 0 <= args.seed < 2**32:
+        raise UsageError("bnconform fuzz: --seed must be an integer in [0, 2**32)")
+    if args.jobs < 0 or args.max_size < 1 or args.max_steps < 1:
+        raise UsageError("bnconform fuzz: --jobs must be >= 0, --max-size and --max-steps >= 1")
+    opts = FuzzOptions(frameworks=args.frameworks, budget=args.budget, seed=args.seed, jobs=args.jobs,
+                       out=args.out, corpus=args.corpus, write_corpus=not args.no_corpus, registry=args.registry,
+                       case_timeout=args.case_timeout, max_size=args.max_size, max_steps=args.max_steps,
+                       paths=args.paths)
+    try:
+        return run(opts, print_=lambda line: print(line, flush=True))
+    except FuzzError as e:
+        raise UsageError(f"bnconform fuzz: {e}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bnconform", description="Cross-framework BatchNorm conformance suite.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -468,6 +491,24 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--registry", help="registry directory or TOML file (default: the bundled registry)")
     im.add_argument("--no-report", action="store_true", help="write results only")
     im.set_defaults(func=_cmd_import)
+    fz = sub.add_parser("fuzz", help="search for cases where adapters disagree with the oracle; shrink each "
+                                     "failure to a minimal case and keep it in the regression corpus")
+    fz.add_argument("--frameworks", default="all", help="adapters, families or globs (default: all core)")
+    fz.add_argument("--budget", type=float, default=600.0, help="seconds in all (default: %(default)s)")
+    fz.add_argument("--seed", type=int, help="master seed (default: random, printed; the same seed and budget "
+                                             "search the same cases)")
+    fz.add_argument("--jobs", type=int, default=0, help="adapters fuzzed at a time (default: CPU count)")
+    fz.add_argument("--out", default="reports", help="results go to OUT/fuzz/<run-id>/ (default: %(default)s)")
+    fz.add_argument("--corpus", help="where minimal cases are written (default: conformance/corpus/fuzz)")
+    fz.add_argument("--no-corpus", action="store_true", help="do not write corpus files")
+    fz.add_argument("--registry", help="registry directory or TOML file (default: the bundled registry)")
+    fz.add_argument("--case-timeout", type=float, default=60.0, help="seconds one case may take (default: 60)")
+    fz.add_argument("--max-size", type=int, default=1 << 20, help="largest input, in elements (default: 2**20)")
+    fz.add_argument("--max-steps", type=int, default=2000, help="longest step sequence (default: 2000)")
+    fz.add_argument("--paths", default="eager",
+                    help="execution paths every drawn case runs on: eager (default), all, or names/globs "
+                         "(compile*,export-onnx)")
+    fz.set_defaults(func=_cmd_fuzz)
     _first_ten_minutes(p, sub)
     return p
 
@@ -505,6 +546,11 @@ DESCRIPTIONS = {
     "import": ("Validate an exported folder's observations (after its runner ran) and turn them into results and "
                "the report, exactly as for an in-process adapter.",
                ["bnconform import /tmp/tfjs --out reports"]),
+    "fuzz": ("Search for cases where adapters disagree with the oracle (hypothesis-drawn shapes, dtypes, "
+             "hyperparameters, NaN/Inf/subnormal inputs, long step sequences), shrink each failure to a minimal case, "
+             "and write it to the regression corpus the default tier replays. Exit 1 when something new was found.",
+             ["bnconform fuzz --budget 600                     # every core adapter, a random seed (printed)",
+              "bnconform fuzz --frameworks torch --budget 120 --seed 7 --no-corpus"]),
     "cases": ("List the case table of a tier: id, tier, what the case discriminates.",
               ["bnconform cases --tier smoke"]),
     "oracle": ("Print the oracle's answer (torch's convention) for cases.",

@@ -177,7 +177,9 @@ def evaluate(adapter, case: Case, registry: Registry | None = None, *, path: str
     seconds = time.perf_counter() - start
     device = obs.facts.get("device", device)
 
-    single = problem.reduced_count == 1 and "train" in problem.modes
+    # One element per channel normalized with batch statistics: a training step, or any step of a case that
+    # tracks no running statistics (inference then uses the batch's too).
+    single = problem.reduced_count == 1 and ("train" in problem.modes or not problem.track_running_stats)
     if single or obs.raised is not None:
         return _edge_records(adapter, case, problem, obs, registry, version, device, seconds, single)
 

@@ -9,6 +9,13 @@ mean 0, variance 1, bounded by 6; element-wise sums in a fixed order, never a re
 Each array is a stream named after its role ("x0", "gamma", ...) keyed by the case's seed only, so cases
 that differ only in hyperparameters (eps, momentum, ...) see identical data: the discriminating cases
 then differ in exactly one knob.
+
+Distributions (`Case.dist`): "normal", "uniform", "outliers" (about 1 element in 64 is 16x larger),
+"constant_channel" (channel 0 constant: variance 0), "near_constant_channel" (channel 0 an offset of ~1 plus a
+spread of ~2**-10: variance far below eps), "denormal" (channel 0 subnormal in the case dtype), and "nan" /
+"inf" (the LAST step's batch holds a NaN, or +Inf in channel 0 and -Inf in the last channel, at one element
+each: training propagates them over the channel, inference to the element). Every other element of those
+cases is what "normal" gives, so the special values are the only difference.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import hashlib
 import numpy as np
 
 from reference import Problem, round_to
+from reference.dtypes import fmt
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -29,6 +37,9 @@ def _key(seed: int, stream: str) -> np.uint64:
     return np.uint64(int.from_bytes(digest[:8], "little"))
 
 
+_BLOCK = 1 << 15  # counters per block: a block's uint64 and float64 buffers stay in a core's L2 cache
+
+
 def _splitmix(counter: np.ndarray, key: np.uint64) -> np.ndarray:
     z = counter * _GOLDEN + key  # uint64 arithmetic wraps modulo 2**64, as SplitMix64 intends
     z = (z ^ (z >> np.uint64(30))) * _M1
@@ -36,19 +47,63 @@ def _splitmix(counter: np.ndarray, key: np.uint64) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+class _Stream:
+    """Uniforms of one stream for counters [start, start + count), computed block by block in place.
+
+    The same operations on the same counters as `_splitmix` and `uniform` (integer arithmetic, an exact
+    conversion and an exact scaling), so the same bits; a large request no longer makes a dozen passes through
+    memory with array-sized temporaries, which made input generation most of a realistic case's cost."""
+
+    def __init__(self, key: np.uint64):
+        self.key = key
+        self.base = np.arange(_BLOCK, dtype=np.uint64)
+        self.z = np.empty(_BLOCK, dtype=np.uint64)
+        self.t = np.empty(_BLOCK, dtype=np.uint64)
+
+    def fill(self, start: int, out: np.ndarray) -> None:
+        """out[:] = uniform values for counters start, start + 1, ... (len(out) <= _BLOCK)."""
+        m = out.size
+        z, t = self.z[:m], self.t[:m]
+        np.add(self.base[:m], np.uint64(start), out=z)
+        np.multiply(z, _GOLDEN, out=z)
+        np.add(z, self.key, out=z)
+        for shift, mult in ((30, _M1), (27, _M2)):
+            np.right_shift(z, np.uint64(shift), out=t)
+            np.bitwise_xor(z, t, out=z)
+            np.multiply(z, mult, out=z)
+        np.right_shift(z, np.uint64(31), out=t)
+        np.bitwise_xor(z, t, out=z)
+        np.right_shift(z, np.uint64(11), out=z)
+        out[...] = z  # < 2**53: exact
+        np.multiply(out, _TWO_M53, out=out)
+
+
 def uniform(seed: int, stream: str, size: int) -> np.ndarray:
     """size values in [0, 1), multiples of 2**-53."""
-    bits = _splitmix(np.arange(size, dtype=np.uint64), _key(seed, stream))
-    return (bits >> np.uint64(11)).astype(np.float64) * _TWO_M53
+    out = np.empty(size)
+    gen = _Stream(_key(seed, stream))
+    for start in range(0, size, _BLOCK):
+        gen.fill(start, out[start:start + _BLOCK])
+    return out
 
 
 def standard(seed: int, stream: str, size: int) -> np.ndarray:
-    """Irwin-Hall(12) - 6: mean 0, variance 1, support [-6, 6]."""
-    u = uniform(seed, stream, 12 * size).reshape(12, size)
-    acc = u[0].copy()
-    for k in range(1, 12):
-        acc = acc + u[k]
-    return acc - 6.0
+    """Irwin-Hall(12) - 6: mean 0, variance 1, support [-6, 6].
+
+    Element j is the sum of uniforms j, size + j, ..., 11 size + j of the stream, added in that order, then
+    6 subtracted (block by block: the same operations per element as whole-array sums)."""
+    out = np.empty(size)
+    gen = _Stream(_key(seed, stream))
+    u = np.empty(min(size, _BLOCK))
+    for start in range(0, size, _BLOCK):
+        acc = out[start:start + _BLOCK]
+        gen.fill(start, acc)
+        for k in range(1, 12):
+            uk = u[:acc.size]
+            gen.fill(k * size + start, uk)
+            np.add(acc, uk, out=acc)
+        np.subtract(acc, 6.0, out=acc)
+    return out
 
 
 def _sample(seed: int, stream: str, shape: tuple[int, ...], dist: str) -> np.ndarray:
@@ -75,11 +130,59 @@ def batch(case, step: int) -> np.ndarray:
     bshape = [1] * len(shape)
     bshape[axis] = C
     x = loc.reshape(bshape) + scale.reshape(bshape) * z
-    if case.dist == "constant_channel":  # channel 0 is constant: zero variance
-        idx = [slice(None)] * len(shape)
-        idx[axis] = 0
-        x[tuple(idx)] = loc[0]
+    if case.dist in SPECIAL:
+        SPECIAL[case.dist](case, step, x, loc, scale)
     return x
+
+
+def _channel(x: np.ndarray, axis: int, c: int) -> np.ndarray:
+    """A view of channel c of x, with the channel axis removed."""
+    idx = [slice(None)] * x.ndim
+    idx[axis] = c
+    return x[tuple(idx)]
+
+
+def _constant(case, step, x, loc, scale) -> None:
+    _channel(x, case.axis_index, 0)[...] = loc[0]  # zero variance
+
+
+def _near_constant(case, step, x, loc, scale) -> None:
+    # An offset of ~1 and a spread 2**-10 of the channel's scale: variance ~1e-6 * scale^2 (below eps), and
+    # |mean|/std ~ 1e3: the fast variance cancels, two-pass does not.
+    ch = _channel(x, case.axis_index, 0)
+    z = (ch - loc[0]) / scale[0]
+    ch[...] = (1.0 + abs(loc[0])) + z * (scale[0] * 2.0**-10)
+
+
+def _denormal(case, step, x, loc, scale) -> None:
+    # Channel 0 scaled into the subnormal range of the case dtype (below its smallest normal number).
+    tiny = 2.0 ** fmt(case.dtype).min_exponent
+    ch = _channel(x, case.axis_index, 0)
+    ch[...] = (ch - loc[0]) / scale[0] * (tiny * 2.0**-4)
+
+
+def _nonfinite(case, step, x, loc, scale) -> None:
+    if step != len(case.modes) - 1:  # earlier steps stay finite: the running statistics are finite before it
+        return
+    C = case.channels
+    n = x.size // C
+    picks = uniform(case.seed, "nonfinite", 2)
+
+    def put(c: int, k: int, value: float) -> None:
+        ch = _channel(x, case.axis_index, c)
+        ch[np.unravel_index(k, ch.shape)] = value
+
+    if case.dist == "nan":
+        put(0, int(picks[0] * n), np.nan)
+        return
+    put(0, int(picks[0] * n), np.inf)
+    if C > 1:
+        put(C - 1, int(picks[1] * n), -np.inf)
+
+
+SPECIAL = {"constant_channel": _constant, "near_constant_channel": _near_constant, "denormal": _denormal,
+           "nan": _nonfinite, "inf": _nonfinite}
+DISTRIBUTIONS = ("normal", "uniform", "outliers", *SPECIAL)
 
 
 def materialize(case) -> Problem:

@@ -40,6 +40,13 @@ the model is valid, n u_c <= 0.1) and library square roots / reciprocal square r
 rather than correctly rounded. It is stated here once and is never changed per case or per framework: a
 framework outside SAFETY * B is a finding, registered with its reason.
 
+Underflow (gradual, IEEE subnormals): the model above is relative, and a result in the subnormal range is
+rounded with an absolute error instead, fl(z) = z (1 + delta) + eta, |eta| <= u lambda (lambda the format's
+smallest normal number; Higham, Accuracy and Stability of Numerical Algorithms, sec. 2.1). Every bound adds,
+for the format the quantity is returned in, u_f lambda_f, and for the arithmetic before it (n + 10) u_c lambda_c:
+negligible unless the values themselves are near the subnormal range (denormal inputs, a variance that
+underflows), where the relative terms alone would demand more digits than the format has.
+
 Ill-posed comparisons (characterization): when the bound on the variance's relative error exceeds 0.1 the
 first-order model itself is invalid (large |mean|/std with a fast variance, float16 accumulation over large
 n, ...). Such checks are reported and diffed, never failing.
@@ -50,7 +57,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reference import Convention, Problem, Trace, to_channels, unit_roundoff
+from reference import FORMATS, Convention, Problem, Trace, to_channels, unit_roundoff
 from reference.statistics import reduce_axes
 
 SAFETY = 2.0
@@ -146,13 +153,25 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
                f"({stats_model}, n = {n}, kappa = {max(kappa):.3g}, u = {_u_exp(u_c)}): "
                "the first-order error model does not hold")
 
-    def put(name, arr, formula):
-        out[name] = Bound(SAFETY * np.asarray(arr, dtype=np.float64), formula, dict(common), ill)
+    def underflow(name: str) -> float:
+        """Absolute rounding error of results in the subnormal range: the returned format's and the arithmetic's."""
+        returned = {"running_mean": precision.stats, "running_var": precision.stats,
+                    "dgamma": precision.params, "dbeta": precision.params, "d2gamma": precision.params}.get(name)
+        if name in ("batch_mean", "batch_var"):
+            returned = precision.io if u_o >= u_s else precision.stats
+        returned = returned or precision.io
+        tiny = lambda f: unit_roundoff(f) * 2.0 ** FORMATS[f].min_exponent  # noqa: E731
+        return tiny(returned) + (n + 10) * tiny(precision.compute)
+
+    def put(name, arr, formula, exact=False):
+        eta = 0.0 if exact else underflow(name)
+        out[name] = Bound(SAFETY * (np.asarray(arr, dtype=np.float64) + eta), formula + (" + eta" if eta else ""),
+                          dict(common), ill)
 
     put("y", np.stack(ys), "|gamma| r (d_m + |x-m| d_s2 / 2(s2+eps)) + 4 u_c (|gamma| r (|x|+|m|) + |beta|) + u_o |y|")
     put("running_mean", np.stack(rms), "EMA recursion: (1-w) d_R + w d_mu + 4 u_c ((1-w)|R| + w|mu|) + u_s |R|")
     put("running_var", np.stack(rvs), "EMA recursion: (1-w) d_R + w f d_v + 4 u_c ((1-w)|R| + w f v) + u_s |R|")
-    put("num_batches_tracked", np.zeros(problem.steps), "exact (an integer counter)")
+    put("num_batches_tracked", np.zeros(problem.steps), "exact (an integer counter)", exact=True)
     if bms:
         put("batch_mean", np.stack(bms), "d_mu = (n+1) u_c mean|x| + u |mu|")
         put("batch_var", np.stack(bvs), f"d_v ({stats_model}) + u |v|")
@@ -167,11 +186,16 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
     M1 = np.abs(np.mean(dy, axis=axes, keepdims=True))
     M2 = np.abs(np.mean(dy * xhat, axis=axes, keepdims=True))
     d_xhat = r * (last["d_m"] + 0.5 * np.abs(x - m) * last["rel_s2"]) + 2 * u_c * np.abs(xhat)
-    T = gamma * r * (ady + a * M1 + c * xhat_mu * M2)
+    # A term the backward does not have (a or c = 0: inference) is left out, not multiplied by 0: with an
+    # infinite input its factor is infinite, and 0 * inf would make the bound of a finite gradient NaN.
+    aM1 = a * M1 if a else 0.0
+    cM2 = c * xhat_mu * M2 if c else 0.0
+    T = gamma * r * (ady + aM1 + cM2)
     mean = lambda z: np.mean(z, axis=axes, keepdims=True)  # noqa: E731
     total = lambda z: np.sum(z, axis=axes)  # noqa: E731
-    b_dx = (gamma * r * (a * (n + 1) * u_c * mean(ady)
-                         + c * (d_xhat * M2 + xhat_mu * ((n + 2) * u_c * mean(np.abs(dy * xhat)) + mean(ady * d_xhat))))
+    b_dx = (gamma * r * ((a * (n + 1) * u_c * mean(ady) if a else 0.0)
+                         + (c * (d_xhat * M2 + xhat_mu * ((n + 2) * u_c * mean(np.abs(dy * xhat)) + mean(ady * d_xhat)))
+                            if c else 0.0))
             + (4 * u_c + 2 * last["rel_s2"]) * T + u_o * np.abs(trace["dx"]))
     put("dx", b_dx, "|gamma| r [a (n+1) u_c mean|dy| + c (d_xhat |M2| + |xhat| ((n+2) u_c mean|dy xhat| + "
                     "mean(|dy| d_xhat)))] + (4 u_c + 2 d_s2/(s2+eps)) T + u_o |dx|")
@@ -180,7 +204,8 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
     put("dbeta", (n + 1) * u_c * total(ady) + u_p * np.abs(trace["dbeta"]), "(n+1) u_c sum|dy| + u_p |dbeta|")
     if "d2x" in trace.quantities:
         rho = 3 * last["rel_s2"] + 3 * r * last["d_m"]
-        big = 1 + float(np.max(np.abs(xhat)))
+        finite = np.isfinite(xhat)  # a non-finite input's channel is NaN throughout; it must not void the others'
+        big = 1 + float(np.max(np.abs(xhat), where=finite, initial=0.0))
         V = mean(np.abs(vv)) * big
         D = mean(ady) * big
         t2 = gamma * r * r * (1 + np.abs(xhat)) ** 2 * (np.abs(vv) + V) * (ady + D)
@@ -188,9 +213,9 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
         if a == 0.0 and c == 0.0:
             b_d2x = np.zeros_like(b_d2x)  # dx = gamma r dy does not depend on x: d2x is exactly 0
         put("d2x", b_d2x, "((2n+10) u_c + rho) |gamma| r^2 (1+|xhat|)^2 (|v|+V)(|dy|+D) + u_o |d2x|"
-                          " (0 in inference: exact)")
+                          " (0 in inference: exact)", exact=a == 0.0 and c == 0.0)
         rho_c = (3 * last["rel_s2"] + 3 * r * last["d_m"]).reshape(-1)
-        t2g = total(np.abs(vv) * r * (ady + a * M1 + c * xhat_mu * M2))
+        t2g = total(np.abs(vv) * r * (ady + aM1 + cM2))
         # Mixed precision (io narrower than compute, e.g. bfloat16 activations with float32 parameters under
         # autocast): the elementwise terms r dy v of the double backward are formed in the io format before they
         # are reduced, one rounding each.

@@ -60,7 +60,8 @@ def update(state: RunningState, mu, var_biased, n: int, alpha: float | None, con
         hm = (1.0 - alpha) * hm + alpha * b_mean
         hv = (1.0 - alpha) * hv + alpha * b_var
         debias = 1.0 - (1.0 - alpha) ** count
-        mean, var = hm / debias, hv / debias
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean, var = hm / debias, hv / debias
     else:
         raise ValueError(f"unknown averaging {convention.averaging!r}")
     if convention.stats_dtype is not None:
@@ -77,5 +78,7 @@ def step_weight(state: RunningState, alpha: float | None, convention: Convention
     if convention.averaging == "cumulative" or alpha is None:
         return 1.0 / (count + convention.cumulative_offset)
     if convention.averaging == "debiased_ema":
-        return alpha / (1.0 - (1.0 - alpha) ** count)
+        # alpha = 0 (decay 1) debiases by 0: 0/0 is NaN, as the frameworks' arithmetic gives, not an exception
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return float(np.float64(alpha) / (1.0 - (1.0 - alpha) ** count))
     return alpha

@@ -202,17 +202,36 @@ def _second_order(x, gamma_vec, v, axis, dx_fn, chunk: int = 256):
     d2x = np.empty(P)
     flat = x.reshape(-1)
     g = to_channels(gamma_vec, ndim, axis)[None]
+    channel_of = np.unravel_index(np.arange(P), x.shape)[axis]
     for start in range(0, P, chunk):
         idx = np.arange(start, min(P, start + chunk))
         xb = np.repeat(flat[None].astype(np.complex128), len(idx), axis=0)
         xb[np.arange(len(idx)), idx] += 1j * COMPLEX_STEP
         dxb = dx_fn(xb.reshape((len(idx),) + x.shape), g)
-        d2x[idx] = np.imag(np.sum(dxb * v, axis=tuple(range(1, ndim + 1)))) / COMPLEX_STEP
+        d2x[idx] = _directional(dxb * v, axis, channel_of[idx]) / COMPLEX_STEP
     C = gamma_vec.size
     gb = np.repeat(gamma_vec[None].astype(np.complex128), C, axis=0)
     gb[np.arange(C), np.arange(C)] += 1j * COMPLEX_STEP
     gshape = [C] + [1] * ndim
     gshape[axis + 1] = C
     dxg = dx_fn(np.repeat(x[None].astype(np.complex128), C, axis=0), gb.reshape(gshape))
-    d2gamma = np.imag(np.sum(dxg * v, axis=tuple(range(1, ndim + 1)))) / COMPLEX_STEP
+    d2gamma = _directional(dxg * v, axis, np.arange(C)) / COMPLEX_STEP
     return d2x.reshape(x.shape), d2gamma
+
+
+def _directional(products, axis: int, channels: np.ndarray) -> np.ndarray:
+    """Im <dx(p + i h e_k), v> for each perturbation k (the leading axis of `products`).
+
+    Channels are independent, so only channel `channels[k]` carries the perturbation; the others add exact
+    zeros to the imaginary part. That is true until one of them holds a NaN or an Inf (from a non-finite input):
+    Im(NaN) is NaN and would spread to every channel's second order, which autograd (per channel) does not do.
+    Those perturbations are summed over their own channel only; every finite result keeps the bits of the
+    whole sum."""
+    ndim = products.ndim - 1
+    out = np.imag(np.sum(products, axis=tuple(range(1, ndim + 1))))
+    bad = ~np.isfinite(out)
+    if np.any(bad):
+        reduce = tuple(a + 1 for a in range(ndim) if a != axis)
+        per_channel = np.imag(np.sum(products[bad], axis=reduce))  # (bad perturbations, C)
+        out[bad] = per_channel[np.arange(per_channel.shape[0]), channels[bad]]
+    return out

@@ -41,7 +41,7 @@ def moments(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     mean = np.mean(x, axis=axes)
     centered = x - to_channels(mean, x.ndim, axis)
     residual = np.sum(centered, axis=axes) / n
-    mean = mean + residual
+    mean = _corrected(mean, residual)
     centered = x - to_channels(mean, x.ndim, axis)
     var = np.sum(centered * centered, axis=axes) / n
     return mean, var
@@ -68,9 +68,18 @@ def _moments_blocked(x: np.ndarray, axis: int, axes: tuple[int, ...], n: int):
 
     mean = channel_sum(lambda xb, b: np.sum(xb, axis=axes)) / n
     residual = channel_sum(lambda xb, b, m=mean: np.sum(deviations(m, xb, b), axis=axes)) / n
-    mean = mean + residual
+    mean = _corrected(mean, residual)
     var = channel_sum(lambda xb, b: np.einsum(squares, *2 * [deviations(mean, xb, b)])) / n
     return mean.reshape(-1), var.reshape(-1)
+
+
+def _corrected(mean, residual):
+    """The mean plus its correction; a channel whose mean is +-Inf (an infinite input) keeps it: the
+    correction would be Inf - Inf = NaN, and the mean of values with one +Inf is +Inf."""
+    corrected = mean + residual
+    if np.all(np.isfinite(mean)):
+        return corrected
+    return np.where(np.isinf(mean), mean, corrected)
 
 
 def unbiased(var_biased: np.ndarray, n: int) -> np.ndarray:

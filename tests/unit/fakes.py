@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from adapters.base import Adapter, Observation
-from reference import QUANTITIES, Convention, round_to, simulate
+from reference import QUANTITIES, SECOND_ORDER, Convention, round_to, simulate
 
 
 class OracleAdapter(Adapter):
@@ -32,7 +32,7 @@ class OracleAdapter(Adapter):
             raise self.raise_with
         if p.reduced_count == 1 and "train" in p.modes and self.single_element_training == "raises":
             return Observation(raised="one value per channel")
-        t = simulate(p, self.convention)
+        t = simulate(p, self.convention, second_order=bool(p.quantities & SECOND_ORDER))
         obs = Observation()
         for q in p.quantities:
             if q in t.not_applicable or q not in t.quantities:
