@@ -24,7 +24,8 @@ from .catalogue import select
 from .cases import cases_for_tier
 from .engine import input_checksum
 from .registry import Registry, RegistryError
-from .worker import AdapterRun, Pool, WorkerConfig
+from .textsafe import terminal
+from .worker import WORKER_THREADS, AdapterRun, Pool, WorkerConfig
 
 FAILING = ("fail", "error")
 
@@ -62,6 +63,22 @@ def _prepare_dir(path: Path) -> None:
         raise RunError(f"cannot write results to {path}: {e.strerror or e}") from None
 
 
+def _claim_run_dir(runs: Path, run_id: str) -> Path:
+    """Create the run's directory exclusively: two runs started in the same second on the same selection
+    share an id, so the second gets `<id>-2` (then -3, ...) and never writes into the first one's directory."""
+    _prepare_dir(runs)
+    for n in range(1, 1000):
+        path = runs / (run_id if n == 1 else f"{run_id}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise RunError(f"cannot write results to {path}: {e.strerror or e}") from None
+    raise RunError(f"cannot create a run directory under {runs}: {run_id}-2 ... -999 all exist")
+
+
 def exit_status(counts: Counter, strict: bool, stale: list | None) -> int:
     if any(counts[v] for v in FAILING):
         return 1
@@ -87,7 +104,7 @@ class _Collector:
                           on_event=lambda kind, info: self.event(name, kind, info))
 
     def records(self, name: str, records: list[dict]) -> None:
-        self.writer.write(records)
+        records = self.writer.write(records)  # as stored: capped, and checked against the schema
         self.counts[name].update(r["verdict"] for r in records)
         self.hits.update(r["registry"]["id"] for r in records if r.get("registry"))
         self.done[name] += 1
@@ -105,18 +122,18 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
     console = console or _console()
     specs, registry, cases, available = _plan(opts)
     jobs = min(opts.jobs or os.cpu_count() or 1, len(available))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = WORKER_THREADS  # not cores // jobs: a framework's thread count changes its rounding, and --jobs must not
     flags = {"frameworks": opts.frameworks, "tier": opts.tier, "jobs": jobs, "threads_per_worker": threads,
              "case_timeout": opts.case_timeout, "adapter_timeout": opts.adapter_timeout,
              "registry": opts.registry, "strict": opts.strict}
     meta = runmeta.base(source="cli", tier=opts.tier, selection=opts.frameworks, specs=specs, cases=cases,
                         flags=flags, checksum=input_checksum(cases))
     out = Path(opts.out)
-    run_dir = out / "runs" / meta["run_id"]
-    opts.run_dir = run_dir
-    _prepare_dir(run_dir)
     if opts.report:
         _prepare_dir(out)
+    run_dir = _claim_run_dir(out / "runs", meta["run_id"])
+    meta["run_id"] = run_dir.name
+    opts.run_dir = run_dir
     results.write_meta(run_dir, meta)
     console.print(f"bnconform run {meta['run_id']}: tier {opts.tier}, {len(cases)} cases, {len(available)} of "
                   f"{len(specs)} adapters installed, {jobs} at a time, {threads} thread(s) each", highlight=False,
@@ -135,35 +152,46 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
             else:
                 show.skipped(s.name, f"{', '.join(s.missing())} not installed; {s.install}")
         interrupted = pool.wait(on_interrupt=lambda: console.print(
-            "interrupted: stopping the workers, keeping the finished checks", highlight=False))
+            f"{pool.interruption}: stopping the workers, keeping the finished checks", highlight=False))
     got.writer.close()
     for line in pool.failures:
         console.print(f"internal error driving {line}", highlight=False, markup=False)
+    with pool.deferred_signals():  # a second Ctrl-C or SIGTERM now would cut meta.json and the report short
+        status = _finish(opts, console, specs, registry, meta, got, run_dir, out, interrupted)
+    if interrupted or pool.late_signal:
+        return pool.exit_status
+    return max(status, 1 if pool.failures else 0)
+
+
+def _finish(opts, console, specs, registry, meta, got, run_dir, out, interrupted) -> int:
 
     stale = _finish_meta(meta, got, registry, interrupted)
     results.write_meta(run_dir, meta)
-    if got.writer.count:
-        _write_analysis(run_dir)
+    loaded = results.load([run_dir], validate=False) if got.writer.count else None  # written through storable()
+    if loaded is not None:
+        _write_analysis(run_dir, loaded.records)
     _summary(console, specs, got.counts, stale)
     console.print(f"results: {run_dir}", highlight=False, markup=False)
-    if opts.report and got.writer.count:
+    if opts.report and loaded is not None:
         from . import report
 
         report_path = out / "index.html"
-        report.write(results.load([run_dir]), report_path)
+        try:
+            report.write(results.load([run_dir], validate=False), report_path)
+        except OSError as e:
+            console.print(f"cannot write the report {report_path}: {e.strerror or e}", highlight=False, markup=False)
+            return 1
         console.print(f"report:  {report_path}", highlight=False, markup=False)
-    if interrupted:
-        return 130
     return exit_status(sum(got.counts.values(), Counter()), opts.strict, stale)
 
 
-def _write_analysis(run_dir: Path) -> None:
+def _write_analysis(run_dir: Path, records: list[dict]) -> None:
     """analysis.json: the declared-vs-inferred conventions, equivalence and defaults-hazard tables."""
     import json
 
     from . import analysis
 
-    tables = analysis.tables(results.load([run_dir]).records)
+    tables = analysis.tables(records)
     results.write_atomic(run_dir / results.ANALYSIS, json.dumps(results.sanitize({"tables": tables}), indent=1) + "\n")
 
 
@@ -178,6 +206,9 @@ def _plan(opts: RunOptions):
     except RegistryError as e:
         raise RunError(str(e)) from None
     cases = cases_for_tier(opts.tier)
+    index = Path(opts.out) / "index.html"
+    if opts.report and index.exists() and not index.is_file():
+        raise RunError(f"{index} exists and is not a file; the report goes there (or pass --no-report)")
     available = [s for s in specs if not s.missing()]
     if not available:
         why = "; ".join(f"{s.name}: {', '.join(s.missing())} not installed" for s in specs[:3])
@@ -224,5 +255,5 @@ def _summary(console: Console, specs, counts: dict[str, Counter], stale) -> None
                                         for v in order], "")
     console.print(table)
     for e in stale or []:
-        console.print(f"stale registry entry {e['id']} ({e['source']}): matched no check. {e['reason']}",
+        console.print(terminal(f"stale registry entry {e['id']} ({e['source']}): matched no check. {e['reason']}"),
                       highlight=False, markup=False)

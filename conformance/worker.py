@@ -17,9 +17,15 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from .textsafe import REASON_LIMIT, cap, capped_record
+
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                "TF_NUM_INTEROP_THREADS", "BNCONFORM_THREADS")
 MAX_RESTARTS = 3
+# Every worker computes with one thread, whatever --jobs is: a framework's thread count changes how it splits
+# its reductions, so its rounding, so the error/bound ratios; results must not depend on how many adapters ran
+# side by side. Parallelism comes from running adapters in separate processes.
+WORKER_THREADS = 1
 
 
 def limit_threads(threads: int) -> None:
@@ -32,11 +38,62 @@ def limit_threads(threads: int) -> None:
                                    f" intra_op_parallelism_threads={threads}").strip()
 
 
-def _worker_main(conn, adapter_name: str, registry_path: str | None, threads: int, diagnose: bool) -> None:
+def _own_group_dying_with(parent_pid: int) -> None:
+    """Put this worker in its own process group (the parent kills the group: whatever an adapter forked goes
+    too), and make the parent's death end the group: Linux sends us SIGTERM when the parent dies
+    (PR_SET_PDEATHSIG), and the handler kills the whole group. Without prctl (not Linux) a watchdog thread
+    notices the parent gone within a second."""
+    import signal
+
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    signal.signal(signal.SIGTERM, lambda signum, frame: _kill_own_group())
+    armed = False
+    if hasattr(os, "getpgid") and os.uname().sysname == "Linux":
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(1, signal.SIGTERM, 0, 0, 0) == 0  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        _kill_own_group()
+    if not armed:
+        def watch():
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+            _kill_own_group()
+
+        threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _kill_own_group() -> None:
+    import signal
+
+    try:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    finally:
+        os._exit(1)
+
+
+def _checked_versions(versions) -> dict:
+    """adapter.versions() as meta.json stores it: {distribution: version string}; anything else is a set-up
+    error naming what came back (meta.json would otherwise not be writable at the end of the run)."""
+    if isinstance(versions, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in versions.items()):
+        return versions
+    raise TypeError(f"versions() must return a dict of strings to version strings, not {repr(versions)[:80]}")
+
+
+def _worker_main(conn, adapter_name: str, registry_path: str | None, threads: int, diagnose: bool,
+                 parent_pid: int = 0) -> None:
     """Runs in the child: set up the adapter once, then evaluate cases until told to stop."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us cleanly
+    _own_group_dying_with(parent_pid)
     limit_threads(threads)
     try:
         from .cases import case_by_id
@@ -51,9 +108,12 @@ def _worker_main(conn, adapter_name: str, registry_path: str | None, threads: in
         if diagnose:
             from .diagnose import diagnose as diagnose_fn
             from .infer import evidence as evidence_fn
-        conn.send(("ready", adapter.versions(), getattr(adapter, "device", "cpu")))
+        device = getattr(adapter, "device", "cpu")
+        if not isinstance(device, str):
+            raise TypeError(f"the adapter's device must be a string, not {repr(device)[:80]}")
+        conn.send(("ready", _checked_versions(adapter.versions()), device))
     except BaseException as e:  # noqa: BLE001  setup failure is reported, not raised
-        conn.send(("setup_error", f"{type(e).__name__}: {e}", traceback.format_exc(limit=6)))
+        conn.send(("setup_error", cap(f"{type(e).__name__}: {e}", REASON_LIMIT), cap(traceback.format_exc(limit=6))))
         return
     while True:
         try:
@@ -68,9 +128,10 @@ def _worker_main(conn, adapter_name: str, registry_path: str | None, threads: in
         case_id = msg[1]
         try:
             records = evaluate(adapter, case_by_id(case_id), registry, diagnose=diagnose_fn, evidence=evidence_fn)
-            conn.send(("done", case_id, records))
-        except BaseException as e:  # noqa: BLE001  engine bug: report it as this case's error
-            conn.send(("failed", case_id, f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
+            conn.send(("done", case_id, [capped_record(r) for r in records]))
+        except BaseException as e:  # noqa: BLE001  engine bug (or an unpicklable value): this case's error
+            conn.send(("failed", case_id, cap(f"{type(e).__name__}: {e}", REASON_LIMIT),
+                       cap(traceback.format_exc(limit=8))))
 
 
 def _observe(adapter, case) -> tuple:
@@ -85,7 +146,7 @@ def _observe(adapter, case) -> tuple:
         obs = adapter.run(problem)
         return ("observed", obs.values, obs.dtypes, obs.unsupported, obs.raised, adapter.native_config(problem))
     except Exception as e:  # noqa: BLE001
-        return ("failed", f"{type(e).__name__}: {e}", traceback.format_exc(limit=6))
+        return ("failed", cap(f"{type(e).__name__}: {e}", REASON_LIMIT), cap(traceback.format_exc(limit=6)))
 
 
 def observe(adapter_name: str, cases: list, config: "WorkerConfig") -> dict:
@@ -144,32 +205,41 @@ class AdapterRun:
         version = self.versions.get(adapter.framework, "") or _dist_version(adapter.framework)
         return records_for(adapter, case_by_id(case_id), "error", reason, version, message=detail or reason)
 
-    def _start(self):
+    def _start(self, timeout: float | None = None):
+        """Start the worker and wait for its set-up, at most `timeout` seconds (default: setup_timeout)."""
         t0 = time.monotonic()
+        timeout = self.config.setup_timeout if timeout is None else min(timeout, self.config.setup_timeout)
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_worker_main, name=f"bnconform[{self.adapter_name}]",
                            args=(child, self.adapter_name, self.config.registry_path, self.config.threads,
-                                 self.config.diagnose), daemon=True)
+                                 self.config.diagnose, os.getpid()), daemon=True)
         proc.start()
         child.close()
-        if not parent.poll(self.config.setup_timeout):
+        if not self._wait(parent, timeout, proc):
+            alive = proc.is_alive()
             _kill(proc)
-            return None, None, f"worker did not start within {self.config.setup_timeout:.0f} s"
+            if self.stopped.is_set():
+                return None, None, "stopped during set-up"
+            if alive:
+                return None, None, f"worker did not start within {timeout:.0f} s (set-up timed out)"
+            return None, None, f"worker died during setup (exit code {proc.exitcode}{_signal_name(proc.exitcode)})"
         try:
             msg = parent.recv()
         except (EOFError, OSError):
-            proc.join(5)
-            return None, None, f"worker died during setup (exit code {proc.exitcode})"
+            _kill(proc)
+            return None, None, f"worker died during setup (exit code {proc.exitcode}{_signal_name(proc.exitcode)})"
         if msg[0] == "setup_error":
             proc.join(5)
+            _kill(proc)
             return None, None, f"adapter setup failed: {msg[1]}\n{msg[2]}"
         self.versions = msg[1]
         self.startup_seconds += time.monotonic() - t0
         return proc, parent, None
 
-    def _wait(self, conn, timeout: float) -> bool:
-        """Wait for the worker's answer, waking up to notice a stop request."""
+    def _wait(self, conn, timeout: float, proc=None) -> bool:
+        """Wait for the worker's answer, waking up to notice a stop request or the worker's death (a child it
+        forked may hold the pipe open, so a dead worker does not always close it)."""
         end = time.monotonic() + timeout
         while not self.stopped.is_set():
             left = end - time.monotonic()
@@ -177,6 +247,8 @@ class AdapterRun:
                 return False
             if conn.poll(min(0.2, left)):
                 return True
+            if proc is not None and not proc.is_alive():
+                return conn.poll(0)  # whatever it sent before dying is still read; else a crash
         return False
 
     def run(self) -> None:
@@ -187,7 +259,9 @@ class AdapterRun:
         try:
             while pending and not self.stopped.is_set():
                 if proc is None:
-                    proc, conn, err = self._start()
+                    proc, conn, err = self._start(timeout=max(deadline - time.monotonic(), 0.0))
+                    if self.stopped.is_set():
+                        return
                     if err:
                         for cid in pending:
                             self.on_records(cid, self._error_records(cid, err.splitlines()[0], err))
@@ -203,7 +277,7 @@ class AdapterRun:
                 conn.send(("eval", case_id))
                 timeout = min(self.config.case_timeout, remaining)
                 reason = None
-                if self._wait(conn, timeout):
+                if self._wait(conn, timeout, proc):
                     try:
                         msg = conn.recv()
                     except (EOFError, OSError):
@@ -218,6 +292,8 @@ class AdapterRun:
                         continue
                 elif self.stopped.is_set():
                     return  # interrupted: the case in flight is simply not recorded
+                elif not proc.is_alive():
+                    reason = f"worker crashed (exit code {proc.exitcode}{_signal_name(proc.exitcode)})"
                 else:
                     reason = f"timed out after {timeout:.0f} s"
                 # crash or hang: this case is an error, the rest continue in a fresh worker
@@ -245,9 +321,18 @@ class AdapterRun:
 
 
 def _kill(proc) -> None:
-    if proc is not None and proc.is_alive():
+    """Kill the worker and its process group (whatever the adapter forked), and reap the worker."""
+    import signal
+
+    if proc is None or proc.pid is None:
+        return
+    try:  # the worker made itself the leader of group <pid>; children it forked are in it unless they left
+        os.killpg(proc.pid, signal.SIGKILL)  # first: until the worker is reaped, its pid cannot be reused
+    except OSError:  # no such group: the worker died before making it, and no child of it is left
+        pass
+    if proc.is_alive():
         proc.kill()
-        proc.join(5)
+    proc.join(5)
 
 
 def _signal_name(code) -> str:
@@ -303,19 +388,27 @@ class Pool:
             t.join(None if end is None else max(0.0, end - time.monotonic()))
         return not any(t.is_alive() for t in self.threads)
 
-    def wait(self, on_interrupt: Callable[[], None] = lambda: None, grace: float = 30.0) -> bool:
-        """Start the runs and wait for all of them; Ctrl-C stops them cleanly. Returns True if interrupted.
+    interruption = "interrupted"  # or "terminated" (SIGTERM)
+    exit_status = 130  # 128 + the signal that stopped the run: 130 for SIGINT, 143 for SIGTERM
+    late_signal = False  # a signal while the run's files were being finished (they were finished anyway)
 
-        Ctrl-C only sets a flag here. A KeyboardInterrupt raised inside Thread.join can, on CPython 3.11, mark
+    def wait(self, on_interrupt: Callable[[], None] = lambda: None, grace: float = 30.0) -> bool:
+        """Start the runs and wait for all of them; Ctrl-C or SIGTERM stops them cleanly. Returns True if
+        interrupted (`interruption` and `exit_status` say by what).
+
+        A signal only sets a flag here. A KeyboardInterrupt raised inside Thread.join can, on CPython 3.11, mark
         a still-running thread as finished (threading._wait_for_tstate_lock releases the lock it did not
         acquire), so the process would exit under a thread still cleaning up and print half a traceback."""
         import signal
 
         asked = threading.Event()
-        handler = None
-        if threading.current_thread() is threading.main_thread():
-            handler = signal.signal(signal.SIGINT, lambda signum, frame: asked.set())
-        try:
+
+        def note(signum, frame):
+            if not asked.is_set() and signum == signal.SIGTERM:
+                self.interruption, self.exit_status = "terminated", 128 + signal.SIGTERM
+            asked.set()
+
+        with self._signals_to(note):
             self.start()
             while not self.join(0.25):
                 if asked.is_set():
@@ -323,7 +416,35 @@ class Pool:
                     self.stop()
                     self.join(grace)
                     break
-        finally:
-            if handler is not None:
-                signal.signal(signal.SIGINT, handler)
         return asked.is_set()
+
+    def deferred_signals(self):
+        """While writing what a run leaves (meta.json, analysis, report): Ctrl-C and SIGTERM are noted, not
+        raised, so a second signal cannot leave meta.json at 'running' or print a traceback."""
+        import signal
+
+        def note(signum, frame):
+            if not self.late_signal and signum == signal.SIGTERM:
+                self.interruption, self.exit_status = "terminated", 128 + signal.SIGTERM
+            self.late_signal = True
+
+        return self._signals_to(note)
+
+    @staticmethod
+    def _signals_to(handler):
+        import contextlib
+        import signal
+
+        @contextlib.contextmanager
+        def installed():
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, h in previous.items():
+                    signal.signal(s, h)
+
+        return installed()

@@ -103,7 +103,7 @@ def not_a_record(good, tmp):
 def unknown_verdict(good, tmp):
     d = _copy(good, tmp)
     _rewrite_records(d, lambda r: {**r, "verdict": "maybe"})
-    return ["report", d], "unknown verdict 'maybe'"
+    return ["report", d], "verdict: must be one of 'pass'"
 
 
 def bad_analysis(good, tmp):
