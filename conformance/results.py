@@ -237,6 +237,8 @@ def _versions_text(versions: tuple) -> str:
 def _parse_record(line: str, where: str, validate: bool = True) -> dict:
     try:
         rec = json.loads(line, parse_constant=validation._no_constant)
+    except RecursionError:
+        raise ResultsError(f"{where}: not a JSON record (nested too deeply)") from None
     except ValueError as e:
         raise ResultsError(f"{where}: not a JSON record ({getattr(e, 'msg', e)}"
                            f"{f' at column {e.colno}' if hasattr(e, 'colno') else ''})") from None
@@ -273,6 +275,8 @@ def read_meta(directory: Path) -> dict | None:
     try:
         text = _read_text(path, "run metadata file")
         meta = json.loads(text, parse_constant=validation._no_constant)
+    except RecursionError:
+        raise ResultsError(f"{path}: not valid JSON (nested too deeply)") from None
     except ValueError as e:
         raise ResultsError(f"{path}:{getattr(e, 'lineno', 1)}: not valid JSON ({getattr(e, 'msg', e)})") from None
     versions = readable_versions("meta")

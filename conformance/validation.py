@@ -157,9 +157,11 @@ def load_json(path: str | Path, name: str, what_: str) -> dict:
     except OSError as e:
         raise Invalid(f"{p}: cannot read {what_}: {e.strerror or e}") from None
     except UnicodeDecodeError:
-        raise Invalid(f"{p}: not a {what_} (not UTF-8 text)") from None
+        raise Invalid(f"{p}: {what_} is not UTF-8 text") from None
     try:
         doc = json.loads(text, parse_constant=_no_constant)
+    except RecursionError:
+        raise Invalid(f"{p}: not valid JSON (nested too deeply)") from None
     except ValueError as e:
         raise Invalid(f"{p}:{getattr(e, 'lineno', 1)}: not valid JSON ({getattr(e, 'msg', e)})") from None
     check(doc, name, p, text=text)
