@@ -78,6 +78,17 @@ class RichProgress(_Base):
         self.bar.update(self.tasks[adapter], advance=1, tally=tally)
 
 
+def _reader_left(console: Console) -> None:
+    import os
+    import sys
+
+    console.quiet = True
+    try:  # later prints (and the interpreter's final flush) go nowhere instead of raising again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError:
+        pass
+
+
 class PlainProgress(_Base):
     """Lines for logs: an adapter's start, each quarter of its cases, restarts, and its end."""
 
@@ -93,7 +104,12 @@ class PlainProgress(_Base):
 
     def _say(self, text: str) -> None:
         with self.lock:
-            self.console.print(terminal(text), highlight=False, markup=False, soft_wrap=True)
+            if self.console.quiet:
+                return
+            try:
+                self.console.print(terminal(text), highlight=False, markup=False, soft_wrap=True)
+            except BrokenPipeError:  # `bnconform run | head`: the reader left; the run (and its files) go on
+                _reader_left(self.console)
 
     def skipped(self, adapter, why):
         self._say(f"skip {adapter}: {why}")

@@ -170,17 +170,20 @@ def _finish(opts, console, specs, registry, meta, got, run_dir, out, interrupted
     loaded = results.load([run_dir], validate=False) if got.writer.count else None  # written through storable()
     if loaded is not None:
         _write_analysis(run_dir, loaded.records)
-    _summary(console, specs, got.counts, stale)
-    console.print(f"results: {run_dir}", highlight=False, markup=False)
-    if opts.report and loaded is not None:
+    report_path, report_error = None, None
+    if opts.report and loaded is not None:  # files first, then words: a closed stdout cannot cost the report
         from . import report
 
-        report_path = out / "index.html"
         try:
-            report.write(results.load([run_dir], validate=False), report_path)
+            report_path = report.write(results.load([run_dir], validate=False), out / "index.html")
         except OSError as e:
-            console.print(f"cannot write the report {report_path}: {e.strerror or e}", highlight=False, markup=False)
-            return 1
+            report_error = f"cannot write the report {out / 'index.html'}: {e.strerror or e}"
+    _summary(console, specs, got.counts, stale)
+    console.print(f"results: {run_dir}", highlight=False, markup=False)
+    if report_error:
+        console.print(report_error, highlight=False, markup=False)
+        return 1
+    if report_path is not None:
         console.print(f"report:  {report_path}", highlight=False, markup=False)
     return exit_status(sum(got.counts.values(), Counter()), opts.strict, stale)
 

@@ -158,7 +158,11 @@ def _wait_gone(pids: Path, seconds: float = 15) -> list[str]:
     deadline = time.monotonic() + seconds
     while _left(pids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    return _left(pids)
+    left = _left(pids)
+    for p in pids.iterdir():  # a failing check must not leave them to the next test (or CI)
+        if _alive(int(p.name)):
+            os.kill(int(p.name), signal.SIGKILL)
+    return left
 
 
 def test_sigterm_finishes_like_ctrl_c(tmp_path):
@@ -183,6 +187,18 @@ def test_a_killed_parent_leaves_nothing(tmp_path):
     """SIGKILL to `bnconform run` (no chance to clean up): the worker notices (PR_SET_PDEATHSIG) and takes
     its process group, with the child the adapter forked, down with it."""
     proc, pids = _hang_run(tmp_path, "fork_then_hang")
+    for child in _children(proc.pid):  # the workers and multiprocessing's resource tracker
+        (pids / str(child)).write_text(f"child of the killed run: {Path(f'/proc/{child}/cmdline').read_text()[:80]}")
     proc.kill()
     proc.communicate(timeout=30)
     assert _wait_gone(pids) == []
+
+
+def _children(pid: int) -> set[int]:
+    out: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out |= {int(x) for x in (task / "children").read_text().split()}
+        except OSError:
+            pass
+    return out
