@@ -49,7 +49,7 @@ def _cmd_run(args) -> int:
 
     if args.fail_on and args.compare_baseline is None:
         raise UsageError("bnconform run: --fail-on gates a comparison: give --compare-baseline NAME too")
-    opts = RunOptions(frameworks=args.frameworks, tier=args.tier, out=args.out, jobs=args.jobs,
+    opts = RunOptions(frameworks=args.frameworks, tier=args.tier, paths=args.paths, out=args.out, jobs=args.jobs,
                       case_timeout=args.case_timeout, adapter_timeout=args.adapter_timeout,
                       registry=args.registry, strict=args.strict, report=not args.no_report)
     baseline_paths = {}
@@ -275,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adapters, families or globs, comma separated (default: all core adapters; those not "
                         "installed are skipped with their install command)")
     r.add_argument("--tier", default="default", choices=["smoke", "default", "nightly"])
+    r.add_argument("--paths", default=os.environ.get("BNCONFORM_PATHS", "default"),
+                   help="execution paths: 'default' (eager + the paths the tier includes), 'all', 'eager', or "
+                        "names/globs such as 'compile*,export-onnx' (env BNCONFORM_PATHS)")
     r.add_argument("--out", default="reports",
                    help="output directory: results in OUT/runs/<run-id>/, the report at OUT/index.html")
     r.add_argument("--jobs", type=JOBS, default=0, help="adapter worker processes at a time (default: CPU count)")

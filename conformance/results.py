@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import validation
-from .engine import SCHEMA_VERSION
+from .engine import READABLE_SCHEMAS, SCHEMA_VERSION
 
 RECORDS = "records.jsonl"
 META = "meta.json"
@@ -104,9 +104,9 @@ def unstorable(record: dict, why: str) -> dict:
     rec.update(schema=SCHEMA_VERSION, verdict="error", reason=reason, message=reason, metrics=None, tolerance=None,
                characterization=None, registry=None, channel_stats=None, values=None, repro=None, diagnosis=None,
                evidence=None, seconds=0.0, harness_seconds=0.0)
-    for k in ("path", "nodeid"):  # optional fields some writers add
-        if isinstance(record.get(k), str):
-            rec[k] = record[k]
+    rec["path"] = record["path"] if isinstance(record.get("path"), str) and record["path"] else "eager"
+    if isinstance(record.get("nodeid"), str):
+        rec["nodeid"] = record["nodeid"]
     return rec
 
 
@@ -224,14 +224,20 @@ def read_records(path: Path, warnings: list[str], validate: bool = True) -> list
     return out
 
 
-def readable_versions(name: str) -> tuple:
-    """The schema versions a schema file accepts (its `schema` property: a const or an enum)."""
-    prop = validation.schema(name)["properties"]["schema"]
-    return tuple(prop["enum"]) if "enum" in prop else (prop["const"],)
+def upgrade(rec: dict) -> dict:
+    """A record of an older schema in today's form: version 1 had no execution paths (everything was eager)."""
+    if rec.get("schema") == 1:
+        rec["schema"] = SCHEMA_VERSION
+        rec.setdefault("path", "eager")
+    return rec
 
 
-def _versions_text(versions: tuple) -> str:
-    return f"version {versions[0]}" if len(versions) == 1 else f"versions {', '.join(map(str, versions))}"
+def _readable(version) -> bool:
+    return version in READABLE_SCHEMAS and not isinstance(version, bool)
+
+
+def _versions_text() -> str:
+    return f"versions {', '.join(map(str, READABLE_SCHEMAS))}"
 
 
 def _parse_record(line: str, where: str, validate: bool = True) -> dict:
@@ -247,10 +253,10 @@ def _parse_record(line: str, where: str, validate: bool = True) -> dict:
     missing = [k for k in REQUIRED if k not in rec]
     if missing:
         raise ResultsError(f"{where}: not a bnconform check record (missing {', '.join(missing)})")
-    versions = readable_versions("record")
-    if rec["schema"] not in versions:
+    if not _readable(rec["schema"]):
         raise ResultsError(f"{where}: results schema version {validation.shown(rec['schema'])}; this bnconform reads "
-                           f"{_versions_text(versions)} (re-run the suite, or use the bnconform that wrote them)")
+                           f"{_versions_text()} (re-run the suite, or use the bnconform that wrote them)")
+    upgrade(rec)  # then checked against today's schema (conformance/schema/record.schema.json)
     if not validate:
         return rec
     source, _, lineno = where.rpartition(":")
@@ -279,10 +285,10 @@ def read_meta(directory: Path) -> dict | None:
         raise ResultsError(f"{path}: not valid JSON (nested too deeply)") from None
     except ValueError as e:
         raise ResultsError(f"{path}:{getattr(e, 'lineno', 1)}: not valid JSON ({getattr(e, 'msg', e)})") from None
-    versions = readable_versions("meta")
-    if not isinstance(meta, dict) or meta.get("schema") not in versions:
+    if not isinstance(meta, dict) or not _readable(meta.get("schema")):
         found = validation.shown(meta.get("schema")) if isinstance(meta, dict) else "none (not an object)"
-        raise ResultsError(f"{path}: results schema version {found}; this bnconform reads {_versions_text(versions)}")
+        raise ResultsError(f"{path}: results schema version {found}; this bnconform reads {_versions_text()}")
+    meta["schema"] = SCHEMA_VERSION  # version 1 differs only in its records (no paths)
     try:
         validation.check(meta, "meta", path, text=text)
     except validation.Invalid as e:
@@ -393,6 +399,11 @@ def merge_metas(metas: list[dict], total: int) -> dict:
     out["status"] = next((m["status"] for m in metas if m["status"] != "complete"), "complete")
     out["worker"] = "merged:" + ",".join(m.get("worker", "?") for m in metas)
     out["versions"] = {k: v for m in metas for k, v in m.get("versions", {}).items()}
+    paths: dict[str, set] = {}
+    for m in metas:
+        for name, p in (m.get("paths") or {}).items():
+            paths.setdefault(name, set()).update(p)
+    out["paths"] = {name: sorted(p) for name, p in sorted(paths.items())}
     adapters: dict[str, dict] = {}
     for m in metas:
         for a in m.get("adapters", []):

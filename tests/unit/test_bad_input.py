@@ -60,20 +60,20 @@ def unreadable_dir_entry(good, tmp):
 def wrong_schema_version(good, tmp):
     d = _copy(good, tmp)
     _rewrite_records(d, lambda r: {**r, "schema": 99})
-    return ["report", d], "results schema version 99; this bnconform reads version 1"
+    return ["report", d], "results schema version 99; this bnconform reads versions 1, 2"
 
 
 def wrong_meta_schema_version(good, tmp):
     d = _copy(good, tmp)
     meta = json.loads((d / "meta.json").read_text())
-    (d / "meta.json").write_text(json.dumps({**meta, "schema": 2}))
-    return ["report", d], "meta.json: results schema version 2"
+    (d / "meta.json").write_text(json.dumps({**meta, "schema": 3}))
+    return ["report", d], "meta.json: results schema version 3"
 
 
 def mixed_schema_versions(good, tmp):
     a, b = _copy(good, tmp, "a"), _copy(good, tmp, "b")
-    _rewrite_records(b, lambda r: {**r, "schema": 2, "adapter": "other", "check_id": "other" + r["check_id"]})
-    return ["report", a, b], "results schema version 2"
+    _rewrite_records(b, lambda r: {**r, "schema": 3, "adapter": "other", "check_id": "other" + r["check_id"]})
+    return ["report", a, b], "results schema version 3"
 
 
 def mismatched_checksums(good, tmp):
@@ -110,7 +110,7 @@ def bad_analysis(good, tmp):
     d = _copy(good, tmp)
     (d / "analysis.json").write_text(json.dumps({"tables": [{"id": "t", "title": "T", "columns": ["a", "b"],
                                                              "rows": [[1]]}]}))
-    return ["report", d], "analysis.json: table #1 needs"
+    return ["report", d], "analysis.json: tables[0].rows[0]: 1 cells for 2 columns"
 
 
 def report_out_not_writable(good, tmp):
@@ -155,7 +155,7 @@ def registry_missing_reason(good, tmp):
 
 
 def negative_jobs(good, tmp):
-    return ["run", "--frameworks", "fake.oracle", "--jobs", "-1", "--out", tmp / "out"], "--jobs must be >= 0"
+    return ["run", "--frameworks", "fake.oracle", "--jobs", "-1", "--out", tmp / "out"], "--jobs: must be >= 0, not -1"
 
 
 def no_subcommand(good, tmp):

@@ -84,7 +84,7 @@ META = [
     ("adapters-empty-object", "adapters", [{}], "adapters[0]: missing name"),
     ("versions-a-string", "versions", "x", "versions: must be object"),
     ("versions-values-numbers", "versions", {"numpy": 2}, "versions.numpy: must be string"),
-    ("schema-2", "schema", 2, "meta.json: results schema version 2"),
+    ("schema-3", "schema", 3, "meta.json: results schema version 3"),
     ("run-id-a-number", "run_id", 5, "run_id: must be string"),
     ("run-id-pattern", "run_id", "../../etc", "run_id: '../../etc' does not match"),
     ("status-unknown", "status", "done", "status: must be one of"),
