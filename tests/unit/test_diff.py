@@ -148,7 +148,7 @@ def test_baseline_saved_then_gated(tmp_path):
     assert wrong.returncode == 1 and "new check" in wrong.stdout  # other adapter: its checks are new ones
     (out / "baselines" / "broken.json").write_text("{")
     r = bnconform(*args, "--compare-baseline", "broken")
-    assert r.returncode == 2 and "not a readable baseline" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 2 and "broken.json:1: not valid JSON" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 # -- sentences a user understands: registry entries, notes, grouped summaries (what tox -e upgrade-* shows)
