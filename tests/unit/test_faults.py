@@ -165,18 +165,24 @@ def _wait_gone(pids: Path, seconds: float = 15) -> list[str]:
     return left
 
 
-def test_sigterm_finishes_like_ctrl_c(tmp_path):
-    """SIGTERM (CI runners, `timeout`): 'terminated', exit 143, meta.json 'interrupted', the finished checks
-    and the report kept, no process left."""
+@pytest.mark.parametrize("signals, status, word", [
+    ((signal.SIGTERM,), 143, "terminated"),
+    ((signal.SIGINT, signal.SIGINT), 130, "interrupted"),  # a double Ctrl-C: still one clean stop
+], ids=["sigterm", "double-ctrl-c"])
+def test_a_signal_finishes_the_run_cleanly(tmp_path, signals, status, word):
+    """SIGTERM (CI runners, `timeout`) or Ctrl-C, even twice: exit 128 + the first signal, meta.json
+    'interrupted', the finished checks and the report kept, no traceback, no process left."""
     proc, pids = _hang_run(tmp_path, "fork_then_hang")
     try:
-        proc.send_signal(signal.SIGTERM)
+        for s in signals:
+            proc.send_signal(s)
+            time.sleep(0.3)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143, err
-    assert "terminated" in out and "Traceback" not in out + err
+    assert proc.returncode == status, err
+    assert word in out and "Traceback" not in out + err
     meta = json.loads((run_dir(tmp_path / "out") / "meta.json").read_text())
     assert meta["status"] == "interrupted"
     assert (tmp_path / "out" / "index.html").is_file()
