@@ -37,17 +37,16 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
 
 
 def test_run_directories_are_claimed_exclusively(tmp_path):
+    import re
+
     from conformance.runner import _claim_run_dir
-    from conformance.validation import problems
+    from conformance.validation import schema
 
     rid = "20260101T000000-smoke-0123abcd"
     dirs = [_claim_run_dir(tmp_path / "runs", rid) for _ in range(3)]
     assert [d.name for d in dirs] == [rid, f"{rid}-2", f"{rid}-3"]
-    pattern = __import__("re").compile(
-        __import__("conformance.validation", fromlist=["schema"]).schema("meta")["properties"]["run_id"]["pattern"])
+    pattern = re.compile(schema("meta")["properties"]["run_id"]["pattern"])  # meta.json accepts the suffix
     assert all(pattern.match(d.name) for d in dirs)
-    assert problems({"run_id": f"{rid}-2"}, "meta")  # other fields missing, but not the id:
-    assert not [e for e in problems({"run_id": f"{rid}-2"}, "meta") if list(e.absolute_path) == ["run_id"]]
 
 
 def test_two_runs_in_the_same_second_never_share_a_directory(tmp_path, monkeypatch):
