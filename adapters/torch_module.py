@@ -33,7 +33,7 @@ class TorchModule(tc.TorchAdapter):
             if p.affine:
                 module.weight.copy_(torch.tensor(p.gamma))
                 module.bias.copy_(torch.tensor(p.beta))
-            if p.track_running_stats:
+            if p.track_running_stats and not p.native_init:  # else: the constructor's zeros and ones
                 module.running_mean.copy_(torch.tensor(p.running_mean))
                 module.running_var.copy_(torch.tensor(p.running_var))
         return module

@@ -38,7 +38,12 @@ MODULE_PATHS = (
                           "(torch.nn.utils.fusion.fuse_conv_bn_eval; fuse_linear_bn_eval for (N, C))"),
     PathSpec("autocast-bf16", "a float32 model under torch.autocast('cpu', dtype=torch.bfloat16): BatchNorm gets "
                               "bfloat16 activations, keeps float32 parameters and statistics"),
+    PathSpec("sync", "torch.nn.SyncBatchNorm in a one-process group (GPU only)"),
 )
+SYNC_NEEDS_GPU = ("torch.nn.SyncBatchNorm cannot run on CPU: with a process group initialized, its device check "
+                  "('SyncBatchNorm expected input tensor to be on GPU', torch/nn/modules/batchnorm.py, "
+                  "SyncBatchNorm.forward) comes before the world-size check; without one it is F.batch_norm. Run "
+                  "with BNCONFORM_DEVICE=cuda where a GPU is available")
 NO_DOUBLE_BACKWARD = "torch.compile (AOTAutograd) does not support double backward"
 _DYNAMO_REFUSALS = "fullgraph=True refused"
 
@@ -51,6 +56,8 @@ def cache_dir() -> str:
 
 def unsupported(adapter, p: Problem, path: str) -> str | None:
     evals = "eval" in p.modes
+    if path == "sync" and not tc.device().startswith("cuda"):
+        return SYNC_NEEDS_GPU
     if path == "fold-eval":
         if not evals:
             return "no inference step to fold (training runs the unfolded module)"
@@ -60,6 +67,11 @@ def unsupported(adapter, p: Problem, path: str) -> str | None:
         return ("autocast-bf16 runs the bfloat16 cases: under autocast BatchNorm receives bfloat16 activations "
                 "(float32 ones pass through in float32, as eager)")
     if path == "export-onnx":
+        import importlib.util
+
+        missing = [m for m in ("onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            return f"the export-onnx path needs {' and '.join(missing)} (pip install -e \".[torch]\")"
         if p.dtype == "bfloat16":
             return "ONNX Runtime's CPU provider has no bfloat16 BatchNormalization"
         if p.memory_format != "contiguous":
@@ -87,7 +99,33 @@ def run(adapter, p: Problem, path: str) -> Observation:
                              context=lambda: torch.autocast("cpu", dtype=torch.bfloat16))
     if path == "export-onnx":
         return _exported(adapter, p)
+    if path == "sync":
+        return _synchronized(adapter, p)
     raise NotImplementedError(path)
+
+
+# -- sync (GPU): one process, so the statistics are the local batch's and the result must equal eager
+def _synchronized(adapter, p: Problem) -> Observation:
+    torch = adapter.torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        import tempfile
+
+        store = tempfile.NamedTemporaryFile(prefix="bnconform-sync-", delete=False).name
+        dist.init_process_group("nccl", init_method=f"file://{store}", rank=0, world_size=1)
+    dt = getattr(torch, p.dtype)
+    module = torch.nn.SyncBatchNorm(**adapter.native_config(p)).to(adapter.device, dt)
+    with torch.no_grad():
+        if p.affine:
+            module.weight.copy_(torch.tensor(p.gamma))
+            module.bias.copy_(torch.tensor(p.beta))
+        if p.track_running_stats:
+            module.running_mean.copy_(torch.tensor(p.running_mean))
+            module.running_var.copy_(torch.tensor(p.running_var))
+    obs = adapter.steps(p, module)
+    obs.facts["process_group"] = f"{dist.get_backend()} world size {dist.get_world_size()}"
+    return obs
 
 
 # -- compile, compile-aot
@@ -97,6 +135,10 @@ def _compiled(adapter, p: Problem, backend: str) -> Observation:
     from torch._dynamo.exc import TorchDynamoException
     from torch._dynamo.utils import counters
 
+    import logging
+
+    for name in ("torch._dynamo", "torch._inductor"):  # the graph break is recorded as a fact, not printed
+        logging.getLogger(name).setLevel(logging.ERROR)
     graph = "one graph (fullgraph=True)"
     for fullgraph in (True, False):
         torch._dynamo.reset()
@@ -179,7 +221,7 @@ def _exported(adapter, p: Problem) -> Observation:
         if key not in cache:
             module.train(mode == "train")
             example = torch.tensor(x).to(dt)
-            cache[key] = torch.onnx.export(module, (example,), dynamo=True, verbose=False).model_proto
+            cache[key] = _export_quietly(torch, module, example)
         model = onnx.ModelProto()
         model.CopyFrom(cache[key])
         modes_seen[mode] = _bn_modes(onnx, model)
@@ -207,6 +249,23 @@ def _exported(adapter, p: Problem) -> Observation:
     for q in ("batch_mean", "batch_var"):
         obs.unsupported[q] = "torch.nn.BatchNorm does not expose the batch statistics"
     return obs
+
+
+def _export_quietly(torch, module, example):
+    """The exporter's model; its notices (torchvision ops not registered, "model in training mode") are not
+    findings of ours: the mode it exported is recorded as a fact, from the graph itself."""
+    import logging
+    import warnings
+
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.onnx.export(module, (example,), dynamo=True, verbose=False).model_proto
+    finally:
+        logger.setLevel(level)
 
 
 def _bn_modes(onnx, model) -> str:

@@ -9,7 +9,9 @@ What is covered
   - one discriminating case per Convention knob (`knob=`): the two settings of that knob differ there by far
     more than the float32 tolerance (tests/unit/test_cases.py proves it);
   - edge cases: one element per channel in training, a constant channel, variance near eps, large mean;
-  - each framework's own defaults (`defaults=True`): the defaults-hazard comparison.
+  - each framework's own defaults (`defaults=True`): the defaults-hazard comparison;
+  - the seeds' scenarios: given statistics in training vs inference on the same batch, second order in
+    training vs inference, forward vs predict after convergence on one batch (biased vs unbiased).
 
 What is not covered
   - distributed / synchronized batch norm, fused activations, ghost batch norm, renorm (Keras `renorm`),
@@ -179,6 +181,12 @@ _TABLE: list[Case] = [
     Case(S4, "float32", T(3) + E(), init_stats="random", note="workhorse float32"),
     Case(S4, "float32", E() + T() + E(), paths=True, init_stats="random",
          note="inference before any training uses the initial statistics"),
+    Case(S4, "float32", E() + T(2) + E(), paths=True,
+         note="the framework's own initial state (constructor/init/build), inference first, then training: "
+              "a variance initialised to 0 divides inference by sqrt(eps) (equinox#955)"),
+    Case(S4, "float64", E() + T() + E(),
+         note="the framework's own initial state in a float64 model, inference first: the dtype its init gives "
+              "the statistics (flax.linen: float32)"),
     Case(S2, "float32", T(2) + E(), init_stats="random", note="rank 2 (BatchNorm1d on (N, C))"),
     Case(S2_SMALL_N, "float32", T(2) + E(), init_stats="random", knob="running_var",
          note="n = 4: unbiased and biased running variance differ by 4/3"),
@@ -234,6 +242,22 @@ _TABLE: list[Case] = [
          note="inference only, float64: an exported model's float32 attributes (eps) show here"),
     Case(S4, "float32", T() + E(), dist="constant_channel", note="a constant channel: variance 0"),
     Case((1, 4), "float32", T(), note="one element per channel in training: n = 1"),
+    Case(S2, "float32", T() + E(), eps=1e-3, scale=3e-2,
+         note="eps 1e-3 with variance ~1e-3 on rank 2: the eps discrimination for APIs that run channels-last "
+              "only (TensorFlow.js' CPU kernel)"),
+    # -- the seeds' scenarios (users' MATLAB questions), small and float32 so every runtime can run them
+    Case(S2, "float32", T() + E(), init_stats="random", same_batch=True,
+         note="seed scenario (MATLAB batchnorm, 5 inputs): given statistics are ignored by the training output "
+              "and blended into the returned statistics; inference on the same batch normalizes with them, and "
+              "its second order treats them as constants (d2x = 0)"),
+    Case(S2, "float32", T(), init_stats="random", same_batch=True,
+         note="seed scenario, training twin of the case above: second order through the batch statistics "
+              "(d2x != 0; the difference from inference is expected)"),
+    Case(S2_SMALL_N, "float32", T(30) + E(), momentum=0.5, init_stats="random", same_batch=True,
+         only=("y", "running_mean", "running_var"),
+         note="seed scenario (dlnetwork forward vs predict): 30 steps at alpha 0.5 on one batch of n = 4 make the "
+              "running statistics the batch's (0.5^30 ~ 1e-9); predict then equals forward where the running "
+              "variance is biased and differs by sqrt(4/3) where it is unbiased"),
     # -- nightly: bigger, more seeds, heavier tails, longer
     Case(S_NIGHTLY, "float32", T(2) + E(), init_stats="random", tier="nightly", note="n = 4096"),
     Case(S_NIGHTLY, "float16", T() + E(), tier="nightly", note="n = 4096 float16"),

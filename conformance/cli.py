@@ -258,6 +258,59 @@ def _cmd_diff(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .export import ExportError, export
+
+    try:
+        path = export(args.runner, args.tier, args.out, args.case or None)
+    except ExportError as e:
+        raise UsageError(f"bnconform export: {e}") from None
+    import json
+
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    print(f"exported {len(manifest['cases'])} cases of tier {args.tier} for the {args.runner} runner to "
+          f"{path.parent}")
+    print(f"run: {manifest['how_to_run'].replace('DIR', str(path.parent))}")
+    print(f"then: bnconform import {path.parent}")
+    return 0
+
+
+def _cmd_import(args) -> int:
+    from collections import Counter
+
+    from . import exchange
+    from .import_ import load, write_results
+    from .registry import Registry, RegistryError
+
+    try:
+        registry = Registry.load(args.registry)
+        imported = load(args.folder)
+    except (exchange.ExchangeError, RegistryError) as e:
+        raise UsageError(f"bnconform import: {e}") from None
+    for line in imported.rejected:
+        print(f"bnconform import: left out: {line}", file=sys.stderr)
+    if not imported.adapters:
+        raise UsageError(f"bnconform import: {args.folder}: no usable observation (has the runner run? "
+                         f"{imported.manifest['how_to_run']})")
+    try:
+        run_dir, counts = write_results(imported, args.out, registry, report=not args.no_report)
+    except OSError as e:
+        raise UsageError(f"bnconform import: cannot write {args.out}: {e.strerror or e}") from None
+    for adapter in imported.adapters:
+        c = counts[adapter.name]
+        missing = len(imported.missing.get(adapter.runtime.name, []))
+        print(f"{adapter.name} ({adapter.framework} {adapter.version}): "
+              + ", ".join(f"{v} {n}" for v, n in sorted(c.items()))
+              + (f"; {missing} case(s) without an observation (partial run)" if missing else ""))
+    for runtime in imported.not_run:
+        print(f"{runtime.name}: no observation in this folder ({runtime.not_run or 'not run'})")
+    print(f"results: {run_dir}")
+    if not args.no_report:
+        print(f"report:  {args.out}/index.html")
+    total = sum(counts.values(), Counter())
+    return 1 if (total["fail"] or total["error"] or imported.rejected) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .validation import EPS, FACTOR, FLOOR, JOBS, SECONDS
 
@@ -324,6 +377,20 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--jobs", type=JOBS, default=0, help="worker processes at a time (default: CPU count)")
     cv.add_argument("--registry", default=None, help="registry dir or file")
     cv.set_defaults(func=_cmd_conventions)
+    ex = sub.add_parser("export", help="write a tier's cases and a runner for an outside runtime (TensorFlow.js "
+                                       "under Node, MATLAB) into a folder; see docs/exchange.md")
+    ex.add_argument("--runner", required=True, choices=["node", "matlab", "json"])
+    ex.add_argument("--tier", default="default", choices=["smoke", "default", "nightly"])
+    ex.add_argument("--out", required=True, help="folder to write (created; must not hold an export already)")
+    ex.add_argument("--case", action="append", help="only this case id (repeatable; default: every case of --tier)")
+    ex.set_defaults(func=_cmd_export)
+    im = sub.add_parser("import", help="validate an exported folder's observations and turn them into results "
+                                       "and the report, as for an in-process adapter")
+    im.add_argument("folder", help="the folder `bnconform export` wrote, after its runner ran")
+    im.add_argument("--out", default="reports", help="results in OUT/runs/<run-id>/, the report at OUT/index.html")
+    im.add_argument("--registry", help="registry directory or TOML file (default: the bundled registry)")
+    im.add_argument("--no-report", action="store_true", help="write results only")
+    im.set_defaults(func=_cmd_import)
     return p
 
 

@@ -91,3 +91,9 @@ def items(paths: tuple[PathSpec, ...], selection: str | None, tier: str, cases: 
     for p in chosen(paths, selection, tier):
         out += [item(c.id, p.name) for c in cases_on(p.name, cases, tier)]
     return out
+
+
+def label(record: dict) -> str:
+    """How a record's adapter is shown where paths are told apart: `adapter`, or `adapter@path` off eager."""
+    path = record.get("path") or EAGER
+    return record["adapter"] if path == EAGER else f"{record['adapter']}@{path}"
