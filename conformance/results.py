@@ -169,6 +169,21 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def claim_run_dir(runs: str | os.PathLike, run_id: str) -> Path:
+    """Create a run's directory exclusively: two runs started in the same second on the same selection share an
+    id, so the second gets `<id>-2` (then -3, ...) and never writes into the first one's directory."""
+    runs = Path(runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = runs / (run_id if n == 1 else f"{run_id}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ResultsError(f"{run_id}, {run_id}-2 ... -999 all exist")
+
+
 def write_meta(directory: str | os.PathLike, meta: dict) -> Path:
     return write_atomic(Path(directory) / META, json.dumps(sanitize(meta), indent=2, sort_keys=True) + "\n")
 

@@ -67,19 +67,11 @@ def _prepare_dir(path: Path) -> None:
 
 
 def _claim_run_dir(runs: Path, run_id: str) -> Path:
-    """Create the run's directory exclusively: two runs started in the same second on the same selection
-    share an id, so the second gets `<id>-2` (then -3, ...) and never writes into the first one's directory."""
     _prepare_dir(runs)
-    for n in range(1, 1000):
-        path = runs / (run_id if n == 1 else f"{run_id}-{n}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-        except OSError as e:
-            raise RunError(f"cannot write results to {path}: {e.strerror or e}") from None
-    raise RunError(f"cannot create a run directory under {runs}: {run_id}-2 ... -999 all exist")
+    try:
+        return results.claim_run_dir(runs, run_id)
+    except (OSError, results.ResultsError) as e:
+        raise RunError(f"cannot write results under {runs}: {getattr(e, 'strerror', None) or e}") from None
 
 
 def exit_status(counts: Counter, strict: bool, stale: list | None) -> int:
