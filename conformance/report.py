@@ -71,7 +71,7 @@ def _matrix(records, adapters_meta):
     for r in records:
         cells[(label(r), mode_of(r["case"]))][r["quantity"]][r["verdict"]] += 1  # a row per adapter@path
     rows = []
-    for (adapter, mode) in sorted(cells):
+    for (adapter, mode) in sorted(cells, key=lambda k: (k[0].split("@")[0], "@" in k[0], k)):  # eager, then paths
         row_cells, total = [], Counter()
         for q in quantities:
             c = cells[(adapter, mode)].get(q, Counter())
