@@ -201,7 +201,9 @@ SECONDS = number(low=0, low_open=True, what_="a number of seconds")
 FACTOR = number(low=1, low_open=True, what_="a factor")  # drift: a ratio moved by more than FACTOR x
 FLOOR = number(low=0, low_open=True, what_="a positive number")
 EPS = number(low=0, low_open=True, what_="a positive number")
-MOMENTUM = number(low=0, high=1, what_="a number")  # both native forms weigh one of two terms: [0, 1]
+MOMENTUM = number(low=0, high=1, what_="a number")
+STEPS = number(low=1, integer=True, what_="a whole number of steps")
+VARIANCE = number(low=0, low_open=True, what_="a positive number")  # both native forms weigh one of two terms: [0, 1]
 
 
 def parsed(convert, text: str, option: str) -> float:

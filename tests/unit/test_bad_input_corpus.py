@@ -220,7 +220,12 @@ ARGS = [
     ("report-out-a-directory", "report {good} --out {tmp}/empty", "is a directory"),
     ("cases-tier-unknown", "cases --tier weekly", "invalid choice: 'weekly'"),
     ("oracle-case-unknown", "oracle no-such-case", "no case with id 'no-such-case'"),
-    ("no-subcommand", "", "the following arguments are required: command"),
+    ("port-steps-zero", "port --from torch --to keras --steps 0", "--steps: must be >= 1, not 0"),
+    ("port-steps-a-word", "port --from torch --to keras --steps many", "'many' is not a whole number of steps"),
+    ("port-initial-var-zero", "port --from torch --to keras --initial-var 0", "--initial-var: must be > 0"),
+    ("port-initial-var-nan", "port --from torch --to keras --initial-var nan", "--initial-var: must be a finite"),
+    ("port-batch-shape-zero", "port --from torch --to keras --batch-shape 32,0", "--batch-shape must be positive"),
+    ("port-batch-shape-one-number", "port --from torch --to keras --batch-shape 32", "--batch-shape must be positive"),
     ("unknown-subcommand", "explode", "invalid choice: 'explode'"),
 ]
 
