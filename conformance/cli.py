@@ -516,7 +516,8 @@ DESCRIPTIONS = {
     "run": ("Run the conformance suite: every selected adapter in its own worker process, each check compared "
             "with the float64 oracle against a derived bound. Writes OUT/runs/<run-id>/ (records.jsonl, "
             "meta.json) and the report OUT/index.html; exit 0 when every check passes or is a registered "
-            "deviation, 1 when one fails or errors, 2 on bad input, 130 when interrupted.",
+            "deviation, 1 when one fails or errors, 2 on bad input, 130 when interrupted (Ctrl-C), 143 on "
+            "SIGTERM.",
             ["bnconform run                                  # default tier, every installed core framework",
              "bnconform run --tier smoke --frameworks torch  # seconds",
              "bnconform run --frameworks keras.jax -k 'f64 and not T2E'",

@@ -200,9 +200,9 @@ JOBS = number(low=0, integer=True, what_="a whole number of jobs")
 SECONDS = number(low=0, low_open=True, what_="a number of seconds")
 FACTOR = number(low=1, low_open=True, what_="a factor")  # drift: a ratio moved by more than FACTOR x
 FLOOR = number(low=0, low_open=True, what_="a positive number")
-EPS = number(low=0, low_open=True, what_="a positive number")
+EPS = number(low=0, low_open=True, high=1, what_="a positive number")  # as port() checks it: (0, 1]
 MOMENTUM = number(low=0, high=1, what_="a number")
-STEPS = number(low=1, integer=True, what_="a whole number of steps")
+STEPS = number(low=1, high=1000, integer=True, what_="a whole number of steps")  # port()'s range
 VARIANCE = number(low=0, low_open=True, what_="a positive number")  # both native forms weigh one of two terms: [0, 1]
 
 
