@@ -47,8 +47,11 @@ def extra_specs() -> list[AdapterSpec]:
     for module in filter(None, (m.strip() for m in os.environ.get(ENV, "").split(","))):
         try:
             specs = importlib.import_module(module).SPECS
-        except (ImportError, AttributeError) as e:
-            raise KeyError(f"{ENV}: cannot load adapter specs from {module!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001  a user's module: SyntaxError, ImportError, anything its import raises
+            raise KeyError(f"{ENV}: cannot load adapter specs from {module!r}: {type(e).__name__}: {e}") from None
+        if not isinstance(specs, (tuple, list)) or not all(isinstance(s, AdapterSpec) for s in specs):
+            raise KeyError(f"{ENV}: {module}.SPECS must be a tuple of adapters.AdapterSpec, not "
+                           f"{type(specs).__name__}")
         out += [s for s in specs if s.name not in adapters.BY_NAME]
     return out
 

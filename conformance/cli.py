@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 import numpy as np
@@ -46,10 +47,8 @@ def _cmd_oracle(args) -> int:
 def _cmd_run(args) -> int:
     from .runner import RunError, RunOptions, run
 
-    if args.jobs < 0:
-        raise UsageError("bnconform run: --jobs must be >= 0")
-    if args.case_timeout <= 0 or args.adapter_timeout <= 0:
-        raise UsageError("bnconform run: timeouts must be positive")
+    if args.fail_on and args.compare_baseline is None:
+        raise UsageError("bnconform run: --fail-on gates a comparison: give --compare-baseline NAME too")
     opts = RunOptions(frameworks=args.frameworks, tier=args.tier, paths=args.paths, out=args.out, jobs=args.jobs,
                       case_timeout=args.case_timeout, adapter_timeout=args.adapter_timeout,
                       registry=args.registry, strict=args.strict, report=not args.no_report,
@@ -57,7 +56,7 @@ def _cmd_run(args) -> int:
     baseline_paths = {}
     for kind in ("save_baseline", "compare_baseline"):
         name = getattr(args, kind)
-        if name:
+        if name is not None:  # '' is a bad name, not an absent one
             from .diffview import baseline_path
 
             try:
@@ -79,7 +78,7 @@ def _cmd_run(args) -> int:
         status = run(opts)
     except RunError as e:
         raise UsageError(f"bnconform run: {e}") from None
-    if opts.run_dir is None or status == 130:
+    if opts.run_dir is None or status in (130, 143):
         return status
     return _baselines(opts.run_dir, baseline_paths, args, fail_on, baseline if fail_on is not None else None,
                       status)
@@ -93,7 +92,7 @@ def _baselines(run_dir, paths, args, fail_on, baseline, status: int) -> int:
     from .progress import console as progress_console
 
     console = progress_console()
-    rs = results.load([run_dir])
+    rs = results.load([run_dir], validate=False)  # just written through results.storable
     reasons: list[str] = []
     if baseline is not None:
         try:
@@ -141,7 +140,7 @@ def _cmd_report(args) -> int:
     except OSError as e:
         raise UsageError(f"bnconform report: cannot write {out}: {e.strerror or e}") from None
     for w in rs.warnings:
-        print(f"bnconform report: warning: {w}", file=sys.stderr)
+        print(_one_line(f"bnconform report: warning: {w}"), file=sys.stderr)
     sys.stderr.flush()
     print(f"report: {path} ({len(rs.records)} checks from {len(rs.sources)} results file(s))")
     return 0
@@ -151,14 +150,16 @@ def _cmd_port(args) -> int:
     from .port import PortError, port
     from .state import StateError
 
+    from .validation import MOMENTUM, parsed
+
     momentum, given = None, False
     if args.momentum is not None:
         given = True
         if args.momentum.lower() not in ("none", "cumulative"):
             try:
-                momentum = float(args.momentum)
-            except ValueError:
-                raise UsageError(f"bnconform port: --momentum must be a number or 'none', not {args.momentum!r}")
+                momentum = parsed(MOMENTUM, args.momentum, "--momentum (a number in [0, 1] or 'none')")
+            except ValueError as e:
+                raise UsageError(f"bnconform port: {e}") from None
     shape = _int_tuple(args.batch_shape, "--batch-shape") if args.batch_shape else None
     if (args.out or args.map) and not args.state:
         raise UsageError("bnconform port: --out and --map need --state (the trained state file to convert)")
@@ -178,9 +179,12 @@ def _cmd_port(args) -> int:
 
 def _int_tuple(text: str, option: str) -> tuple[int, ...]:
     try:
-        return tuple(int(t) for t in text.replace("x", ",").split(","))
+        shape = tuple(int(t) for t in text.replace("x", ",").split(","))
     except ValueError:
-        raise UsageError(f"bnconform port: {option} must be integers like 32,8,4,4, not {text!r}") from None
+        shape = ()
+    if len(shape) < 2 or min(shape) < 1:
+        raise UsageError(f"bnconform port: {option} must be positive integers like 32,8,4,4, not {text!r}")
+    return shape
 
 
 def _convert_state(args, result, shape) -> int:
@@ -199,8 +203,10 @@ def _convert_state(args, result, shape) -> int:
         layer, sep, value = item.rpartition("=")
         try:
             value = int(value)
+            if value < 1:
+                raise ValueError
         except ValueError:
-            raise StateError(f"--n takes N or LAYER=N (an integer), not {item!r}") from None
+            raise StateError(f"--n takes N or LAYER=N (a positive integer), not {item!r}") from None
         if sep:
             per_layer[layer] = value
         else:
@@ -230,36 +236,56 @@ def _convert_state(args, result, shape) -> int:
 
 
 def _cmd_conventions(args) -> int:
-    import os
-
     from .cases import CASES
     from .catalogue import select
     from .infer import BY_CASE_KNOB, EVAL_GRADIENT_CASE, table
     from .install import hint as install_hint
-    from .worker import AdapterRun, Pool, WorkerConfig
+    from .registry import Registry, RegistryError
+    from .worker import WORKER_THREADS, AdapterRun, Pool, WorkerConfig
 
     specs = select(args.frameworks)
+    try:
+        Registry.load(args.registry)  # refuse a bad registry here, not as every worker's setup error
+    except RegistryError as e:
+        raise UsageError(f"bnconform conventions: {e}") from None
     missing = [s for s in specs if not s.available()]
+    if len(missing) == len(specs):
+        raise UsageError(f"bnconform conventions: no adapter of selection {args.frameworks!r} is installed ("
+                         + "; ".join(f"{s.name}: {', '.join(s.missing())} not installed" for s in specs[:3]) + ")")
     for s in missing:
         print(f"skip {s.name}: {', '.join(s.missing())} not installed ({install_hint(s.install)})",
               file=sys.stderr)
     cases = [c.id for c in CASES.values() if c.knob in BY_CASE_KNOB or c.knob == "eps"] + [EVAL_GRADIENT_CASE]
     records: list[dict] = []
     jobs = args.jobs or os.cpu_count() or 1
-    cfg = WorkerConfig(registry_path=args.registry, threads=max(1, (os.cpu_count() or 1) // jobs))
+    cfg = WorkerConfig(registry_path=args.registry, threads=WORKER_THREADS)
     runs = [AdapterRun(s.name, cases, cfg, on_records=lambda cid, recs: records.extend(recs))
             for s in specs if s.available()]
     pool = Pool(runs, jobs)
     if pool.wait():
-        print("bnconform: interrupted", file=sys.stderr)
-        return 130
+        print(f"bnconform: {pool.interruption}", file=sys.stderr)
+        return pool.exit_status
     for line in pool.failures:
         print(f"bnconform: internal error driving {line}", file=sys.stderr)
     t = table(records)
     _print_table(t)
     for line in t["disagreements"]:
         print(f"finding: {line}")
-    return 0
+    errors = _first_errors(records)
+    for line in errors:
+        print(f"bnconform conventions: {line}", file=sys.stderr)
+    return 1 if errors or pool.failures else 0
+
+
+def _first_errors(records: list[dict]) -> list[str]:
+    """One line per adapter whose checks errored (setup failed, crashed, timed out): its row says nothing."""
+    from .textsafe import terminal
+
+    seen: dict[str, str] = {}
+    for r in records:
+        if r.get("verdict") == "error" and r["adapter"] not in seen:
+            seen[r["adapter"]] = f"{r['adapter']}: error on {r['case']}: {terminal(r['reason'].splitlines()[0] if r['reason'] else '')}"
+    return list(seen.values())
 
 
 def _print_table(t: dict) -> None:
@@ -273,8 +299,10 @@ def _print_table(t: dict) -> None:
     table = Table(title=t["title"], caption=t.get("description"), show_lines=False)
     for c in t["columns"]:
         table.add_column(c, overflow="fold")
+    from .textsafe import markup
+
     for row in t["rows"]:
-        table.add_row(*[str(c) for c in row])
+        table.add_row(*[markup(str(c)) for c in row])
     from .progress import console
 
     console().print(table)
@@ -395,6 +423,8 @@ def _cmd_fuzz(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .validation import EPS, FACTOR, FLOOR, JOBS, SECONDS, STEPS, VARIANCE
+
     p = _Parser(prog="bnconform", description="Cross-framework BatchNorm conformance suite.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     c = sub.add_parser("cases", help="list the case table")
@@ -414,11 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "names/globs such as 'compile*,export-onnx' (env BNCONFORM_PATHS)")
     r.add_argument("--out", default="reports",
                    help="output directory: results in OUT/runs/<run-id>/, the report at OUT/index.html")
-    r.add_argument("--jobs", type=int, default=0, help="adapter worker processes at a time (default: CPU count)")
-    r.add_argument("--case-timeout", type=float, default=300.0,
+    r.add_argument("--jobs", type=JOBS, default=0, help="adapter worker processes at a time (default: CPU count)")
+    r.add_argument("--case-timeout", type=SECONDS, default=300.0,
                    help="seconds one adapter may spend on one case (its checks become errors past it)")
-    r.add_argument("--adapter-timeout", type=float, default=3600.0,
-                   help="seconds one adapter may spend on all its cases")
+    r.add_argument("--adapter-timeout", type=SECONDS, default=3600.0,
+                   help="seconds one adapter may spend on all its cases, its set-up included")
     r.add_argument("--registry", help="registry directory or TOML file (default: the bundled registry)")
     r.add_argument("--strict", action="store_true",
                    help="registered deviations that no longer occur (xpass) and stale entries fail the run")
@@ -438,11 +468,11 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--to", dest="target", required=True, help="target framework or adapter")
     pt.add_argument("--momentum", help="source's momentum in its own native form ('none': cumulative average); "
                                        "default: the source's default")
-    pt.add_argument("--eps", type=float, help="eps (default: the source's default)")
+    pt.add_argument("--eps", type=EPS, help="eps (default: the source's default)")
     pt.add_argument("--layout", choices=["channels_first", "channels_last"],
                     help="the target model's data layout (default: its framework's convention, stated in the output)")
     pt.add_argument("--batch-shape", help="one training batch as N,C[,spatial...] (default: the demo 32,8,4,4)")
-    pt.add_argument("--steps", type=int, help="training steps the state went through (default: 3 for the sizes; "
+    pt.add_argument("--steps", type=STEPS, help="training steps the state went through (default: 3 for the sizes; "
                                               "unknown for --purpose training, which is then approximate)")
     pt.add_argument("--dtype", default="float32", help="the model's dtype (default: float32)")
     pt.add_argument("--state", help="trained state to convert: .npz, torch .pt state_dict, Keras .weights.h5, "
@@ -454,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--n", action="append", metavar="[LAYER=]N",
                     help="elements per channel in each training step of LAYER (N x H x W at that layer), or of every "
                          "layer; repeatable (default: from --batch-shape)")
-    pt.add_argument("--initial-var", type=float, default=1.0, help="initial running variance R0 (default 1)")
+    pt.add_argument("--initial-var", type=VARIANCE, default=1.0, help="initial running variance R0 (default 1)")
     pt.add_argument("--n-varied", action="store_true", help="n was not the same in every step: the correction "
                                                              "is approximate and says so")
     pt.add_argument("--map", action="append", metavar="SRC=DST", help="rename a layer (repeatable)")
@@ -466,15 +496,15 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("--fail-on", action="append", metavar="CATEGORY[:ARG]",
                     help="also fail on: drift[:FACTORx], convention, registered, fix, new, missing, other (regressions always "
                          "fail); repeatable")
-    df.add_argument("--drift-factor", type=float, default=10.0, help="ratio change reported as drift (default 10)")
-    df.add_argument("--drift-floor", type=float, default=1e-3,
+    df.add_argument("--drift-factor", type=FACTOR, default=10.0, help="ratio change reported as drift (default 10)")
+    df.add_argument("--drift-floor", type=FLOOR, default=1e-3,
                     help="ratios below this count as this (noise in the last bits is not drift; default 1e-3)")
     df.add_argument("--html", help="write the diff as an HTML page here")
     df.add_argument("--title", help="title of the HTML page")
     df.set_defaults(func=_cmd_diff)
     cv = sub.add_parser("conventions", help="declared vs inferred conventions of the installed frameworks")
     cv.add_argument("--frameworks", default="all", help="adapters, families or globs (default: all core)")
-    cv.add_argument("--jobs", type=int, default=0, help="worker processes at a time (default: CPU count)")
+    cv.add_argument("--jobs", type=JOBS, default=0, help="worker processes at a time (default: CPU count)")
     cv.add_argument("--registry", default=None, help="registry dir or file")
     cv.set_defaults(func=_cmd_conventions)
     ex = sub.add_parser("export", help="write a tier's cases and a runner for an outside runtime (TensorFlow.js "
@@ -513,13 +543,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM (what CI runners and `timeout` send) outside a run's worker pool: finish like Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 # -- what a new user meets first: --version, help on a bare `bnconform`, a description and examples per
 # subcommand, and run's -k / --case
 DESCRIPTIONS = {
     "run": ("Run the conformance suite: every selected adapter in its own worker process, each check compared "
             "with the float64 oracle against a derived bound. Writes OUT/runs/<run-id>/ (records.jsonl, "
             "meta.json) and the report OUT/index.html; exit 0 when every check passes or is a registered "
-            "deviation, 1 when one fails or errors, 2 on bad input, 130 when interrupted.",
+            "deviation, 1 when one fails or errors, 2 on bad input, 130 when interrupted (Ctrl-C), 143 on "
+            "SIGTERM.",
             ["bnconform run                                  # default tier, every installed core framework",
              "bnconform run --tier smoke --frameworks torch  # seconds",
              "bnconform run --frameworks keras.jax -k 'f64 and not T2E'",
@@ -619,6 +658,9 @@ def _first_ten_minutes(p: argparse.ArgumentParser, sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    previous = None
+    if threading_is_main():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -627,16 +669,33 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return args.func(args)
     except UsageError as e:
-        print(str(e), file=sys.stderr)
+        print(_one_line(str(e)), file=sys.stderr)
         return 2
     except KeyError as e:
-        print(f"bnconform: {e.args[0]}", file=sys.stderr)
+        print(_one_line(f"bnconform: {e.args[0]}"), file=sys.stderr)
         return 2
     except BrokenPipeError:  # `bnconform ... | head`: the reader left; not an error of ours
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
         print("bnconform: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("bnconform: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _one_line(text: str) -> str:
+    """A usage error as exactly one printable line (file contents and names can carry newlines and escapes)."""
+    from .textsafe import cap, terminal
+
+    return cap(terminal(" ".join(text.split("\n"))), 2000)

@@ -320,12 +320,9 @@ def parse_fail_on(specs: list[str]) -> dict[str, float | None]:
         if arg:
             if name != "drift":
                 raise ValueError(f"--fail-on {spec!r}: only drift takes an argument")
-            try:
-                factor = float(arg.rstrip("xX"))
-            except ValueError:
-                raise ValueError(f"--fail-on {spec!r}: the drift factor must be a number, e.g. drift:10x") from None
-            if factor <= 1:
-                raise ValueError(f"--fail-on {spec!r}: the drift factor must be > 1")
+            from .validation import FACTOR, parsed
+
+            factor = parsed(FACTOR, arg.rstrip("xX"), f"--fail-on {spec!r}: the drift factor")
         out[name] = factor
     return out
 

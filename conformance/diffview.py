@@ -15,6 +15,7 @@ import jinja2
 
 from . import results
 from .diff import Diff, summarize
+from .textsafe import web_link
 
 CATEGORIES = (
     ("regression", "Regressions", "fail or error in NEW and did not in OLD (whatever they were: passing, "
@@ -36,6 +37,13 @@ def summary_line(d: Diff) -> str:
     return ", ".join(parts) if parts else "no differences"
 
 
+def _cells(*cells) -> list[str]:
+    """Table cells as text: rich markup escaped, terminal escapes from adapters' messages removed."""
+    from .textsafe import markup
+
+    return [markup("" if c is None else str(c)) for c in cells]
+
+
 def print_terminal(d: Diff, console, limit: int = 25, page: str | None = None) -> None:
     """The diff on a terminal; `page`: where the HTML page with every change is (None: none is written)."""
     from rich.table import Table
@@ -47,10 +55,10 @@ def print_terminal(d: Diff, console, limit: int = 25, page: str | None = None) -
         for c in ("package", "OLD", "NEW"):
             t.add_column(c)
         for row in d.environment:
-            t.add_row(*row)
+            t.add_row(*_cells(*row))
         if d.packages:
-            t.add_row(f"{len(d.packages)} other packages differ", ", ".join(
-                f"{p} {o} -> {n}" for p, o, n in d.packages[:12]) + (", ..." if len(d.packages) > 12 else ""), "")
+            t.add_row(*_cells(f"{len(d.packages)} other packages differ", ", ".join(
+                f"{p} {o} -> {n}" for p, o, n in d.packages[:12]) + (", ..." if len(d.packages) > 12 else ""), ""))
         console.print(t)
     groups = summarize(d)
     if groups:
@@ -60,7 +68,7 @@ def print_terminal(d: Diff, console, limit: int = 25, page: str | None = None) -
         t.add_column("adapter", overflow="fold")
         t.add_column("what changed", overflow="fold")
         for g in groups:
-            t.add_row(titles.get(g.category, g.category), g.adapter, g.sentence)
+            t.add_row(*_cells(titles.get(g.category, g.category), g.adapter, g.sentence))
         console.print(t)
     for cat, title, what in CATEGORIES:
         items = d.of(cat)
@@ -72,7 +80,7 @@ def print_terminal(d: Diff, console, limit: int = 25, page: str | None = None) -
         t.add_column("quantity")
         t.add_column("what changed", overflow="fold")
         for c in items[:limit]:
-            t.add_row(c.adapter, c.case, c.quantity, c.sentence)
+            t.add_row(*_cells(c.adapter, c.case, c.quantity, c.sentence))
         if len(items) > limit:
             t.add_row("…", f"{len(items) - limit} more " + (f"(all in {page})" if page else
                                                              "(--html PAGE lists all)"), "", "")
@@ -82,7 +90,7 @@ def print_terminal(d: Diff, console, limit: int = 25, page: str | None = None) -
         for c in ("adapter", "knob", "OLD", "NEW"):
             t.add_column(c)
         for row in d.declared:
-            t.add_row(*row)
+            t.add_row(*_cells(*row))
         console.print(t)
     console.print(f"diff: {summary_line(d)}", highlight=False)
 
@@ -91,6 +99,7 @@ def render_html(d: Diff, old_label: str, new_label: str, gate_reasons: list[str]
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(Path(__file__).parent / "templates")),
                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
                              lstrip_blocks=True)
+    env.filters["web_link"] = web_link  # only http(s) links become hrefs
     sections = [{"id": cat, "title": title_, "what": what, "items": d.of(cat)} for cat, title_, what in CATEGORIES]
     titles = {cat: title_ for cat, title_, _ in CATEGORIES}
     return env.get_template("diff.html.j2").render(
@@ -136,15 +145,14 @@ def baseline_json(rs, name: str) -> str:
 
 
 def load_baseline(path: Path) -> Baseline:
+    from . import validation
+
+    if not path.exists():
+        raise results.ResultsError(f"no baseline {path.stem!r} ({path} does not exist)")
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise results.ResultsError(f"no baseline {path.stem!r} ({path} does not exist)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise results.ResultsError(f"{path}: not a readable baseline ({e})") from None
-    if not isinstance(doc, dict) or doc.get("baseline_schema") != BASELINE_SCHEMA or not isinstance(
-            doc.get("checks"), list):
-        raise results.ResultsError(f"{path}: not a bnconform baseline of schema {BASELINE_SCHEMA}")
+        doc = validation.load_json(path, "baseline", "baseline")
+    except validation.Invalid as e:
+        raise results.ResultsError(str(e)) from None
     records = []
     for c in doc["checks"]:
         rec = results.upgrade(dict(c)) if isinstance(c, dict) else c

@@ -185,7 +185,8 @@ def evaluate(adapter, case: Case, registry: Registry | None = None, *, path: str
 
     ctx = _Context(adapter, case, problem, obs, registry, version, device, seconds, diagnose)
     records = [ctx.check(q) for q in quantities]
-    ev = evidence(adapter, case, problem, obs) if evidence is not None else None
+    # evidence fits models to every observed array: only when each one has the shape the oracle has
+    ev = evidence(adapter, case, problem, obs) if evidence is not None and not ctx.malformed else None
     harness = time.perf_counter() - began - seconds  # inputs, oracle, bounds, comparison, diagnosis, evidence
     for r in records:
         r["evidence"] = ev
@@ -202,6 +203,9 @@ class _Context:
         self.diagnose = diagnose
         self.trace = simulate(problem, adapter.convention, second_order=bool(problem.quantities & SECOND_ORDER))
         self.bounds = tolerance.bounds(problem, self.trace, adapter.convention, adapter.precision(problem))
+        self.malformed = {q: why for q in applicable(case) if (why := _malformed(q, obs, self.trace))}
+        if self.malformed:
+            self.diagnose = None  # hypotheses are fitted to every quantity; a wrong-shaped one would break them
 
     def record(self, q: str) -> dict:
         rec = _base(self.adapter, self.case, q, self.version, self.device)
@@ -213,8 +217,15 @@ class _Context:
     def check(self, q: str) -> dict:
         adapter, case, problem, obs, trace = self.adapter, self.case, self.problem, self.obs, self.trace
         rec = self.record(q)
-        if q in obs.unsupported or q not in obs.values:
+        if q in obs.unsupported or (q not in obs.values and q not in adapter.quantities):
             rec.update(verdict="skip", reason=obs.unsupported.get(q, f"{adapter.name} does not report {q}"))
+            return rec
+        if q not in obs.values:  # declared observable, not declared unsupported for this case, not returned
+            why = f"{adapter.name} returned no {q} (it declares {q} observable and did not say why it is missing)"
+            rec.update(verdict="error", reason=why, message=why)
+            return rec
+        if q in self.malformed:
+            rec.update(verdict="error", reason=self.malformed[q], message=self.malformed[q])
             return rec
         bound = self.bounds[q]
         cmp = compare(q, trace[q], obs.values[q], bound.values, expected_dtype=adapter.expected_dtype(q, problem),
@@ -249,6 +260,21 @@ class _Context:
             rec["repro"] = repro.snippet(adapter, case, problem, q)
             rec["message"] = messages.failure(rec, case)
         return rec
+
+
+def _malformed(q: str, obs, trace) -> str | None:
+    """Why the adapter's array for `q` cannot be compared at all (wrong shape or not numbers), or None."""
+    if q not in obs.values or q not in trace.quantities:
+        return None
+    try:
+        got = np.asarray(obs.values[q], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        return f"the adapter returned {q} that is not an array of numbers ({type(e).__name__})"
+    if got.shape != np.shape(trace[q]):
+        return f"the adapter returned {q} of shape {got.shape}; the oracle's {q} has shape {np.shape(trace[q])}"
+    if not isinstance(obs.dtypes.get(q), str):
+        return f"the adapter did not name the dtype of {q}"
+    return None
 
 
 def _channel_stats(trace, problem, cmp) -> dict | None:

@@ -207,8 +207,8 @@ def write_results(imported: Imported, out: str | Path, registry: Registry, repor
     have = {a.name for a in imported.adapters}
     meta["adapters"] = [adapter_meta(None, r, cases) for r in RUNTIMES.values() if r.name not in have]
     meta["adapters"] += [adapter_meta(a, a.runtime, cases) for a in imported.adapters]
-    run_dir = Path(out) / "runs" / meta["run_id"]
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = results.claim_run_dir(Path(out) / "runs", meta["run_id"])  # never another run's directory
+    meta["run_id"] = run_dir.name
     results.write_meta(run_dir, meta)
     writer = results.RecordWriter(run_dir / results.RECORDS)
     counts: dict[str, Counter] = {a.name: Counter() for a in imported.adapters}

@@ -178,6 +178,13 @@ def evidence(adapter, case, problem, obs) -> dict | None:
     return out
 
 
+def number(v) -> float | None:
+    try:
+        return None if v is None else float(v)
+    except (TypeError, ValueError):
+        return None
+
+
 def table(records: list[dict], meta_adapters: dict | None = None) -> dict:
     """The declared-vs-inferred table (generic analysis-table form) from records carrying `evidence`."""
     cells: dict[str, dict[str, str]] = {}
@@ -197,8 +204,9 @@ def table(records: list[dict], meta_adapters: dict | None = None) -> dict:
         else:
             text = f"declared {ev['declared']}, does {approx}{ev['inferred']} ✗"
             disagreements.append(f"{label(r)}: {ev['knob']} declared {ev['declared']}, observed {ev['inferred']}")
-        if ev.get("alpha_observed") is not None:
-            text += f" (α = {ev['alpha_observed']:.3g})"
+        alpha = number(ev.get("alpha_observed"))  # stored non-finite values are the strings "nan", "inf"
+        if alpha is not None:
+            text += f" (α = {alpha:.3g})"
         row[ev["knob"]] = text
     columns = [k.name for k in KNOBS] + ["effective eps"]
     used = [c for c in columns if any(c in row for row in cells.values())]

@@ -40,10 +40,12 @@ def pytest_addoption(parser):
                 help="XPASS and stale registry entries fail")
     g.addoption("--bn-registry", default=os.environ.get("BNCONFORM_REGISTRY"), help="registry dir or file")
     g.addoption("--bn-results", default=os.environ.get("BNCONFORM_RESULTS"), help="write results to this dir")
-    g.addoption("--bn-jobs", type=int, default=int(os.environ.get("BNCONFORM_JOBS", "0") or 0),
+    from .validation import JOBS, SECONDS
+
+    g.addoption("--bn-jobs", type=JOBS, default=os.environ.get("BNCONFORM_JOBS", "0") or "0",
                 help="adapter worker processes at a time (0: CPU count)")
     g.addoption("--bn-inprocess", action="store_true", help="evaluate in the pytest process (debugging)")
-    g.addoption("--bn-case-timeout", type=float, default=300.0, help="seconds per case")
+    g.addoption("--bn-case-timeout", type=SECONDS, default=300.0, help="seconds per case")
 
 
 def _selection(config):
@@ -53,6 +55,9 @@ def _selection(config):
         return select(config.getoption("--bn-frameworks"))
     except KeyError as e:
         raise pytest.UsageError(str(e.args[0])) from None
+
+
+LOCK_KEY = pytest.StashKey[object]()
 
 
 def pytest_configure(config):
@@ -66,8 +71,12 @@ def pytest_configure(config):
     config.stash[STASH_KEY] = BNSession(config, registry)
     results = config.getoption("--bn-results")
     if results and not hasattr(config, "workerinput"):  # main process or xdist controller: start afresh
-        from .pytest_results import clean
+        from .pytest_results import InUse, clean, lock
 
+        try:  # held until this process exits; a second session on the same directory is refused, not mixed in
+            config.stash[LOCK_KEY] = lock(results)
+        except InUse as e:
+            raise pytest.UsageError(str(e)) from None
         clean(results)
 
 
@@ -195,10 +204,10 @@ class BNSession:
         if self.config.getoption("--bn-inprocess"):
             self._run_inprocess(adapter, cases)
             return
-        from .worker import AdapterRun, Pool, WorkerConfig
+        from .worker import WORKER_THREADS, AdapterRun, Pool, WorkerConfig
 
         jobs = self.config.getoption("--bn-jobs") or os.cpu_count() or 1
-        threads = max(1, (os.cpu_count() or 1) // max(1, min(jobs, len(self.wanted) or 1)))
+        threads = WORKER_THREADS  # as `bnconform run`: results must not depend on --bn-jobs
         cfg = WorkerConfig(registry_path=self.config.getoption("--bn-registry"), threads=threads,
                            case_timeout=self.config.getoption("--bn-case-timeout"))
         # Serially, start every selected adapter now: they run in parallel while tests wait. Under xdist each

@@ -8,8 +8,9 @@ import time
 from collections import Counter
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .textsafe import markup, terminal
 
 BAD = ("fail", "error", "xpass")
 
@@ -55,17 +56,17 @@ class RichProgress(_Base):
 
     def add(self, adapter, cases):
         super().add(adapter, cases)
-        self.tasks[adapter] = self.bar.add_task(escape(adapter), total=cases, tally="waiting", start=False)
+        self.tasks[adapter] = self.bar.add_task(markup(adapter), total=cases, tally="waiting", start=False)
 
     def skipped(self, adapter, why):
-        self.console.print(f"[yellow]skip[/] {escape(adapter)}: {escape(why)}", highlight=False)
+        self.console.print(f"[yellow]skip[/] {markup(adapter)}: {markup(why)}", highlight=False)
 
     def event(self, adapter, kind, info):
         if kind == "started":
             self.bar.start_task(self.tasks[adapter])
             self.bar.update(self.tasks[adapter], tally="started")
         elif kind == "restart":
-            self.console.print(f"[red]{escape(adapter)}[/]: {escape(info['reason'])} on {info['case']}; worker restarted",
+            self.console.print(f"[red]{markup(adapter)}[/]: {markup(info['reason'])} on {markup(info['case'])}; worker restarted",
                                highlight=False)
 
     def case_done(self, adapter, records):
@@ -75,6 +76,17 @@ class RichProgress(_Base):
         if any(c[v] for v in BAD):
             tally = f"[red]{tally}[/]"
         self.bar.update(self.tasks[adapter], advance=1, tally=tally)
+
+
+def _reader_left(console: Console) -> None:
+    import os
+    import sys
+
+    console.quiet = True
+    try:  # later prints (and the interpreter's final flush) go nowhere instead of raising again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError:
+        pass
 
 
 class PlainProgress(_Base):
@@ -92,7 +104,12 @@ class PlainProgress(_Base):
 
     def _say(self, text: str) -> None:
         with self.lock:
-            self.console.print(text, highlight=False, markup=False, soft_wrap=True)
+            if self.console.quiet:
+                return
+            try:
+                self.console.print(terminal(text), highlight=False, markup=False, soft_wrap=True)
+            except BrokenPipeError:  # `bnconform run | head`: the reader left; the run (and its files) go on
+                _reader_left(self.console)
 
     def skipped(self, adapter, why):
         self._say(f"skip {adapter}: {why}")

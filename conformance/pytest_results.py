@@ -14,8 +14,44 @@ from pathlib import Path
 from . import results, runmeta
 
 
+LOCK = ".bnconform.lock"
+
+
+class InUse(Exception):
+    """Another live session writes to the same results directory (one line for the user)."""
+
+
+def lock(directory: str | Path):
+    """Take DIR's lock for this session (an open file holding an fcntl lock, released when this process
+    ends, however it ends). Two pytest sessions given the same --bn-results would otherwise delete and mix
+    each other's files: the second one is refused."""
+    import fcntl
+    import os
+
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        f = open(d / LOCK, "a+")
+    except OSError as e:
+        raise InUse(f"--bn-results {d}: cannot write there: {e.strerror or e}") from None
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "?"
+        f.close()
+        raise InUse(f"--bn-results {d} is being written by another session (pid {holder}); give each session "
+                    f"its own directory") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
 def clean(directory: str | Path) -> None:
-    """Remove a previous session's results from DIR (only the files this format owns)."""
+    """Remove a previous, finished session's results from DIR (only the files this format owns). Call with
+    DIR's `lock` held: a live session's files are never removed."""
     d = Path(directory)
     for name in (results.RECORDS, results.META):
         (d / name).unlink(missing_ok=True)

@@ -30,10 +30,12 @@ from pathlib import Path
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from reference import QUANTITIES
+
+from . import validation
+
 DEFAULT_DIR = Path(__file__).parent / "registry"
-REQUIRED = ("id", "adapter", "cases", "quantities", "reason", "action")
-OPTIONAL = ("versions", "link", "paths", "except_cases", "model")
-ACTIONS = ("xfail", "skip")
+ACTIONS = ("xfail", "skip")  # the schema (conformance/schema/registry.schema.json) is the source of the format
 
 
 class RegistryError(Exception):
@@ -81,49 +83,43 @@ class Entry:
                 "versions": self.versions, "paths": list(self.paths), "source": self.source}
 
 
-def _as_globs(value, where: str, key: str) -> tuple[str, ...]:
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise RegistryError(f"{where}: '{key}' must be a string or a non-empty list of strings")
+def _as_globs(value) -> tuple[str, ...]:
+    return (value,) if isinstance(value, str) else tuple(value)
 
 
 def _parse_entry(raw: dict, where: str, source: str) -> Entry:
-    unknown = set(raw) - set(REQUIRED) - set(OPTIONAL)
-    if unknown:
-        raise RegistryError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
-    missing = [k for k in REQUIRED if k not in raw]
-    if missing:
-        raise RegistryError(f"{where}: missing {', '.join(missing)}")
-    for key in ("id", "adapter", "reason", "action", "versions", "link"):
-        if key in raw and not isinstance(raw[key], str):
-            raise RegistryError(f"{where}: '{key}' must be a string")
-    if raw["action"] not in ACTIONS:
-        raise RegistryError(f"{where}: action must be one of {', '.join(ACTIONS)}, not {raw['action']!r}")
-    if not raw["reason"].strip():
-        raise RegistryError(f"{where}: 'reason' is empty; a deviation needs its explanation")
+    """One [[deviation]] the schema accepted; what a schema cannot say is checked here."""
     versions = raw.get("versions", "")
     if versions:
         try:
             SpecifierSet(versions)
         except InvalidSpecifier:
-            raise RegistryError(f"{where}: 'versions' = {versions!r} is not a PEP 440 specifier") from None
-    model = raw.get("model", {})
-    if not isinstance(model, dict):
-        raise RegistryError(f"{where}: 'model' must be a table of Convention knobs")
+            raise RegistryError(f"{where}.versions: {versions!r} is not a PEP 440 specifier") from None
+    quantities = _as_globs(raw["quantities"])
+    for glob in quantities:  # a misspelt quantity would silently never match
+        if not any(fnmatch.fnmatchcase(q, glob) for q in QUANTITIES):
+            raise RegistryError(f"{where}.quantities: {glob!r} matches no quantity (known: {', '.join(QUANTITIES)})")
+    model = raw.get("model", {})  # a table (the schema says so) of Convention knobs
     from reference import Convention
 
-    knobs = Convention().knobs()
-    bad = sorted(set(model) - set(knobs))
+    bad = sorted(set(model) - set(Convention().knobs()))
     if bad:
-        raise RegistryError(f"{where}: 'model' names unknown Convention knob(s) {', '.join(bad)}")
-    return Entry(id=raw["id"], adapter=raw["adapter"], cases=_as_globs(raw["cases"], where, "cases"),
-                 quantities=_as_globs(raw["quantities"], where, "quantities"), reason=raw["reason"].strip(),
-                 action=raw["action"], versions=versions, link=raw.get("link", ""),
-                 paths=_as_globs(raw.get("paths", "*"), where, "paths"),
-                 except_cases=_as_globs(raw["except_cases"], where, "except_cases") if "except_cases" in raw else (),
-                 source=source, model=model)
+        raise RegistryError(f"{where}.model: unknown Convention knob(s) {', '.join(bad)}")
+    return Entry(id=raw["id"], adapter=raw["adapter"], cases=_as_globs(raw["cases"]), quantities=quantities,
+                 reason=raw["reason"].strip(), action=raw["action"], versions=versions, link=raw.get("link", ""),
+                 paths=_as_globs(raw.get("paths", "*")),
+                 except_cases=_as_globs(raw["except_cases"]) if "except_cases" in raw else (), source=source,
+                 model=model)
+
+
+def _entry_line(text: str, index: int) -> int:
+    """The line of the index-th [[deviation]] header (for messages that name an entry)."""
+    pos = -1
+    for _ in range(index + 1):
+        pos = text.find("[[deviation]]", pos + 1)
+        if pos < 0:
+            return 1
+    return text.count("\n", 0, pos) + 1
 
 
 class Registry:
@@ -144,22 +140,21 @@ class Registry:
         seen: dict[str, str] = {}
         for f in files:
             try:
-                data = tomllib.loads(f.read_text(encoding="utf-8"))
+                text = f.read_text(encoding="utf-8")
+                data = tomllib.loads(text)
             except (OSError, UnicodeDecodeError) as e:
                 raise RegistryError(f"{f}: cannot read: {e}") from None
             except tomllib.TOMLDecodeError as e:
                 raise RegistryError(f"{f}: not valid TOML: {e}") from None
-            unknown = set(data) - {"deviation"}
-            if unknown:
-                raise RegistryError(f"{f}: unknown table(s) {', '.join(sorted(unknown))}; expected [[deviation]]")
-            raw_entries = data.get("deviation", [])
-            if not isinstance(raw_entries, list):
-                raise RegistryError(f"{f}: 'deviation' must be an array of tables ([[deviation]])")
-            for i, raw in enumerate(raw_entries):
-                where = f"{f}: deviation #{i + 1}"
+            try:
+                validation.check(data, "registry", f, text=text)
+            except validation.Invalid as e:
+                raise RegistryError(str(e)) from None
+            for i, raw in enumerate(data.get("deviation", [])):
+                where = f"{f}:{_entry_line(text, i)}: deviation[{i}]"
                 entry = _parse_entry(raw, where, f.name)
                 if entry.id in seen:
-                    raise RegistryError(f"{where}: id {entry.id!r} already used in {seen[entry.id]}")
+                    raise RegistryError(f"{where}.id: {entry.id!r} already used in {seen[entry.id]}")
                 seen[entry.id] = f.name
                 entries.append(entry)
         return cls(entries)

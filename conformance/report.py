@@ -30,6 +30,7 @@ from reference import QUANTITIES
 
 from .paths import label
 from . import results, svg
+from .textsafe import web_link
 from .cases import CASES, parse_modes
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -524,6 +525,7 @@ def _env() -> jinja2.Environment:
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
     env.filters["fmt"] = fmt
+    env.filters["web_link"] = web_link  # only http(s) links become hrefs
     return env
 
 

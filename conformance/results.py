@@ -18,13 +18,14 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engine import READABLE_SCHEMAS, SCHEMA_VERSION, VERDICTS
+from . import validation
+from .engine import READABLE_SCHEMAS, SCHEMA_VERSION
 
 RECORDS = "records.jsonl"
 META = "meta.json"
 ANALYSIS = "analysis.json"
 PARTS = "parts"  # pytest-xdist workers write DIR/parts/<worker>/ and the controller merges them
-REQUIRED = ("schema", "check_id", "adapter", "case", "quantity", "verdict")
+REQUIRED = ("schema", "check_id", "adapter", "case", "quantity", "verdict")  # what makes a line ours at all
 
 
 class ResultsError(Exception):
@@ -32,9 +33,16 @@ class ResultsError(Exception):
 
 
 def sanitize(obj):
-    """The same data with non-finite floats as strings, so that the file is strict JSON."""
+    """The same data with non-finite floats as strings, so that the file is strict JSON (and strings that
+    UTF-8 can hold)."""
     if isinstance(obj, float) and not math.isfinite(obj):
         return repr(obj)
+    if isinstance(obj, str):
+        try:
+            obj.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates (from undecodable bytes) cannot be written as UTF-8
+            return obj.encode("utf-8", "replace").decode("utf-8")
+        return obj
     if isinstance(obj, dict):
         return {k: sanitize(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -56,24 +64,73 @@ def encode(record: dict) -> bytes:
     return (json.dumps(sanitize(record), sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
 
 
+IDENTITY = ("check_id", "adapter", "api", "framework", "version", "device", "case", "quantity", "dtype", "tier",
+            "knob")
+
+
+def storable(record: dict) -> dict:
+    """The record as it will be stored: free text capped, non-finite floats as strings, and checked against
+    the record schema. A record that cannot be stored (a value JSON cannot hold, a wrong type from an
+    adapter) becomes an error record for the same check that says why, so one bad value costs one check,
+    never the thread writing the run."""
+    from .textsafe import capped_record
+
+    try:
+        rec = sanitize(capped_record(record))
+        json.dumps(rec, allow_nan=False)
+        bad = validation.problems(rec, "record")
+        if not bad:
+            return rec
+        why = f"{validation.field(list(bad[0].absolute_path))}: {validation.what(bad[0])}"
+    except (TypeError, ValueError, RecursionError) as e:
+        why = f"{type(e).__name__}: {str(e)[:200]}"
+    return unstorable(record, why)
+
+
+def unstorable(record: dict, why: str) -> dict:
+    from .engine import SCHEMA_VERSION
+
+    def text(v):
+        return v if isinstance(v, str) else ("" if v is None else repr(v)[:200])
+
+    rec = {k: text(record.get(k)) for k in IDENTITY}
+    for k in ("adapter", "case", "quantity"):
+        rec[k] = rec[k] or "?"
+    if rec["check_id"].count("::") < 2:
+        rec["check_id"] = f"{rec['adapter']}::{rec['case']}::{rec['quantity']}"
+    rec["knob"] = record.get("knob") if isinstance(record.get("knob"), str) else None
+    rec["tier"] = record.get("tier") if record.get("tier") in ("smoke", "default", "nightly") else "default"
+    reason = f"the check's record could not be stored ({why}); the adapter returned a value of the wrong kind"
+    rec.update(schema=SCHEMA_VERSION, verdict="error", reason=reason, message=reason, metrics=None, tolerance=None,
+               characterization=None, registry=None, channel_stats=None, values=None, repro=None, diagnosis=None,
+               evidence=None, seconds=0.0, harness_seconds=0.0)
+    rec["path"] = record["path"] if isinstance(record.get("path"), str) and record["path"] else "eager"
+    if isinstance(record.get("nodeid"), str):
+        rec["nodeid"] = record["nodeid"]
+    return rec
+
+
 class RecordWriter:
     """Appends records to a JSONL file, one write(2) per record; safe to call from several threads."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)  # the umask decides
         self._lock = threading.Lock()
         self.count = 0
 
-    def write(self, records) -> None:
+    def write(self, records) -> list[dict]:
+        """Append the records (as `storable` makes them); returns what was written."""
+        stored = [storable(r) for r in records]
         with self._lock:
-            for r in records:
+            for r in stored:
                 data = encode(r)
                 written = os.write(self._fd, data)
                 while written < len(data):  # a regular file takes it whole unless the disk is full
                     written += os.write(self._fd, data[written:])
                 self.count += 1
+        return stored
 
     def close(self) -> None:
         with self._lock:
@@ -81,6 +138,17 @@ class RecordWriter:
                 os.fsync(self._fd)
                 os.close(self._fd)
                 self._fd = -1
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def file_mode() -> int:
+    """0666 less the process umask: the mode open(2) would give a new file."""
+    with _UMASK_LOCK:  # reading the umask means setting it; no other thread of ours creates files meanwhile
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -93,12 +161,27 @@ def write_atomic(path: str | os.PathLike, text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; a file we write gets what the user's umask allows
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def claim_run_dir(runs: str | os.PathLike, run_id: str) -> Path:
+    """Create a run's directory exclusively: two runs started in the same second on the same selection share an
+    id, so the second gets `<id>-2` (then -3, ...) and never writes into the first one's directory."""
+    runs = Path(runs)
+    runs.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = runs / (run_id if n == 1 else f"{run_id}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise ResultsError(f"{run_id}, {run_id}-2 ... -999 all exist")
 
 
 def write_meta(directory: str | os.PathLike, meta: dict) -> Path:
@@ -139,17 +222,17 @@ def _read_text(path: Path, what: str) -> str:
         raise ResultsError(f"{path}: not a {what} (not UTF-8 text)") from None
 
 
-def read_records(path: Path, warnings: list[str]) -> list[dict]:
+def read_records(path: Path, warnings: list[str], validate: bool = True) -> list[dict]:
     text = _read_text(path, "results file")
     lines = text.split("\n")
     partial = lines.pop()  # "" when the file ends with a newline, as every whole record does
     out = []
     for i, line in enumerate(lines, 1):
         if line.strip():
-            out.append(_parse_record(line, f"{path}:{i}"))
+            out.append(_parse_record(line, f"{path}:{i}", validate))
     if partial.strip():
         try:
-            out.append(_parse_record(partial, f"{path}:{len(lines) + 1}"))
+            out.append(_parse_record(partial, f"{path}:{len(lines) + 1}", validate))
         except ResultsError:
             warnings.append(f"{path}: dropped a cut-off last line ({len(partial)} bytes; the run was killed while "
                             f"writing it)")
@@ -164,45 +247,67 @@ def upgrade(rec: dict) -> dict:
     return rec
 
 
-def _parse_record(line: str, where: str) -> dict:
+def _readable(version) -> bool:
+    return version in READABLE_SCHEMAS and not isinstance(version, bool)
+
+
+def _versions_text() -> str:
+    return f"versions {', '.join(map(str, READABLE_SCHEMAS))}"
+
+
+def _parse_record(line: str, where: str, validate: bool = True) -> dict:
     try:
-        rec = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{where}: not a JSON record ({e.msg} at column {e.colno})") from None
+        rec = json.loads(line, parse_constant=validation._no_constant)
+    except RecursionError:
+        raise ResultsError(f"{where}: not a JSON record (nested too deeply)") from None
+    except ValueError as e:
+        raise ResultsError(f"{where}: not a JSON record ({getattr(e, 'msg', e)}"
+                           f"{f' at column {e.colno}' if hasattr(e, 'colno') else ''})") from None
     if not isinstance(rec, dict):
         raise ResultsError(f"{where}: not a check record (a JSON {type(rec).__name__}, not an object)")
     missing = [k for k in REQUIRED if k not in rec]
     if missing:
         raise ResultsError(f"{where}: not a bnconform check record (missing {', '.join(missing)})")
-    if rec["schema"] not in READABLE_SCHEMAS or isinstance(rec["schema"], bool):
-        raise ResultsError(f"{where}: results schema version {rec['schema']!r}; this bnconform reads versions "
-                           f"{', '.join(map(str, READABLE_SCHEMAS))} (re-run the suite, or use the bnconform that "
-                           f"wrote them)")
-    upgrade(rec)
-    if rec["verdict"] not in VERDICTS:
-        raise ResultsError(f"{where}: unknown verdict {rec['verdict']!r}")
+    if not _readable(rec["schema"]):
+        raise ResultsError(f"{where}: results schema version {validation.shown(rec['schema'])}; this bnconform reads "
+                           f"{_versions_text()} (re-run the suite, or use the bnconform that wrote them)")
+    upgrade(rec)  # then checked against today's schema (conformance/schema/record.schema.json)
+    if not validate:
+        return rec
+    source, _, lineno = where.rpartition(":")
+    try:
+        validation.check(rec, "record", source, line=int(lineno))
+    except validation.Invalid as e:
+        raise ResultsError(str(e)) from None
     return rec
 
 
-def _read_json(path: Path, what: str) -> dict:
+def _read_json(path: Path, schema: str, what: str) -> dict:
     try:
-        data = json.loads(_read_text(path, what))
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(data, dict):
-        raise ResultsError(f"{path}: not a {what} (a JSON {type(data).__name__}, not an object)")
-    return data
+        return validation.load_json(path, schema, what)
+    except validation.Invalid as e:
+        raise ResultsError(str(e)) from None
 
 
 def read_meta(directory: Path) -> dict | None:
     path = directory / META
     if not path.is_file():
         return None
-    meta = _read_json(path, "run metadata file")
-    if meta.get("schema") not in READABLE_SCHEMAS or isinstance(meta.get("schema"), bool):
-        raise ResultsError(f"{path}: results schema version {meta.get('schema')!r}; this bnconform reads versions "
-                           f"{', '.join(map(str, READABLE_SCHEMAS))}")
-    meta["schema"] = SCHEMA_VERSION
+    try:
+        text = _read_text(path, "run metadata file")
+        meta = json.loads(text, parse_constant=validation._no_constant)
+    except RecursionError:
+        raise ResultsError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as e:
+        raise ResultsError(f"{path}:{getattr(e, 'lineno', 1)}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(meta, dict) or not _readable(meta.get("schema")):
+        found = validation.shown(meta.get("schema")) if isinstance(meta, dict) else "none (not an object)"
+        raise ResultsError(f"{path}: results schema version {found}; this bnconform reads {_versions_text()}")
+    meta["schema"] = SCHEMA_VERSION  # version 1 differs only in its records (no paths)
+    try:
+        validation.check(meta, "meta", path, text=text)
+    except validation.Invalid as e:
+        raise ResultsError(str(e)) from None
     meta["_dir"] = str(directory)
     return meta
 
@@ -212,21 +317,20 @@ def read_tables(directory: Path) -> list[dict]:
     path = directory / ANALYSIS
     if not path.is_file():
         return []
-    data = _read_json(path, "analysis file")
-    tables = data.get("tables")
-    if not isinstance(tables, list):
-        raise ResultsError(f"{path}: 'tables' must be a list of tables")
-    for i, t in enumerate(tables):
-        ok = (isinstance(t, dict) and isinstance(t.get("id"), str) and isinstance(t.get("title"), str)
-              and isinstance(t.get("columns"), list) and isinstance(t.get("rows"), list)
-              and all(isinstance(r, list) and len(r) == len(t["columns"]) for r in t["rows"]))
-        if not ok:
-            raise ResultsError(f"{path}: table #{i + 1} needs id, title, columns and rows of len(columns) cells")
+    tables = _read_json(path, "analysis", "analysis file")["tables"]
+    for i, t in enumerate(tables):  # what the schema cannot say: every row as wide as the header
+        bad = next((j for j, r in enumerate(t["rows"]) if len(r) != len(t["columns"])), None)
+        if bad is not None:
+            raise ResultsError(f"{path}: tables[{i}].rows[{bad}]: {len(t['rows'][bad])} cells for "
+                               f"{len(t['columns'])} columns")
     return tables
 
 
-def load(paths) -> ResultSet:
-    """Read and merge results; refuses mixed schema versions and results computed from different inputs."""
+def load(paths, validate: bool = True) -> ResultSet:
+    """Read and merge results; refuses mixed schema versions and results computed from different inputs.
+
+    validate=False skips checking each record against the schema (about 1 ms a record): only for records
+    this process has just written through `storable`, which checked them."""
     warnings: list[str] = []
     by_id: dict[str, dict] = {}
     metas: list[dict] = []
@@ -243,7 +347,7 @@ def load(paths) -> ResultSet:
             tables += [t for t in read_tables(directory) if t not in tables]
             for f in files:
                 sources.append(str(f))
-                for rec in read_records(f, warnings):
+                for rec in read_records(f, warnings, validate):
                     old = by_id.get(rec["check_id"])
                     if old is not None:
                         duplicates += 1

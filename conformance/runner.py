@@ -30,7 +30,8 @@ from .engine import input_checksum
 from .install import hint as install_hint
 from .paths import split
 from .registry import Registry, RegistryError
-from .worker import AdapterRun, Pool, WorkerConfig
+from .textsafe import terminal
+from .worker import WORKER_THREADS, AdapterRun, Pool, WorkerConfig
 
 FAILING = ("fail", "error")
 CACHE = ".cache"  # under --out: compiled-artifact caches (JAX, TorchInductor) a rerun reuses
@@ -71,6 +72,14 @@ def _prepare_dir(path: Path) -> None:
         raise RunError(f"cannot write results to {path}: {e.strerror or e}") from None
 
 
+def _claim_run_dir(runs: Path, run_id: str) -> Path:
+    _prepare_dir(runs)
+    try:
+        return results.claim_run_dir(runs, run_id)
+    except (OSError, results.ResultsError) as e:
+        raise RunError(f"cannot write results under {runs}: {getattr(e, 'strerror', None) or e}") from None
+
+
 def evaluated(records) -> list[tuple[str, str, str]]:
     """The checks a registry entry could have matched: compared with the oracle (not skipped, not errored)."""
     return [(r["adapter"], r["case"], r["quantity"], r.get("path", "eager")) for r in records
@@ -105,7 +114,7 @@ class _Collector:
                           on_event=lambda kind, info: self.event(name, kind, info))
 
     def records(self, name: str, records: list[dict]) -> None:
-        self.writer.write(records)
+        records = self.writer.write(records)  # as stored: capped, and checked against the schema
         self.counts[name].update(r["verdict"] for r in records)
         self.hits.update(r["registry"]["id"] for r in records if r.get("registry"))
         self.evaluated += evaluated(records)
@@ -127,7 +136,7 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
     console = console or _console()
     specs, registry, cases, available, work = _plan(opts)
     jobs = min(opts.jobs or os.cpu_count() or 1, len(available))
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = WORKER_THREADS  # not cores // jobs: a framework's thread count changes its rounding (and the ratios)
     flags = {"frameworks": opts.frameworks, "tier": opts.tier, "paths": opts.paths, "jobs": jobs,
              "threads_per_worker": threads,
              "case_timeout": opts.case_timeout, "adapter_timeout": opts.adapter_timeout,
@@ -135,11 +144,11 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
     meta = runmeta.base(source="cli", tier=opts.tier, selection=opts.frameworks, specs=specs, cases=cases,
                         flags=flags, checksum=input_checksum(cases))
     out = Path(opts.out)
-    run_dir = out / "runs" / meta["run_id"]
-    opts.run_dir = run_dir
-    _prepare_dir(run_dir)
     if opts.report:
         _prepare_dir(out)
+    run_dir = _claim_run_dir(out / "runs", meta["run_id"])
+    meta["run_id"] = run_dir.name
+    opts.run_dir = run_dir
     results.write_meta(run_dir, meta)
     meta["paths"] = {name: sorted({split(i)[1] for i in items}) for name, items in work.items()}
     console.print(f"bnconform run {meta['run_id']}: tier {opts.tier}, {len(cases)} cases, {len(available)} of "
@@ -161,16 +170,33 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
             else:
                 show.skipped(s.name, f"{', '.join(s.missing())} not installed; {install_hint(s.install)}")
         interrupted = pool.wait(on_interrupt=lambda: console.print(
-            "interrupted: stopping the workers, keeping the finished checks", highlight=False))
+            f"{pool.interruption}: stopping the workers, keeping the finished checks", highlight=False))
     got.writer.close()
     for line in pool.failures:
         console.print(f"internal error driving {line}", highlight=False, markup=False)
+    with pool.deferred_signals():  # a second Ctrl-C or SIGTERM now would cut meta.json and the report short
+        status = _finish(opts, console, specs, registry, meta, got, run_dir, out, interrupted, logs)
+    console.print(f"finished in {progress_mod.elapsed(time.monotonic() - began)}", highlight=False, markup=False)
+    if interrupted or pool.late_signal:
+        return pool.exit_status
+    return max(status, 1 if pool.failures else 0)
 
+
+def _finish(opts, console, specs, registry, meta, got, run_dir, out, interrupted, logs) -> int:
     stale = _finish_meta(meta, got, registry, interrupted)
     log_lines = _logs(meta, logs)
     results.write_meta(run_dir, meta)
-    if got.writer.count:
-        _write_analysis(run_dir)
+    loaded = results.load([run_dir], validate=False) if got.writer.count else None  # written through storable()
+    if loaded is not None:
+        _write_analysis(run_dir, loaded.records)
+    report_path, report_error = None, None
+    if opts.report and loaded is not None:  # files first, then words: a closed stdout cannot cost the report
+        from . import report
+
+        try:
+            report_path = report.write(results.load([run_dir], validate=False), out / "index.html")
+        except OSError as e:
+            report_error = f"cannot write the report {out / 'index.html'}: {e.strerror or e}"
     _summary(console, specs, got.counts, stale)
     unchecked = meta.get("unchecked_registry") or []
     if unchecked:
@@ -181,17 +207,12 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
     if log_lines:
         console.print(f"framework output (kept off the terminal): {log_lines} lines in {logs}", highlight=False,
                       markup=False)
-    report_path = None
-    if opts.report and got.writer.count:
-        from . import report
-
-        report_path = out / "index.html"
-        report.write(results.load([run_dir]), report_path)
+    if report_error:
+        console.print(report_error, highlight=False, markup=False)
+        return 1
+    if report_path is not None:
         console.print(f"report:  {report_path}", highlight=False, markup=False)
     _next_steps(console, got.failing, opts, report_path)
-    console.print(f"finished in {progress_mod.elapsed(time.monotonic() - began)}", highlight=False, markup=False)
-    if interrupted:
-        return 130
     return exit_status(sum(got.counts.values(), Counter()), opts.strict, stale)
 
 
@@ -241,13 +262,13 @@ def _logs(meta: dict, logs: Path) -> int:
     return total
 
 
-def _write_analysis(run_dir: Path) -> None:
+def _write_analysis(run_dir: Path, records: list[dict]) -> None:
     """analysis.json: the declared-vs-inferred conventions, equivalence and defaults-hazard tables."""
     import json
 
     from . import analysis
 
-    tables = analysis.tables(results.load([run_dir]).records)
+    tables = analysis.tables(records)
     results.write_atomic(run_dir / results.ANALYSIS, json.dumps(results.sanitize({"tables": tables}), indent=1) + "\n")
 
 
@@ -262,6 +283,9 @@ def _plan(opts: RunOptions):
     except RegistryError as e:
         raise RunError(str(e)) from None
     cases = _cases(opts)
+    index = Path(opts.out) / "index.html"
+    if opts.report and index.exists() and not index.is_file():
+        raise RunError(f"{index} exists and is not a file; the report goes there (or pass --no-report)")
     available = [s for s in specs if not s.missing()]
     if not available:
         why = "; ".join(f"{s.name}: {', '.join(s.missing())} not installed" for s in specs[:3])
@@ -362,5 +386,5 @@ def _summary(console: Console, specs, counts: dict[str, Counter], stale) -> None
                                         for v in order], "")
     console.print(table)
     for e in stale or []:
-        console.print(f"stale registry entry {e['id']} ({e['source']}): covers checks of this run but matched none "
-                      f"(another entry matched them first). {e['reason']}", highlight=False, markup=False)
+        console.print(terminal(f"stale registry entry {e['id']} ({e['source']}): covers checks of this run but matched "
+                               f"none (another entry matched them first). {e['reason']}"), highlight=False, markup=False)

@@ -22,9 +22,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .textsafe import REASON_LIMIT, cap, capped_record
+
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
                "TF_NUM_INTEROP_THREADS", "BNCONFORM_THREADS")
 MAX_RESTARTS = 3
+# Every worker computes with one thread, whatever --jobs is: a framework's thread count changes how it splits
+# its reductions, so its rounding, so the error/bound ratios; results must not depend on how many adapters ran
+# side by side. Parallelism comes from running adapters in separate processes.
+WORKER_THREADS = 1
 
 
 def limit_threads(threads: int) -> None:
@@ -35,6 +41,55 @@ def limit_threads(threads: int) -> None:
     if "intra_op_parallelism_threads" not in flags:
         os.environ["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
                                    f" intra_op_parallelism_threads={threads}").strip()
+
+
+def _own_group_dying_with(parent_pid: int) -> None:
+    """Put this worker in its own process group (the parent kills the group: whatever an adapter forked goes
+    too), and make the parent's death end the group: Linux sends us SIGTERM when the parent dies
+    (PR_SET_PDEATHSIG), and the handler kills the whole group. Without prctl (not Linux) a watchdog thread
+    notices the parent gone within a second."""
+    import signal
+
+    try:
+        os.setpgid(0, 0)
+    except OSError:
+        pass
+    signal.signal(signal.SIGTERM, lambda signum, frame: _kill_own_group())
+    armed = False
+    if hasattr(os, "getpgid") and os.uname().sysname == "Linux":
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(1, signal.SIGTERM, 0, 0, 0) == 0  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != parent_pid:  # the parent died before the signal was armed
+        _kill_own_group()
+    if not armed:
+        def watch():
+            while os.getppid() == parent_pid:
+                time.sleep(1.0)
+            _kill_own_group()
+
+        threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _kill_own_group() -> None:
+    import signal
+
+    try:
+        os.killpg(os.getpgid(0), signal.SIGKILL)
+    finally:
+        os._exit(1)
+
+
+def _checked_versions(versions) -> dict:
+    """adapter.versions() as meta.json stores it: {distribution: version string}; anything else is a set-up
+    error naming what came back (meta.json would otherwise not be writable at the end of the run)."""
+    if isinstance(versions, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in versions.items()):
+        return versions
+    raise TypeError(f"versions() must return a dict of strings to version strings, not {repr(versions)[:80]}")
 
 
 # Framework log noise (TensorFlow's C++ INFO/WARNING lines such as the oneDNN notice, absl/glog lines of XLA)
@@ -142,7 +197,7 @@ class _Hosted:
 
 
 def _worker_main(conn, registry_path: str | None, threads: int, diagnose: bool, cache_dir: str | None,
-                 log_dir: str | None = None) -> None:
+                 log_dir: str | None = None, parent_pid: int = 0) -> None:
     """Runs in the child: set adapters up when asked (each once), evaluate their cases, until told to stop.
 
     Messages in: ("setup", adapter), ("eval", adapter, item), ("observe", adapter, Case), ("stop",); an item
@@ -153,6 +208,7 @@ def _worker_main(conn, registry_path: str | None, threads: int, diagnose: bool, 
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us cleanly
+    _own_group_dying_with(parent_pid)
     limit_threads(threads)
     persistent_caches(cache_dir)
     caught = quiet_frameworks()
@@ -170,18 +226,23 @@ def _worker_main(conn, registry_path: str | None, threads: int, diagnose: bool, 
             try:
                 hosted = hosted or _Hosted(registry_path, diagnose)
                 adapter = hosted.setup(msg[1])
-                conn.send(("ready", adapter.versions(), getattr(adapter, "device", "cpu"), _drain(caught)))
+                device = getattr(adapter, "device", "cpu")
+                if not isinstance(device, str):
+                    raise TypeError(f"the adapter's device must be a string, not {repr(device)[:80]}")
+                conn.send(("ready", _checked_versions(adapter.versions()), device, _drain(caught)))
             except BaseException as e:  # noqa: BLE001  setup failure is reported, not raised
-                conn.send(("setup_error", f"{type(e).__name__}: {e}", traceback.format_exc(limit=6)))
+                conn.send(("setup_error", cap(f"{type(e).__name__}: {e}", REASON_LIMIT),
+                           cap(traceback.format_exc(limit=6))))
             continue
         if msg[0] == "observe":  # raw arrays for cross-adapter comparisons (porting): msg[2] is a Case
             conn.send(_observe(hosted.adapters[msg[1]], msg[2]))
             continue
         _, name, item = msg  # item: a case id, or case-id@path (conformance.paths)
         try:
-            conn.send(("done", item, hosted.evaluate_item(name, item), _drain(caught)))
-        except BaseException as e:  # noqa: BLE001  engine bug: report it as this case's error
-            conn.send(("failed", item, f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
+            conn.send(("done", item, [capped_record(r) for r in hosted.evaluate_item(name, item)], _drain(caught)))
+        except BaseException as e:  # noqa: BLE001  engine bug (or an unpicklable value): this case's error
+            conn.send(("failed", item, cap(f"{type(e).__name__}: {e}", REASON_LIMIT),
+                       cap(traceback.format_exc(limit=8))))
 
 
 def _observe(adapter, case) -> tuple:
@@ -196,7 +257,7 @@ def _observe(adapter, case) -> tuple:
         obs = adapter.run(problem)
         return ("observed", obs.values, obs.dtypes, obs.unsupported, obs.raised, adapter.native_config(problem))
     except Exception as e:  # noqa: BLE001
-        return ("failed", f"{type(e).__name__}: {e}", traceback.format_exc(limit=6))
+        return ("failed", cap(f"{type(e).__name__}: {e}", REASON_LIMIT), cap(traceback.format_exc(limit=6)))
 
 
 def observe(adapter_name: str, cases: list, config: "WorkerConfig") -> dict:
@@ -261,26 +322,36 @@ class WorkerProcess:
         self.conn, child = ctx.Pipe()
         c = self.config
         self.proc = ctx.Process(target=_worker_main, name=f"bnconform[{self.key}]", daemon=True,
-                                args=(child, c.registry_path, c.threads, c.diagnose, c.cache_dir, c.log_dir))
+                                args=(child, c.registry_path, c.threads, c.diagnose, c.cache_dir, c.log_dir,
+                                      os.getpid()))
         self.proc.start()
         child.close()
 
-    def setup(self, adapter_name: str) -> tuple[dict, list[dict]] | str:
+    def setup(self, adapter_name: str, timeout: float | None = None,
+              stopped: threading.Event | None = None) -> tuple[dict, list[dict]] | str:
         """Set `adapter_name` up in this process (starting it if needed): (versions, warnings raised), or why
-        not (the process is then killed: a half-imported framework is no state to go on from)."""
+        not (the process is then killed: a half-imported framework is no state to go on from). Waits at most
+        `timeout` (default: setup_timeout), wakes up for `stopped`, and notices a worker that died."""
+        timeout = self.config.setup_timeout if timeout is None else min(timeout, self.config.setup_timeout)
         if not self.alive:
             self._spawn()
         self.conn.send(("setup", adapter_name))
-        if not self.conn.poll(self.config.setup_timeout):
+        if not _await(self.conn, timeout, self.proc, stopped):
+            alive = self.proc.is_alive()
+            code = self.proc.exitcode
             self.kill()
-            return f"worker did not start within {self.config.setup_timeout:.0f} s"
+            if stopped is not None and stopped.is_set():
+                return "stopped during set-up"
+            if alive:
+                return f"worker did not start within {timeout:.0f} s (set-up timed out)"
+            return f"worker died during setup (exit code {code}{_signal_name(code)})"
         try:
             msg = self.conn.recv()
         except (EOFError, OSError):
             self.proc.join(5)
             code = self.proc.exitcode
             self.kill()
-            return f"worker died during setup (exit code {code})"
+            return f"worker died during setup (exit code {code}{_signal_name(code)})"
         if msg[0] == "setup_error":
             self.kill()
             return f"adapter setup failed: {msg[1]}\n{msg[2]}"
@@ -349,10 +420,11 @@ class AdapterRun:
         return records_for(adapter, case_by_id(case_id), "error", reason, version, message=detail or reason,
                            path=path)
 
-    def _setup(self, worker: WorkerProcess) -> str | None:
-        """Set the adapter up in `worker` (a fresh process when it has none): None, or why it failed."""
+    def _setup(self, worker: WorkerProcess, timeout: float | None = None) -> str | None:
+        """Set the adapter up in `worker` (a fresh process when it has none), within `timeout` seconds (the
+        adapter's time left: --adapter-timeout bounds set-up too): None, or why it failed."""
         t0 = time.monotonic()
-        got = worker.setup(self.adapter_name)
+        got = worker.setup(self.adapter_name, timeout, self.stopped)
         if isinstance(got, str):
             return got
         self.versions = got[0]
@@ -360,16 +432,8 @@ class AdapterRun:
         self.startup_seconds += time.monotonic() - t0
         return None
 
-    def _wait(self, conn, timeout: float) -> bool:
-        """Wait for the worker's answer, waking up to notice a stop request."""
-        end = time.monotonic() + timeout
-        while not self.stopped.is_set():
-            left = end - time.monotonic()
-            if left <= 0:
-                return False
-            if conn.poll(min(0.2, left)):
-                return True
-        return False
+    def _wait(self, conn, timeout: float, proc=None) -> bool:
+        return _await(conn, timeout, proc, self.stopped)
 
     def run(self, worker: WorkerProcess | None = None) -> None:
         """Every case, in `worker` (left running for the next adapter of its key) or in a process of its own
@@ -382,7 +446,9 @@ class AdapterRun:
         try:
             while pending and not self.stopped.is_set():
                 if self.adapter_name not in worker.ready:
-                    err = self._setup(worker)
+                    err = self._setup(worker, timeout=max(deadline - time.monotonic(), 0.0))
+                    if self.stopped.is_set():
+                        return
                     if err:
                         for cid in pending:
                             self.on_records(cid, self._error_records(cid, err.splitlines()[0], err))
@@ -399,7 +465,8 @@ class AdapterRun:
                 conn.send(("eval", self.adapter_name, case_id))
                 timeout = min(self.config.case_timeout, remaining)
                 reason = None
-                if self._wait(conn, timeout):
+                proc = worker.proc
+                if self._wait(conn, timeout, proc):
                     try:
                         msg = conn.recv()
                     except (EOFError, OSError):
@@ -416,6 +483,8 @@ class AdapterRun:
                         continue
                 elif self.stopped.is_set():
                     return  # interrupted: the case in flight is simply not recorded
+                elif not proc.is_alive():
+                    reason = f"worker crashed (exit code {proc.exitcode}{_signal_name(proc.exitcode)})"
                 else:
                     reason = f"timed out after {timeout:.0f} s"
                 # crash or hang: this case is an error, the rest continue in a fresh worker
@@ -439,10 +508,34 @@ class AdapterRun:
                                        "startup_seconds": self.startup_seconds, "warnings": self.warnings})
 
 
+def _await(conn, timeout: float, proc=None, stopped: threading.Event | None = None) -> bool:
+    """Wait for the worker's answer, waking up to notice a stop request or the worker's death (a child it
+    forked may hold the pipe open, so a dead worker does not always close it)."""
+    end = time.monotonic() + timeout
+    while stopped is None or not stopped.is_set():
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        if conn.poll(min(0.2, left)):
+            return True
+        if proc is not None and not proc.is_alive():
+            return conn.poll(0)  # whatever it sent before dying is still read; else a crash
+    return False
+
+
 def _kill(proc) -> None:
-    if proc is not None and proc.is_alive():
+    """Kill the worker and its process group (whatever the adapter forked), and reap the worker."""
+    import signal
+
+    if proc is None or proc.pid is None:
+        return
+    try:  # the worker made itself the leader of group <pid>; children it forked are in it unless they left
+        os.killpg(proc.pid, signal.SIGKILL)  # first: until the worker is reaped, its pid cannot be reused
+    except OSError:  # no such group: the worker died before making it, and no child of it is left
+        pass
+    if proc.is_alive():
         proc.kill()
-        proc.join(5)
+    proc.join(5)
 
 
 def _signal_name(code) -> str:
@@ -548,19 +641,27 @@ class Pool:
             t.join(None if end is None else max(0.0, end - time.monotonic()))
         return not any(t.is_alive() for t in self.threads)
 
-    def wait(self, on_interrupt: Callable[[], None] = lambda: None, grace: float = 30.0) -> bool:
-        """Start the runs and wait for all of them; Ctrl-C stops them cleanly. Returns True if interrupted.
+    interruption = "interrupted"  # or "terminated" (SIGTERM)
+    exit_status = 130  # 128 + the signal that stopped the run: 130 for SIGINT, 143 for SIGTERM
+    late_signal = False  # a signal while the run's files were being finished (they were finished anyway)
 
-        Ctrl-C only sets a flag here. A KeyboardInterrupt raised inside Thread.join can, on CPython 3.11, mark
+    def wait(self, on_interrupt: Callable[[], None] = lambda: None, grace: float = 30.0) -> bool:
+        """Start the runs and wait for all of them; Ctrl-C or SIGTERM stops them cleanly. Returns True if
+        interrupted (`interruption` and `exit_status` say by what).
+
+        A signal only sets a flag here. A KeyboardInterrupt raised inside Thread.join can, on CPython 3.11, mark
         a still-running thread as finished (threading._wait_for_tstate_lock releases the lock it did not
         acquire), so the process would exit under a thread still cleaning up and print half a traceback."""
         import signal
 
         asked = threading.Event()
-        handler = None
-        if threading.current_thread() is threading.main_thread():
-            handler = signal.signal(signal.SIGINT, lambda signum, frame: asked.set())
-        try:
+
+        def note(signum, frame):
+            if not asked.is_set() and signum == signal.SIGTERM:
+                self.interruption, self.exit_status = "terminated", 128 + signal.SIGTERM
+            asked.set()
+
+        with self._signals_to(note):
             self.start()
             while not self.join(0.25):
                 if asked.is_set():
@@ -568,10 +669,38 @@ class Pool:
                     self.stop()
                     self.join(grace)
                     break
-        finally:
-            if handler is not None:
-                signal.signal(signal.SIGINT, handler)
         return asked.is_set()
+
+    def deferred_signals(self):
+        """While writing what a run leaves (meta.json, analysis, report): Ctrl-C and SIGTERM are noted, not
+        raised, so a second signal cannot leave meta.json at 'running' or print a traceback."""
+        import signal
+
+        def note(signum, frame):
+            if not self.late_signal and signum == signal.SIGTERM:
+                self.interruption, self.exit_status = "terminated", 128 + signal.SIGTERM
+            self.late_signal = True
+
+        return self._signals_to(note)
+
+    @staticmethod
+    def _signals_to(handler):
+        import contextlib
+        import signal
+
+        @contextlib.contextmanager
+        def installed():
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for s, h in previous.items():
+                    signal.signal(s, h)
+
+        return installed()
 
 
 def _key(run) -> str:

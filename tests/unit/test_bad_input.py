@@ -103,14 +103,14 @@ def not_a_record(good, tmp):
 def unknown_verdict(good, tmp):
     d = _copy(good, tmp)
     _rewrite_records(d, lambda r: {**r, "verdict": "maybe"})
-    return ["report", d], "unknown verdict 'maybe'"
+    return ["report", d], "verdict: must be one of 'pass'"
 
 
 def bad_analysis(good, tmp):
     d = _copy(good, tmp)
     (d / "analysis.json").write_text(json.dumps({"tables": [{"id": "t", "title": "T", "columns": ["a", "b"],
                                                              "rows": [[1]]}]}))
-    return ["report", d], "analysis.json: table #1 needs"
+    return ["report", d], "analysis.json: tables[0].rows[0]: 1 cells for 2 columns"
 
 
 def report_out_not_writable(good, tmp):
@@ -155,7 +155,7 @@ def registry_missing_reason(good, tmp):
 
 
 def negative_jobs(good, tmp):
-    return ["run", "--frameworks", "fake.oracle", "--jobs", "-1", "--out", tmp / "out"], "--jobs must be >= 0"
+    return ["run", "--frameworks", "fake.oracle", "--jobs", "-1", "--out", tmp / "out"], "--jobs: must be >= 0, not -1"
 
 
 def unknown_case(good, tmp):

@@ -153,7 +153,7 @@ def test_baseline_saved_then_gated(tmp_path):
     assert f"diff page: {page}" in wrong.stdout.replace("\n", "") and "Regressions" in page.read_text()
     (out / "baselines" / "broken.json").write_text("{")
     r = bnconform(*args, "--compare-baseline", "broken")
-    assert r.returncode == 2 and "not a readable baseline" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.returncode == 2 and "broken.json:1: not valid JSON" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 # -- sentences a user understands: registry entries, notes, grouped summaries (what tox -e upgrade-* shows)

@@ -155,20 +155,20 @@ def test_residual_sizes_match_the_oracle_on_the_bessel_factor():
 
 
 # ---- bad input: one line, exit 2
-BAD = [
+BAD = [  # the CLI's numbers are checked by conformance.validation (one place, one wording), port() again
     (["port", "--from", "torch", "--to", "caffe"], "unknown framework or adapter 'caffe'"),
-    (["port", "--from", "torch", "--to", "keras", "--momentum", "nan"], "momentum must be a finite number"),
-    (["port", "--from", "torch", "--to", "keras", "--momentum", "inf"], "momentum must be a finite number"),
+    (["port", "--from", "torch", "--to", "keras", "--momentum", "nan"], "must be a finite number"),
+    (["port", "--from", "torch", "--to", "keras", "--momentum", "inf"], "must be a finite number"),
     (["port", "--from", "torch", "--to", "keras", "--momentum", "1.5"], "in [0, 1]"),
     (["port", "--from", "torch", "--to", "keras", "--momentum", "-0.1"], "in [0, 1]"),
-    (["port", "--from", "torch", "--to", "keras", "--eps", "0"], "eps must be a finite number in (0, 1]"),
-    (["port", "--from", "torch", "--to", "keras", "--eps=-1e-5"], "eps must be"),
-    (["port", "--from", "torch", "--to", "keras", "--eps", "nan"], "eps must be"),
-    (["port", "--from", "torch", "--to", "keras", "--eps", "inf"], "eps must be"),
-    (["port", "--from", "torch", "--to", "keras", "--batch-shape", "a,b"], "--batch-shape must be integers"),
+    (["port", "--from", "torch", "--to", "keras", "--eps", "0"], "--eps: must be > 0, not 0"),
+    (["port", "--from", "torch", "--to", "keras", "--eps=-1e-5"], "--eps: must be"),
+    (["port", "--from", "torch", "--to", "keras", "--eps", "nan"], "--eps: must be a finite number"),
+    (["port", "--from", "torch", "--to", "keras", "--eps", "inf"], "--eps: must be a finite number"),
+    (["port", "--from", "torch", "--to", "keras", "--batch-shape", "a,b"], "--batch-shape must be positive integers"),
     (["port", "--from", "torch", "--to", "keras", "--batch-shape", "1,8"], "at least 2 elements per channel"),
     (["port", "--from", "torch", "--to", "keras", "--batch-shape", "0,8,2,2"], "positive integers"),
-    (["port", "--from", "torch", "--to", "keras", "--steps", "0"], "steps must be an integer in [1, 1000]"),
+    (["port", "--from", "torch", "--to", "keras", "--steps", "0"], "--steps: must be >= 1, not 0"),
     (["port", "--from", "torch", "--to", "keras", "--dtype", "int8"], "unknown dtype 'int8'"),
     (["port", "--from", "torch", "--to", "keras", "--layout", "NHWC"], "invalid choice: 'NHWC'"),
     (["port", "--from", "torch", "--to", "keras", "--out", "x.npz"], "--out and --map need --state"),

@@ -47,13 +47,13 @@ def test_stale_entries_are_those_of_selected_adapters_without_hits(tmp_path):
 
 @pytest.mark.parametrize("text,message", [
     ("[[deviation]\nid=1", "not valid TOML"),
-    (GOOD.replace('action = "xfail"', 'action = "ignore"'), "action must be one of"),
-    (GOOD.replace('reason = "half-precision running variance"', 'reason = " "'), "reason' is empty"),
+    (GOOD.replace('action = "xfail"', 'action = "ignore"'), "action: must be one of 'xfail', 'skip', not 'ignore'"),
+    (GOOD.replace('reason = "half-precision running variance"', 'reason = " "'), "reason: is empty"),
     (GOOD.replace('versions = ">=2.0,<3"', 'versions = "two"'), "not a PEP 440 specifier"),
     (GOOD.replace('link =', 'url ='), "unknown key(s) url"),
     (GOOD.replace('cases = ["f16-*", "bf16-*"]', ''), "missing cases"),
     (GOOD + GOOD, "already used"),
-    ("[other]\nx = 1", "unknown table"),
+    ("[other]\nx = 1", "unknown key(s) other"),
 ])
 def test_malformed_registry_is_one_clear_error(tmp_path, text, message):
     with pytest.raises(RegistryError, match=message.replace("(", r"\(").replace(")", r"\)")) as e:
