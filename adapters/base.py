@@ -39,6 +39,9 @@ class PathSpec:
     what: str  # one line: what the user does to get here ("torch.compile(module, backend='inductor')")
     tier: str = "default"
     convention: Convention | None = None
+    # the batch is split over devices along axis 0 (synchronized BatchNorm): the path also runs the cases with
+    # `shards` (conformance/paths.py), each device getting Problem.shards (empty: equal parts)
+    sharded: bool = False
 
 
 EAGER_PATH = PathSpec(EAGER, "the layer called directly (eager)", tier="smoke")

@@ -14,7 +14,8 @@ What is covered
     training vs inference, forward vs predict after convergence on one batch (biased vs unbiased).
 
 What is not covered
-  - distributed / synchronized batch norm, fused activations, ghost batch norm, renorm (Keras `renorm`),
+  - synchronized batch norm beyond logical CPU devices (execution path `sync`: the batch split over devices,
+    equally or as `shards` says), fused activations, ghost batch norm, renorm (Keras `renorm`),
     virtual batch size, non-float dtypes, complex inputs, GPU-only kernels (the device flag decides).
 
 Tiers: `smoke` (seconds), `default` (the CI matrix; includes smoke), `nightly` (includes default; larger
@@ -63,6 +64,15 @@ class Case:
     # Also run on every execution path the adapters declare (compiled, exported, folded, ...), in the smoke and
     # default tiers; nightly runs every case on every path (conformance/paths.py). Not part of the id.
     paths: bool = False
+    # Per-device batch sizes along axis 0 for synchronized (cross-device) BatchNorm, summing to N; empty: the
+    # batch is split equally over the devices. The oracle is the GLOBAL batch's statistics whatever the split,
+    # so on every unsharded path this case is its unsharded twin (conformance/paths.py runs it on eager, as the
+    # control, and on sharded paths only). In the id as `-sh6+2` when non-empty.
+    shards: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.shards and (sum(self.shards) != self.shape[0] or min(self.shards) < 1):
+            raise ValueError(f"shards {self.shards} must be positive and sum to the batch size {self.shape[0]}")
 
     # -- derived
     @property
@@ -124,6 +134,8 @@ class Case:
             flags.append(self.memory_format.replace("_", "-"))
         if self.only:
             flags.append("q-" + "+".join(sorted(self.only)))
+        if self.shards:
+            flags.append("sh" + "+".join(map(str, self.shards)))
         return "-".join(parts + flags + [f"s{self.seed}"])
 
     def with_(self, **changes) -> "Case":
@@ -184,6 +196,9 @@ _TABLE: list[Case] = [
     Case(S4, "float32", E() + T(2) + E(), paths=True,
          note="the framework's own initial state (constructor/init/build), inference first, then training: "
               "a variance initialised to 0 divides inference by sqrt(eps) (equinox#955)"),
+    Case(S2, "float64", T(3) + E(), paths=True, init_stats="random", shards=(6, 2),
+         note="unequal per-device shards (synchronized BatchNorm): the global batch's statistics are the "
+              "count-weighted combination of the devices' ones, not their plain average"),
     Case(S4, "float64", E() + T() + E(),
          note="the framework's own initial state in a float64 model, inference first: the dtype its init gives "
               "the statistics (flax.linen: float32)"),

@@ -124,6 +124,7 @@ def materialize(case) -> Problem:
         track_running_stats=case.track_running_stats,
         memory_format=case.memory_format,
         native_init=case.init_stats == "default",
+        shards=case.shards,
         use_defaults=case.defaults,
         quantities=case.quantities,
         label=case.id,

@@ -11,7 +11,9 @@ Which paths run (`--paths`, `--bn-paths`, `BNCONFORM_PATHS`):
   NAMES    comma-separated path names or globs ("compile*,export-onnx"); eager only if named
 Which cases a non-eager path runs: in the smoke and default tiers, the cases marked `paths=True` in the case
 table (a handful chosen to exercise training, inference, sequences, float64/float32/16-bit, layouts and the
-cumulative average); in nightly, every case of the tier. Eager runs every case.
+cumulative average); in nightly, every case of the tier. Eager runs every case. A case with `shards` (per-device
+batch sizes) is, off a sharded path (`PathSpec.sharded`: synchronized BatchNorm across devices), its own
+unsharded twin, so it runs on eager (the control) and on sharded paths only.
 """
 from __future__ import annotations
 
@@ -78,18 +80,20 @@ def chosen(paths: tuple[PathSpec, ...], selection: str | None, tier: str) -> lis
     return [p for p in paths if any(fnmatch.fnmatchcase(p.name, t) for t in tokens)]
 
 
-def cases_on(path: str, cases: list[Case], tier: str) -> list[Case]:
+def cases_on(path: str, cases: list[Case], tier: str, sharded: bool = False) -> list[Case]:
     """The cases a path runs in a tier (see the module docstring)."""
-    if path == EAGER or tier == "nightly":
+    if path == EAGER:
         return list(cases)
-    return [c for c in cases if c.paths]
+    if not sharded:
+        cases = [c for c in cases if not c.shards]
+    return list(cases) if tier == "nightly" else [c for c in cases if c.paths]
 
 
 def items(paths: tuple[PathSpec, ...], selection: str | None, tier: str, cases: list[Case]) -> list[str]:
     """Work items (see `item`) of one adapter: eager's cases first, then each other path's."""
     out = []
     for p in chosen(paths, selection, tier):
-        out += [item(c.id, p.name) for c in cases_on(p.name, cases, tier)]
+        out += [item(c.id, p.name) for c in cases_on(p.name, cases, tier, p.sharded)]
     return out
 
 

@@ -124,6 +124,9 @@ class Problem:
     # take them from the framework's own constructor / init / build, in the dtype and with the values it
     # chooses, instead of injecting these arrays (what users run; where a framework differs, the checks show it).
     native_init: bool = False
+    # Per-device batch sizes along axis 0 for synchronized BatchNorm (empty: split equally). Only adapters
+    # read it: the oracle is the statistics of the global batch, whatever the split.
+    shards: tuple[int, ...] = ()
     quantities: frozenset[str] = field(default_factory=lambda: frozenset(QUANTITIES))
     label: str = ""  # the case id, for messages
 

@@ -63,7 +63,7 @@ def test_other_paths_run_the_marked_cases_except_in_nightly():
     assert on_path and all(c.paths for c in on_path) and len(on_path) < len(default)
     assert paths.cases_on("eager", default, "default") == default
     nightly = cases_for_tier("nightly")
-    assert paths.cases_on("fold-eval", nightly, "nightly") == nightly
+    assert paths.cases_on("fold-eval", nightly, "nightly") == [c for c in nightly if not c.shards]
     # the path cases cover training, inference, sequences, float64, 16-bit and a cumulative average
     assert {c.dtype for c in on_path} >= {"float64", "float32", "bfloat16"}
     assert any(c.momentum is None for c in on_path) and any(c.modes == ("eval",) for c in on_path)
@@ -123,3 +123,22 @@ def test_run_refuses_an_unknown_path_in_one_line(tmp_path):
     assert p.returncode == 2, p.stderr
     assert p.stderr.count("\n") == 1 and "unknown execution path 'compiel'" in p.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_sharded_cases_run_on_eager_and_sharded_paths_only():
+    default = cases_for_tier("default")
+    sharded = [c for c in default if c.shards]
+    assert sharded and any(len(set(c.shards)) > 1 for c in sharded), "an unequal split must be in the default tier"
+    assert all(c in paths.cases_on("eager", default, "default") for c in sharded)
+    assert not any(c.shards for c in paths.cases_on("vmap", default, "default"))
+    on_sync = paths.cases_on("sync", default, "default", sharded=True)
+    assert set(sharded) <= set(on_sync) and any(not c.shards for c in on_sync)
+    assert all(f"-sh{'+'.join(map(str, c.shards))}-" in c.id for c in sharded)
+    assert "-sh" not in default[0].id
+
+
+def test_shards_must_sum_to_the_batch():
+    from conformance.cases import Case
+
+    with pytest.raises(ValueError, match="sum to the batch size 8"):
+        Case((8, 4), shards=(5, 2))
