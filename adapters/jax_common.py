@@ -52,12 +52,13 @@ JAX_PATHS = (JITTED, NO_JIT_PATH, VMAP_PATH, SYNC_PATH)
 def set_xla_flags() -> None:
     """XLA's flags are read once, when JAX initializes its backend: call before anything imports jax (the
     test session's conftest does, so that an earlier import elsewhere leaves the sync path its devices)."""
+    # prepended: XLA stops parsing at the first token that is not a `--` flag and ignores the rest
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_enable_fast_math" not in flags:  # no reassociation or approximate math in XLA:CPU
-        flags = (flags + " --xla_cpu_enable_fast_math=false").strip()
+        flags = f"--xla_cpu_enable_fast_math=false {flags}"
     if "xla_force_host_platform_device_count" not in flags:  # the sync path's devices (default device: cpu:0)
-        flags = f"{flags} --xla_force_host_platform_device_count={DEVICES}"
-    os.environ["XLA_FLAGS"] = flags
+        flags = f"--xla_force_host_platform_device_count={DEVICES} {flags}"
+    os.environ["XLA_FLAGS"] = flags.strip()
 
 
 def import_jax():
