@@ -135,6 +135,10 @@ def _compiled(adapter, p: Problem, backend: str) -> Observation:
     from torch._dynamo.exc import TorchDynamoException
     from torch._dynamo.utils import counters
 
+    import logging
+
+    for name in ("torch._dynamo", "torch._inductor"):  # the graph break is recorded as a fact, not printed
+        logging.getLogger(name).setLevel(logging.ERROR)
     graph = "one graph (fullgraph=True)"
     for fullgraph in (True, False):
         torch._dynamo.reset()

@@ -34,12 +34,54 @@ def limit_threads(threads: int) -> None:
                                    ).strip()
 
 
-def _worker_main(conn, adapter_name: str, registry_path: str | None, threads: int, diagnose: bool) -> None:
+# Framework log noise (TensorFlow's C++ INFO/WARNING lines such as the oneDNN notice, absl/glog lines of XLA)
+# never reaches the terminal: these quiet it at the source (a user's own setting wins), and `log` sends what
+# is left of the worker's stdout/stderr to a file. Numerics are untouched (TF_ENABLE_ONEDNN_OPTS is not set).
+QUIET_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "GLOG_minloglevel": "2", "GRPC_VERBOSITY": "ERROR"}
+
+
+def quiet_frameworks(log: str | None = None) -> list[dict]:
+    """Silence framework logging in this (worker) process; return the list Python warnings are collected in
+    (one entry per category, message and place, with a count) instead of being printed."""
+    import warnings
+
+    for var, value in QUIET_ENV.items():
+        os.environ.setdefault(var, value)
+    if log:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+    caught: list[dict] = []
+    seen: dict[tuple, dict] = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        key = (category.__name__, str(message), f"{filename}:{lineno}")
+        if key in seen:
+            seen[key]["count"] += 1
+            return
+        seen[key] = {"category": key[0], "message": key[1][:500], "where": key[2], "count": 1}
+        caught.append(seen[key])
+
+    warnings.showwarning = record
+    warnings.simplefilter("default")  # once per place, as Python does by default (not the suite's own filters)
+    return caught
+
+
+def _drain(caught: list[dict]) -> list[dict]:
+    out = [dict(w) for w in caught]
+    caught.clear()
+    return out
+
+
+def _worker_main(conn, adapter_name: str, registry_path: str | None, threads: int, diagnose: bool,
+                 log: str | None = None) -> None:
     """Runs in the child: set up the adapter once, then evaluate cases until told to stop."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us cleanly
     limit_threads(threads)
+    caught = quiet_frameworks(log)
     try:
         from .cases import case_by_id
         from .catalogue import load
@@ -54,7 +96,7 @@ def _worker_main(conn, adapter_name: str, registry_path: str | None, threads: in
         if diagnose:
             from .diagnose import diagnose as diagnose_fn
             from .infer import evidence as evidence_fn
-        conn.send(("ready", adapter.versions(), getattr(adapter, "device", "cpu")))
+        conn.send(("ready", adapter.versions(), getattr(adapter, "device", "cpu"), _drain(caught)))
     except BaseException as e:  # noqa: BLE001  setup failure is reported, not raised
         conn.send(("setup_error", f"{type(e).__name__}: {e}", traceback.format_exc(limit=6)))
         return
@@ -73,7 +115,7 @@ def _worker_main(conn, adapter_name: str, registry_path: str | None, threads: in
             case_id, path = split(item)
             records = evaluate(adapter, case_by_id(case_id), registry, path=path, diagnose=diagnose_fn,
                                evidence=evidence_fn)
-            conn.send(("done", item, records))
+            conn.send(("done", item, records, _drain(caught)))
         except BaseException as e:  # noqa: BLE001  engine bug: report it as this case's error
             conn.send(("failed", item, f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
 
@@ -124,6 +166,7 @@ class WorkerConfig:
     adapter_timeout: float = 3600.0  # seconds for all of one adapter's cases
     setup_timeout: float = 300.0
     diagnose: bool = True
+    log_dir: str | None = None  # the workers' stdout/stderr go to LOG_DIR/<adapter>.log (None: inherited)
 
 
 @dataclass
@@ -139,6 +182,23 @@ class AdapterRun:
     restarts: int = 0
     stopped: threading.Event = field(default_factory=threading.Event)
     startup_seconds: float = 0.0  # process start, imports and adapter setup (every restart included)
+    warnings: list[dict] = field(default_factory=list)  # Python warnings the framework raised (quiet_frameworks)
+
+    def _warned(self, caught) -> None:
+        for w in caught or []:
+            same = next((x for x in self.warnings if (x["category"], x["message"], x["where"]) ==
+                         (w["category"], w["message"], w["where"])), None)
+            if same:
+                same["count"] += w["count"]
+            else:
+                self.warnings.append(dict(w))
+
+    def log_path(self) -> str | None:
+        if not self.config.log_dir:
+            return None
+        import re
+
+        return os.path.join(self.config.log_dir, re.sub(r"[^A-Za-z0-9_.-]", "_", self.adapter_name) + ".log")
 
     def _error_records(self, item: str, reason: str, detail: str = "") -> list[dict]:
         from .cases import case_by_id
@@ -158,7 +218,7 @@ class AdapterRun:
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_worker_main, name=f"bnconform[{self.adapter_name}]",
                            args=(child, self.adapter_name, self.config.registry_path, self.config.threads,
-                                 self.config.diagnose), daemon=True)
+                                 self.config.diagnose, self.log_path()), daemon=True)
         proc.start()
         child.close()
         if not parent.poll(self.config.setup_timeout):
@@ -173,6 +233,7 @@ class AdapterRun:
             proc.join(5)
             return None, None, f"adapter setup failed: {msg[1]}\n{msg[2]}"
         self.versions = msg[1]
+        self._warned(msg[3] if len(msg) > 3 else None)
         self.startup_seconds += time.monotonic() - t0
         return proc, parent, None
 
@@ -220,6 +281,7 @@ class AdapterRun:
                     else:
                         pending.pop(0)
                         if msg[0] == "done":
+                            self._warned(msg[3] if len(msg) > 3 else None)
                             self.on_records(case_id, msg[2])
                         else:
                             self.on_records(case_id, self._error_records(case_id, msg[2], msg[3]))
@@ -249,7 +311,7 @@ class AdapterRun:
                 proc.join(10)
             _kill(proc)
             self.on_event("finished", {"wall_seconds": time.monotonic() - began,
-                                       "startup_seconds": self.startup_seconds})
+                                       "startup_seconds": self.startup_seconds, "warnings": self.warnings})
 
 
 def _kill(proc) -> None:

@@ -66,22 +66,41 @@ def test_failing_check_exits_1_and_threads_are_capped(tmp_path):
     assert flags["jobs"] == 2 and flags["threads_per_worker"] == max(1, (os.cpu_count() or 1) // 2)
 
 
-@pytest.mark.parametrize("entry, effect", [
-    ('id = "gone"\nadapter = "fake.oracle"\ncases = "*"\nquantities = "y"\n', "xpass"),
-    ('id = "nothing"\nadapter = "fake.oracle"\ncases = "no-such-case"\nquantities = "*"\n', "stale"),
+def _entry(ident, adapter, cases, quantities):
+    return (f'[[deviation]]\nid = "{ident}"\nadapter = "{adapter}"\ncases = "{cases}"\nquantities = "{quantities}"\n'
+            'reason = "a deviation fixed upstream"\naction = "xfail"\n')
+
+
+@pytest.mark.parametrize("adapter, entries, effect", [
+    ("fake.oracle", [("gone", "fake.oracle", "*", "y")], "xpass"),
+    # running_var of fake.wrong_var fails: the first entry takes it, the second covers it and never matches
+    ("fake.wrong_var", [("first", "fake.wrong_var", "*", "running_var"),
+                        ("shadowed", "fake.wrong_var", "*", "running_var")], "stale"),
 ], ids=["xpass", "stale"])
-def test_xpass_and_stale_entries_fail_only_under_strict(tmp_path, entry, effect):
+def test_xpass_and_stale_entries_fail_only_under_strict(tmp_path, adapter, entries, effect):
     reg = tmp_path / "reg.toml"
-    reg.write_text(f'[[deviation]]\n{entry}reason = "a deviation fixed upstream"\naction = "xfail"\n')
-    args = ("run", "--frameworks", "fake.oracle", "--tier", "smoke", "--registry", reg, "--no-report")
+    reg.write_text("".join(_entry(*e) for e in entries))
+    args = ("run", "--frameworks", adapter, "--tier", "smoke", "--registry", reg, "--no-report")
     lenient = bnconform(*args, "--out", tmp_path / "a")
-    assert lenient.returncode == 0, lenient.stderr
+    assert lenient.returncode == 0, lenient.stdout + lenient.stderr
     if effect == "xpass":
         assert "xpass" in {x["verdict"] for x in _records(tmp_path / "a")}
     else:
-        assert "stale registry entry nothing" in lenient.stdout
-        assert [e["id"] for e in _meta(tmp_path / "a")["stale_registry"]] == ["nothing"]
+        assert "stale registry entry shadowed" in lenient.stdout
+        assert [e["id"] for e in _meta(tmp_path / "a")["stale_registry"]] == ["shadowed"]
     assert bnconform(*args, "--strict", "--out", tmp_path / "b").returncode == 1
+
+
+def test_an_entry_the_tier_cannot_check_is_not_stale(tmp_path):
+    """The smoke tier has no case an entry covers: "not checked by this run", and --strict still passes."""
+    reg = tmp_path / "reg.toml"
+    reg.write_text(_entry("other-tier", "fake.oracle", "no-such-case-*", "*"))
+    r = bnconform("run", "--frameworks", "fake.oracle", "--tier", "smoke", "--registry", reg, "--no-report",
+                  "--strict", "--out", tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "stale" not in r.stdout and "not checked by this run" in r.stdout
+    meta = _meta(tmp_path)
+    assert meta["stale_registry"] == [] and meta["unchecked_registry"] == ["other-tier"]
 
 
 def test_killed_worker_costs_only_its_case(tmp_path):
