@@ -301,11 +301,19 @@ def path_unsupported(adapter, p, path: str, masks: bool = False) -> str | None:
     """What the JAX adapters share about their paths (see the module docstring)."""
     if path == SYNC:
         return sync_unsupported(adapter.jax, p, masks, adapter.api)
-    if path == NO_JIT and not (p.steps == 2 and p.modes[0] == "train" and p.track_running_stats):
+    if path == NO_JIT and not few_cases(p):
         return ("op by op, every primitive compiles once per new shape and dtype (~1 s each): the no-jit path "
                 "runs only the two-step path cases that start with training (training and inference, float32 "
                 "and float64); jit runs them all")
+    if path == VMAP and not few_cases(p):
+        return ("the vmap path (one more compilation per case) runs the two-step path cases that start with "
+                "training: training and inference, float32 and float64, every quantity; jit runs them all")
     return None
+
+
+def few_cases(p) -> bool:
+    """The cases the costlier paths keep to (3 of the default tier's path cases)."""
+    return p.steps == 2 and p.modes[0] == "train" and p.track_running_stats
 
 
 def initial_params(jax, p, dtype: str, shape=None) -> dict:
