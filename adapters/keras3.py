@@ -23,7 +23,8 @@ import numpy as np
 from reference import QUANTITIES, Convention, Problem
 
 from . import keras_backends as kb
-from .base import Adapter, Observation, Precision
+from . import tf_paths as tfp
+from .base import EAGER_PATH, Adapter, Observation, Precision
 
 SOURCE = ("keras/src/layers/normalization/batch_normalization.py, "
           "keras/src/backend/{tensorflow,jax,torch}/nn.py (moments, batch_normalization), "
@@ -49,6 +50,7 @@ class Keras3(Adapter):
                                      running_var="biased", batch_var_estimator="biased", averaging="ema",
                                      variance="fast" if backend == "torch" else "two_pass")
         self.layers: dict = {}
+        self.paths = (EAGER_PATH, *tfp.keras_paths(self.convention, tf_backend=backend == "tensorflow"))
 
     def versions(self):  # keras first: its version is the one registry entries are matched against
         from importlib.metadata import version
@@ -103,35 +105,60 @@ class Keras3(Adapter):
         return self.layers[key]
 
     def run(self, p: Problem) -> Observation:
-        ops, layer, num = self.keras.ops, self.layer(p), lambda t: kb.to_numpy(self.keras, t)  # noqa: E731
-        pdt = layer.variable_dtype
+        return self.steps(p, self.layer(p))
+
+    def steps(self, p: Problem, layer, call=None, input_dtype: str | None = None) -> Observation:
+        """Run the case's steps through the layer's stateless_call (or `call(layer, training)`, a stand-in an
+        execution path gives: a tf.function of it) and read everything back. input_dtype: what the inputs
+        (and v) are given in, default the case dtype. The running statistics are the last two
+        non-trainable variables (a frozen layer holds gamma and beta there too)."""
+        ops, num = self.keras.ops, lambda t: kb.to_numpy(self.keras, t)  # noqa: E731
+        pdt, xdt = layer.variable_dtype, input_dtype or p.dtype
 
         def to(a, dtype):  # explicit dtype: Keras would read a float64 array as floatx (float32)
             return ops.convert_to_tensor(a.copy(), dtype=dtype)
 
-        tv = [to(p.gamma, pdt), to(p.beta, pdt)] if p.affine else []
+        params = [to(p.gamma, pdt), to(p.beta, pdt)] if p.affine else []
         if p.native_init:  # the moving statistics build() created with the layer's initializers (zeros, ones)
-            ntv = [ops.convert_to_tensor(layer.moving_mean), ops.convert_to_tensor(layer.moving_variance)]
+            stats = [ops.convert_to_tensor(layer.moving_mean), ops.convert_to_tensor(layer.moving_variance)]
         else:
-            ntv = [to(p.running_mean, pdt), to(p.running_var, pdt)]
+            stats = [to(p.running_mean, pdt), to(p.running_var, pdt)]
+        tv, ntv = (params, stats) if layer.trainable else ([], params + stats)
         obs = Observation(facts={"device": "cpu", "backend": self.backend, "policy": layer.dtype_policy.name})
         ys, means, vars_ = [], [], []
         for k, (x, mode) in enumerate(zip(p.xs, p.modes, strict=True)):
-            xt, training = to(x, p.dtype), mode == "train"
+            xt, training = to(x, xdt), mode == "train"
+            fn = call(layer, training) if call else None
             if k == p.steps - 1 and self.wants_gradients(p):
                 y, ntv, grads = self.ops.gradients(layer, tv, ntv, xt, training, to(p.dy, p.dtype),
-                                                   to(p.v, p.dtype), self.wants_second_order(p))
+                                                   to(p.v, xdt), self.wants_second_order(p), **_with(fn))
                 for q, t in grads.items():
                     obs.put(q, num(t), self.ops.dtype(t))
             else:
-                y, ntv = self.ops.forward(layer, tv, ntv, xt, training)
-            ys, means, vars_ = ys + [y], means + [ntv[0]], vars_ + [ntv[1]]
+                y, ntv = self.ops.forward(layer, tv, ntv, xt, training, **_with(fn))
+            ys, means, vars_ = ys + [y], means + [ntv[-2]], vars_ + [ntv[-1]]
         for q, ts in (("y", ys), ("running_mean", means), ("running_var", vars_)):
             obs.put(q, np.stack([num(t) for t in ts]), self.ops.dtype(ts[0]))
         obs.unsupported.update(dict.fromkeys(("batch_mean", "batch_var"), "Keras BatchNormalization does not "
                                              "expose the batch statistics"),
                                num_batches_tracked="Keras BatchNormalization keeps no step counter")
         return obs
+
+    # -- execution paths (adapters/tf_paths.py)
+    def run_path(self, p: Problem, path: str) -> Observation:
+        return tfp.run_keras(self, p, path)
+
+    def path_unsupported(self, p: Problem, path: str) -> str | None:
+        return tfp.unsupported(p, path)
+
+    def path_precision(self, p: Problem, path: str) -> Precision:
+        return tfp.mixed_precision(p) if path in tfp.MIXED else self.precision(p)
+
+    def path_expected_dtype(self, quantity: str, p: Problem, path: str) -> str:
+        return tfp.expected_dtype(self, quantity, p, path)
+
+    def path_snippet(self, p: Problem, path: str) -> str:
+        return tfp.keras_snippet(self.snippet(p), p, path)
 
     def snippet(self, p: Problem) -> str:
         ops, grads = getattr(self, "ops", None) or kb.BACKENDS[self.backend](), self.wants_gradients(p)
@@ -179,3 +206,7 @@ class Keras3(Adapter):
         ntv = [to(p.running_mean, pdt), to(p.running_var, pdt)]
         fn = bs.keras_ops(self.backend, self.ops, layer, tv, ntv, to(p.xs[0], p.dtype), to(p.dy, p.dtype), what)
         return bs.make(fn, p, layout, what)
+
+
+def _with(fn) -> dict:
+    return {"call": fn} if fn is not None else {}

@@ -15,6 +15,7 @@ def import_tf():
     """TensorFlow with deterministic kernels, no XLA auto-clustering, the worker's thread counts."""
     import tensorflow as tf
 
+    split_cpu(tf)
     intra, inter = os.environ.get("TF_NUM_INTRAOP_THREADS"), os.environ.get("TF_NUM_INTEROP_THREADS")
     try:  # TF reads these variables itself; setting them again is a no-op unless the runtime already started
         if intra:
@@ -26,6 +27,26 @@ def import_tf():
     tf.config.experimental.enable_op_determinism()
     tf.config.optimizer.set_jit(False)  # no XLA auto-clustering (and so no XLA fast-math)
     return tf
+
+
+SYNC_DEVICES = 2  # logical CPU devices for synchronized BatchNorm (the `sync` path)
+
+
+def split_cpu(tf) -> None:
+    """Split the CPU into SYNC_DEVICES logical devices (tf.distribute.MirroredStrategy needs several devices
+    for synchronized BatchNorm). Only possible before TensorFlow's runtime starts: afterwards the sync path says
+    so (`logical_cpus`). Ops still run on /cpu:0 unless placed, with the same kernels and threads."""
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        if cpus and not tf.config.get_logical_device_configuration(cpus[0]):
+            tf.config.set_logical_device_configuration(
+                cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(SYNC_DEVICES)])
+    except RuntimeError:  # the runtime is already initialized (TensorFlow imported and used elsewhere)
+        pass
+
+
+def logical_cpus(tf) -> list[str]:
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
 
 
 def version() -> str:

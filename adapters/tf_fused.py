@@ -19,7 +19,8 @@ from __future__ import annotations
 from reference import QUANTITIES, Convention, Problem
 
 from . import tf_common as tfc
-from .base import Adapter, Observation, Precision
+from . import tf_paths as tfp
+from .base import EAGER_PATH, Adapter, Observation, Precision
 
 SOURCE = ("tensorflow/core/kernels/fused_batch_norm_op.cc, "
           "tensorflow/core/kernels/mkl/mkl_fused_batch_norm_op.cc, "
@@ -74,6 +75,23 @@ class TFFused(Adapter):
         return cfg
 
     def run(self, p: Problem) -> Observation:
+        return self.run_on(p, "eager")
+
+    # -- execution paths (adapters/tf_paths.py): graph and xla run the op in a tf.function
+    paths = (EAGER_PATH, tfp.GRAPH, tfp.XLA)
+
+    def run_path(self, p: Problem, path: str) -> Observation:
+        obs = self.run_on(p, path)
+        obs.facts["function"] = path
+        return obs
+
+    def path_snippet(self, p: Problem, path: str) -> str:
+        return tfp.function_snippet(self.snippet(p), path)
+
+    def path_expected_dtype(self, quantity: str, problem: Problem, path: str) -> str:
+        return self.expected_dtype(quantity, problem)  # the same op on every path
+
+    def run_on(self, p: Problem, path: str) -> Observation:
         tf, track = self.tf, p.track_running_stats
         dt, u = tf.as_dtype(p.dtype), tf.float32  # U = float32, the only parameter type the op registers
         cfg = self.native_config(p)
@@ -93,8 +111,9 @@ class TFFused(Adapter):
                     kw["exponential_avg_factor"] = 1.0 / st["t"] if f is None else f
             m, v = (st["rm"], st["rv"]) if track else (empty, empty)
             # no running statistics: every step normalizes with the batch statistics (factor 1)
-            out = tf.raw_ops.FusedBatchNormV3(x=x, scale=g, offset=b, mean=m, variance=v,
-                                              is_training=train or not track, **kw)
+            key = (p.shape, p.dtype, train or not track, tuple(sorted(kw.items())))
+            op = tfp.cached_function(self, key, _fused, path)
+            out = op(x=x, scale=g, offset=b, mean=m, variance=v, is_training=train or not track, **kw)
             if train:
                 bms.append(out.reserve_space_1)
                 bvs.append(out.reserve_space_2)
@@ -115,8 +134,9 @@ class TFFused(Adapter):
                 ys.append(y)
                 means.append(st["rm"])
                 vars_.append(st["rv"])
-        except tf.errors.InvalidArgumentError as e:  # discovered, not assumed: report the op's own refusal
-            if "attr 'T'" not in str(e):
+        except (tf.errors.InvalidArgumentError, TypeError, ValueError) as e:  # discovered, not assumed: the
+            # op's own refusal (eager: InvalidArgumentError; while tracing a tf.function: TypeError/ValueError)
+            if "attr 'T'" not in str(e) and "not in list of allowed values" not in str(e):
                 raise
             why = f"FusedBatchNormV3 refused {p.dtype} input: {str(e).splitlines()[0]}"
             obs.unsupported.update({q: why for q in p.quantities})
@@ -184,3 +204,9 @@ class TFFused(Adapter):
                 return (y, *tape.gradient(y, [x, g, b], output_gradients=dy), new_rm, new_rv)
             fn = bs.tf_call(tf, forward_backward, x, gamma, beta, const(p.dy, dt))
         return bs.make(fn, p, layout, what)
+
+
+def _fused(**kw):
+    import tensorflow as tf
+
+    return tf.raw_ops.FusedBatchNormV3(**kw)

@@ -19,7 +19,8 @@ from __future__ import annotations
 from reference import QUANTITIES, Convention, Problem
 
 from . import tf_common as tfc
-from .base import Adapter, Observation, Precision
+from . import tf_paths as tfp
+from .base import EAGER_PATH, Adapter, Observation, Precision
 from .keras3 import POLICY  # the dtype policy names are the same in tf_keras (Keras 2) and Keras 3
 
 SOURCE = "tf_keras/src/layers/normalization/batch_normalization.py (BatchNormalizationBase)"
@@ -41,6 +42,7 @@ class TFKeras(Adapter):
                                      running_var="unbiased" if self.fused else "biased",
                                      batch_var_estimator="biased", averaging="ema", variance="two_pass")
         self.layers: dict = {}
+        self.paths = (EAGER_PATH, *tfp.keras_paths(self.convention, tf_backend=True))
 
     def versions(self):
         from importlib.metadata import version
@@ -93,8 +95,13 @@ class TFKeras(Adapter):
         return self.layers[key]
 
     def run(self, p: Problem) -> Observation:
-        tf, layer = self.tf, self.layer(p)
-        pdt = layer.moving_mean.dtype
+        return self.steps(p, self.layer(p))
+
+    def steps(self, p: Problem, layer, call=None, input_dtype: str | None = None) -> Observation:
+        """Run the case's steps through `layer` (or `call(layer, training)`: the layer call as an execution path
+        runs it) and read everything back; input_dtype: what the inputs are given in (default the case's)."""
+        tf = self.tf
+        pdt, xdt = layer.moving_mean.dtype, input_dtype or p.dtype
         if p.affine:
             layer.gamma.assign(tfc.constant(tf, p.gamma, pdt))
             layer.beta.assign(tfc.constant(tf, p.beta, pdt))
@@ -109,13 +116,14 @@ class TFKeras(Adapter):
         ys, means, vars_ = [], [], []
         params = [layer.gamma, layer.beta] if p.affine else []
         for k, (x, mode) in enumerate(zip(p.xs, p.modes)):
-            xt = tfc.constant(tf, x, p.dtype)
+            xt, training = tfc.constant(tf, x, xdt), mode == "train"
+            fn = call(layer, training) if call else (lambda xx, t=training: layer(xx, training=t))
             if k == p.steps - 1 and self.wants_gradients(p):
-                fwd = lambda xx, *_, m=mode: layer(xx, training=m == "train")  # noqa: E731
+                fwd = lambda xx, *_, f=fn: f(xx)  # noqa: E731
                 y = tfc.with_gradients(tf, obs, fwd, xt, params, tfc.constant(tf, p.dy, p.dtype),
-                                       tfc.constant(tf, p.v, p.dtype), self.wants_second_order(p))
+                                       tfc.constant(tf, p.v, xdt), self.wants_second_order(p))
             else:
-                y = layer(xt, training=mode == "train")
+                y = fn(xt)
             ys.append(y)
             means.append(tf.identity(layer.moving_mean))
             vars_.append(tf.identity(layer.moving_variance))
@@ -126,6 +134,25 @@ class TFKeras(Adapter):
             obs.unsupported[q] = "tf_keras BatchNormalization does not expose the batch statistics"
         obs.unsupported["num_batches_tracked"] = "tf_keras BatchNormalization keeps no step counter"
         return obs
+
+    # -- execution paths (adapters/tf_paths.py)
+    def run_path(self, p: Problem, path: str) -> Observation:
+        return tfp.run_tf_keras(self, p, path)
+
+    def path_unsupported(self, p: Problem, path: str) -> str | None:
+        if path == "sync" and self.fused:
+            return ("tf_keras refuses synchronized=True with fused=True ('`fused=True` is not supported when "
+                    "`synchronized=True`.', batch_normalization.py, BatchNormalizationBase.__init__)")
+        return tfp.unsupported(p, path)
+
+    def path_precision(self, p: Problem, path: str) -> Precision:
+        return tfp.mixed_precision(p) if path in tfp.MIXED else self.precision(p)
+
+    def path_expected_dtype(self, quantity: str, p: Problem, path: str) -> str:
+        return tfp.expected_dtype(self, quantity, p, path)
+
+    def path_snippet(self, p: Problem, path: str) -> str:
+        return tfp.keras_snippet(self.snippet(p), p, path)
 
     def snippet(self, p: Problem) -> str:
         head = [

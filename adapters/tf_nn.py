@@ -17,7 +17,8 @@ from __future__ import annotations
 from reference import QUANTITIES, Convention, Problem, reduce_axes
 
 from . import tf_common as tfc
-from .base import Adapter, Observation, Precision
+from . import tf_paths as tfp
+from .base import EAGER_PATH, Adapter, Observation, Precision
 
 SOURCE = "tensorflow/python/ops/nn_impl.py (moments, batch_normalization)"
 
@@ -65,6 +66,15 @@ class TFNN(Adapter):
                 "new_weight": problem.momentum}
 
     def run(self, p: Problem) -> Observation:
+        return self.run_on(p, "eager")
+
+    # -- execution paths (adapters/tf_paths.py): graph and xla run the same step in a tf.function
+    paths = (EAGER_PATH, tfp.GRAPH, tfp.XLA)
+
+    def run_path(self, p: Problem, path: str) -> Observation:
+        return self.run_on(p, path)
+
+    def run_on(self, p: Problem, path: str) -> Observation:
         tf = self.tf
         dt = tf.as_dtype(p.dtype)
         cfg = self.native_config(p)
@@ -74,23 +84,33 @@ class TFNN(Adapter):
         c = lambda v: tf.reshape(tfc.constant(tf, v, dt), bshape)  # noqa: E731
         gamma, beta = (c(p.gamma), c(p.beta)) if p.affine else (None, None)
         st = {"rm": c(p.running_mean), "rv": c(p.running_var), "t": 0}
-        obs = Observation(facts={"device": "cpu"})
+        obs = Observation(facts={"device": "cpu"} if path == "eager" else {"device": "cpu", "function": path})
         ys, means, vars_, bms, bvs = [], [], [], [], []
+        track = p.track_running_stats
+
+        def pure(x, g, b, rm, rv, w, train):
+            """One step, side-effect free: (y, new rm, new rv, mean, var); w the weight on the new statistic."""
+            if train or not track:
+                mean, var = tf.nn.moments(x, axes, keepdims=True)
+                if train and track:
+                    rm = (1 - w) * rm + w * mean
+                    rv = (1 - w) * rv + w * var
+            else:
+                mean, var = rm, rv
+            return tf.nn.batch_normalization(x, mean, var, b, g, eps), rm, rv, mean, var
 
         def step(x, mode, g=None, b=None):
-            if mode == "train" or not p.track_running_stats:
-                mean, var = tf.nn.moments(x, axes, keepdims=True)
-                if mode == "train":
-                    bms.append(tf.reshape(mean, [-1]))
-                    bvs.append(tf.reshape(var, [-1]))
-                    if p.track_running_stats:
-                        st["t"] += 1
-                        w = a if a is not None else 1.0 / st["t"]
-                        st["rm"] = (1 - w) * st["rm"] + w * mean
-                        st["rv"] = (1 - w) * st["rv"] + w * var
-            else:
-                mean, var = st["rm"], st["rv"]
-            return tf.nn.batch_normalization(x, mean, var, b, g, eps)
+            train = mode == "train"
+            w = 0.0
+            if train and track:
+                st["t"] += 1
+                w = a if a is not None else 1.0 / st["t"]
+            fn = tfp.cached_function(self, (p.shape, p.dtype, p.axis, eps, track, p.affine, train, w), pure, path)
+            y, st["rm"], st["rv"], mean, var = fn(x, g, b, st["rm"], st["rv"], w, train)
+            if train:
+                bms.append(tf.reshape(mean, [-1]))
+                bvs.append(tf.reshape(var, [-1]))
+            return y
 
         params = [gamma, beta] if p.affine else []
         for k, (x, mode) in enumerate(zip(p.xs, p.modes)):
@@ -113,6 +133,9 @@ class TFNN(Adapter):
             tfc.put(obs, "batch_var", bvs)
         obs.unsupported["num_batches_tracked"] = "tf.nn keeps no step counter"
         return obs
+
+    def path_snippet(self, p: Problem, path: str) -> str:
+        return tfp.function_snippet(self.snippet(p), path)
 
     def snippet(self, p: Problem) -> str:
         cfg = self.native_config(p)

@@ -240,7 +240,7 @@ _TABLE: list[Case] = [
          note="no running statistics: inference normalizes with the batch statistics"),
     Case(S4, "float32", T() + E(), paths=True, init_stats="random", memory_format="channels_last",
          note="channels-last memory format (same logical layout)"),
-    Case(S4, "float16", T(2) + E(), init_stats="random", note="float16"),
+    Case(S4, "float16", T(2) + E(), paths=True, init_stats="random", note="float16 (the mixed_float16 path)"),
     Case(S4, "bfloat16", T(2) + E(), paths=True, init_stats="random", note="bfloat16"),
     Case(S_BIG, "float32", T(2) + E(), init_stats="random", note="n = 512 float32"),
     Case(S_BIG, "float16", T() + E(), note="n = 512 float16: accumulation precision matters"),

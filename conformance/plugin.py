@@ -253,8 +253,8 @@ class BNSession:
 
     def _driving(self, adapter: str) -> bool:
         """Whether a thread that may still deliver this adapter's records is alive (in-process: always)."""
-        threads = [t for pool in self.pools for run, t in zip(pool.runs, pool.threads) if run.adapter_name == adapter]
-        return not threads or any(t.is_alive() for t in threads)
+        pools = [pool for pool in self.pools if any(run.adapter_name == adapter for run in pool.runs)]
+        return not pools or any(pool.delivering(adapter) for pool in pools)
 
     def close(self) -> None:
         for pool in self.pools:

@@ -1,10 +1,11 @@
-"""`bnconform run`: every selected adapter in its own long-lived worker process, results as they arrive,
-the report at the end.
+"""`bnconform run`: the selected adapters in long-lived worker processes (one per framework family where
+adapters can share one, see conformance/worker.py), results as they arrive, the report at the end.
 
 Layout under --out (default `reports/`):
     runs/<run-id>/records.jsonl   one check record per line, appended as each case finishes
     runs/<run-id>/meta.json       the run: versions, platform, flags, adapters (rewritten atomically)
     index.html                    the report of the latest run (replaced atomically)
+    .cache/                       compiled-artifact caches kept across runs (JAX, TorchInductor)
 The parent never imports a framework: it plans from the catalogue, starts workers (conformance.worker) N at a
 time, and collects records. A crash, hang or exception in one adapter becomes error records for the cases it
 did not finish; the others go on. Ctrl-C stops the workers and keeps every record that finished.
@@ -32,6 +33,7 @@ from .registry import Registry, RegistryError
 from .worker import AdapterRun, Pool, WorkerConfig
 
 FAILING = ("fail", "error")
+CACHE = ".cache"  # under --out: compiled-artifact caches (JAX, TorchInductor) a rerun reuses
 
 
 class RunError(Exception):
@@ -149,7 +151,8 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
     logs = run_dir / "logs"
     _prepare_dir(logs)
     cfg = WorkerConfig(registry_path=opts.registry, threads=threads, case_timeout=opts.case_timeout,
-                       adapter_timeout=opts.adapter_timeout, log_dir=str(logs))
+                       adapter_timeout=opts.adapter_timeout, cache_dir=str((out / CACHE).resolve()),
+                       log_dir=str(logs))
     pool = Pool([got.run_for(s.name, work[s.name], cfg) for s in available], jobs)
     with show:
         for s in specs:

@@ -93,7 +93,7 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
     rm_prev, rv_prev = problem.running_mean.copy(), problem.running_var.copy()
     ys, rms, rvs, bms, bvs, rho_var, kappa = [], [], [], [], [], [], []
     last = {}
-    for t, (x, mode) in enumerate(zip(problem.xs, problem.modes)):
+    for t, (x, mode) in enumerate(zip(problem.xs, convention.modes(problem))):
         mu, v = trace.step_mean[t], trace.step_var[t]
         with np.errstate(divide="ignore", invalid="ignore"):
             kappa.append(float(np.max(np.sqrt(1.0 + np.where(v > 0, mu * mu / v, 0.0)))))

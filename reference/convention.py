@@ -65,6 +65,9 @@ class Convention:
     train_normalizer: Normalizer = "batch"  # running: training output normalized with the updated stats
     variance: VarianceAlgorithm = "two_pass"
     stats_dtype: str | None = None  # None: running statistics kept exactly; else rounded to it every step
+    # A frozen layer (Keras `trainable = False`) ignores training=True: every step is inference (running
+    # statistics, no update, inference gradients). A property of a path, not of an API's eager call.
+    frozen: bool = False
     # -- deviations (diagnosis hypotheses, planted bugs)
     normalize_var: RunningVar = "biased"  # estimator used to normalize the training output
     eps_placement: EpsPlacement = "inside_sqrt"
@@ -77,6 +80,13 @@ class Convention:
 
     def with_(self, **changes) -> "Convention":
         return replace(self, **changes)
+
+    def modes(self, problem: "Problem") -> tuple[Mode, ...]:
+        """The modes `problem`'s steps run in under this convention (frozen: inference wherever statistics
+        are kept)."""
+        if self.frozen and problem.track_running_stats:
+            return ("eval",) * problem.steps
+        return tuple(problem.modes)
 
     def native_to_canonical(self, native_momentum: float | None) -> float | None:
         """alpha (weight on new) from the native momentum argument."""

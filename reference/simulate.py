@@ -101,7 +101,7 @@ def simulate(problem: Problem, convention: Convention, compute_dtype: str | None
     bmeans, bvars = [], []
     step_mean, step_var, norm_mean, norm_var, weights, sources = [], [], [], [], [], []
     last = None
-    for x, mode in zip(problem.xs, problem.modes):
+    for x, mode in zip(problem.xs, convention.modes(problem)):
         if compute_dtype is None:
             mu_c, v_c = moments(x, axis)
         else:
@@ -137,7 +137,7 @@ def simulate(problem: Problem, convention: Convention, compute_dtype: str | None
     x, mode, before, blend, norm = last
     dx, dgamma, dbeta = nz.backward(x, problem.dy, gamma, norm, axes, n)
     q = {
-        "y": np.stack(ys),
+        "y": ys[0][None] if len(ys) == 1 else np.stack(ys),  # one step: no copy of a large y
         "running_mean": np.stack(rmeans),
         "running_var": np.stack(rvars),
         "num_batches_tracked": np.asarray(counts, dtype=np.float64),

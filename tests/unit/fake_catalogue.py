@@ -6,6 +6,9 @@ conformance.catalogue), so the runner and the pytest plugin drive them in worker
   fake.killer          the oracle, except that on the case named by BNCONFORM_FAKE_KILL it SIGKILLs its own
                        process, and on the case named by BNCONFORM_FAKE_HANG it sleeps forever
   fake.absent          needs a module that does not exist: "not installed", skipped with its install hint
+  fake.family.oracle, fake.family.killer
+                       the oracle and the killer sharing one worker process (process "fake-family"); each
+                       writes the pid it was set up in to $BNCONFORM_FAKE_PIDS/<name>.<pid> when that is set
   fake.noisy           the oracle, logging like a framework: C-level lines on stderr and stdout at import and
                        on every case, and a FutureWarning per case
   torch.nn.BatchNorm[misdeclared]  the real torch module declared with a biased running variance: real
@@ -33,6 +36,18 @@ class SelfKilling(OracleAdapter):
             while True:
                 time.sleep(1)
         return super().run(p)
+
+
+class FamilyMember(SelfKilling):
+    """Kills or hangs on the named cases only when its name ends in "killer"; records where it was set up."""
+
+    def setup(self):
+        where = os.environ.get("BNCONFORM_FAKE_PIDS")
+        if where:
+            open(os.path.join(where, f"{self.name}.{os.getpid()}"), "w").close()
+
+    def run(self, p):
+        return super().run(p) if self.name.endswith("killer") else OracleAdapter.run(self, p)
 
 
 class Noisy(OracleAdapter):
@@ -66,6 +81,10 @@ SPECS = (
     AdapterSpec("fake.noisy", HERE, "Noisy", ("numpy",), _NUMPY, "fake", {"name": "fake.noisy"}, False),
     AdapterSpec("fake.absent", HERE, "OracleAdapter", ("bnconform_no_such_framework",),
                 "pip install bnconform-no-such-framework", "fake", {"name": "fake.absent"}, False),
+    AdapterSpec("fake.family.oracle", HERE, "FamilyMember", ("numpy",), _NUMPY, "fake", {"name": "fake.family.oracle"},
+                False, process="fake-family"),
+    AdapterSpec("fake.family.killer", HERE, "FamilyMember", ("numpy",), _NUMPY, "fake", {"name": "fake.family.killer"},
+                False, process="fake-family"),
     AdapterSpec("torch.nn.BatchNorm[misdeclared]", HERE, "MisdeclaredTorch", ("torch",),
                 'pip install "bnconform[torch]"', "fake", {}, False),
 )

@@ -123,6 +123,30 @@ def test_killed_worker_costs_only_its_case(tmp_path):
     assert "SIGKILL" in html and 'id="matrix-table"' in html
 
 
+def test_a_family_shares_one_worker_and_a_crash_restarts_it(tmp_path):
+    """Two adapters of one process key run in ONE worker process (one import); when the second kills that
+    process on one case, only that case's checks are errors: the process restarts, the adapter is set up
+    again and resumes, and the first adapter's results (finished in the old process) are complete."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    r = bnconform("run", "--frameworks", "fake.family.oracle,fake.family.killer", "--tier", "smoke", "--jobs", "1",
+                  "--out", tmp_path / "out", "--no-report", BNCONFORM_FAKE_KILL=KILL_CASE,
+                  BNCONFORM_FAKE_PIDS=str(pids))
+    assert r.returncode == 1, r.stderr
+    setups = sorted(p.name for p in pids.iterdir())
+    oracle = [p.split(".")[-1] for p in setups if p.startswith("fake.family.oracle.")]
+    killer = [p.split(".")[-1] for p in setups if p.startswith("fake.family.killer.")]
+    assert len(oracle) == 1 and len(killer) == 2, setups  # the killer set up again after the crash
+    assert oracle[0] in killer  # ... first in the process the oracle had used
+    recs = _records(tmp_path / "out")
+    errors = {(x["adapter"], x["case"]) for x in recs if x["verdict"] == "error"}
+    assert errors == {("fake.family.killer", KILL_CASE)}
+    for name in ("fake.family.oracle", "fake.family.killer"):
+        assert len([x for x in recs if x["adapter"] == name]) == sum(_checks(c) for c in SMOKE)
+    timing = {a["name"]: a["timing"] for a in _meta(tmp_path / "out")["adapters"]}
+    assert all(t["startup_seconds"] > 0 for t in timing.values())
+
+
 def test_hung_worker_times_out_and_the_run_goes_on(tmp_path):
     r = bnconform("run", "--frameworks", "fake.killer", "--tier", "smoke", "--out", tmp_path, "--case-timeout", "3",
                   BNCONFORM_FAKE_HANG=KILL_CASE)
@@ -204,3 +228,46 @@ def test_a_driver_bug_is_one_line_not_a_traceback():
     pool = Pool([Broken()], jobs=1)
     assert pool.wait() is False
     assert pool.failures == ["broken: ValueError: on_records failed"]
+
+
+def test_pool_keeps_a_family_on_its_process_and_spreads_families_over_slots():
+    """The scheduling rule (conformance.worker.Pool): a slot keeps taking runs of the key its process has; a
+    slot needing a new process takes the largest family no other slot is running."""
+    import threading
+
+    from conformance.worker import Pool
+
+    class Run:
+        def __init__(self, name, key):
+            self.adapter_name, self.key, self.stopped = name, key, threading.Event()
+
+    runs = [Run("onnx.a", "onnx"), Run("tf.a", "tf"), Run("jax.a", "jax"), Run("tf.b", "tf"), Run("jax.b", "jax"),
+            Run("jax.c", "jax"), Run("keras.torch", "keras.torch")]
+    pool = Pool(runs, jobs=2)
+    taken = [pool._take(0, None).adapter_name, pool._take(1, None).adapter_name]
+    assert taken == ["jax.a", "tf.a"]  # the largest family first; the second slot a family nobody runs
+    assert pool._take(0, "jax").adapter_name == "jax.b" and pool._take(1, "tf").adapter_name == "tf.b"
+    assert pool._take(1, "tf").adapter_name == "onnx.a"  # tf done: a family slot 0 is not running
+    assert pool._take(0, "jax").adapter_name == "jax.c"
+    assert [pool._take(0, "jax").adapter_name, pool._take(0, "keras.torch")] == ["keras.torch", None]
+    # a family running in another slot: a second process only while two of its runs or more are left
+    pool = Pool([Run("tf.a", "tf"), Run("tf.b", "tf"), Run("tf.c", "tf")], jobs=2)
+    assert [pool._take(0, None).adapter_name, pool._take(1, None).adapter_name] == ["tf.a", "tf.b"]
+    assert pool._take(1, None) is None and pool._take(0, "tf").adapter_name == "tf.c"
+
+
+def test_compiled_code_caches_go_under_the_results_directory_unless_chosen(monkeypatch, tmp_path):
+    from conformance.worker import persistent_caches
+
+    for var in ("BNCONFORM_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TF_XLA_FLAGS"):
+        monkeypatch.delenv(var, raising=False)
+    persistent_caches(str(tmp_path / ".cache"))
+    assert os.environ["BNCONFORM_CACHE_DIR"] == str(tmp_path / ".cache")  # JAX: adapters/jax_common.cache_dir
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".cache" / "inductor")
+    assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_persistent_cache_directory={tmp_path / '.cache' / 'xla'}"
+    monkeypatch.setenv("BNCONFORM_CACHE_DIR", "/mine")
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=/mine/xla")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    persistent_caches(str(tmp_path / ".cache"))
+    assert os.environ["BNCONFORM_CACHE_DIR"] == "/mine" and os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/mine/inductor"
+    assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/mine/xla"

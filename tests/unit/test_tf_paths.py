@@ -1,0 +1,63 @@
+"""The TensorFlow/Keras execution paths on the real frameworks (one child process, tests/unit/tf_paths_child.py):
+synchronized BatchNorm over 2 logical CPUs matches the GLOBAL batch's oracle with equal and unequal shards; the
+TFLite converter folds BatchNorm into MUL/ADD and the interpreter's output matches; a frozen layer called in
+training runs inference; fit() moves the moving statistics as the direct call does; the mixed_bfloat16 policy
+computes in bfloat16 with float32 variables."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("tensorflow")
+pytest.importorskip("keras")
+pytest.importorskip("tf_keras")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def child():
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-m", "tests.unit.tf_paths_child"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _no_failures(run):
+    assert not {"fail", "error", "xpass"} & set(run["verdicts"]), run
+
+
+def test_sync_matches_the_global_batch_with_unequal_and_equal_shards(child):
+    for key, shards in (("keras.tensorflow@sync::f64-8x4-ax1-T3E-a0.1-eps1e-05-rstats-sh6+2-s0", "6+2"),
+                        ("keras.tensorflow@sync::f32-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0", "2+2")):
+        run = child[key]
+        _no_failures(run)
+        assert run["passed"] == ["running_mean", "running_var", "y"]
+        assert run["facts"]["shards"] == shards and run["facts"]["replica_statistics_spread"] == "0"
+        assert "CPU:1" in run["facts"]["device"]
+    # tf_keras: the float64 decay registered for the non-fused layer (tf.toml) shows on the sync path too
+    assert child["tf_keras.nonfused@sync::f64-8x4-ax1-T3E-a0.1-eps1e-05-rstats-sh6+2-s0"]["verdicts"].get("xfail")
+
+
+def test_tflite_folds_batchnorm_and_matches(child):
+    run = child["keras.tensorflow@tflite::f32-4x3x2x3-ax1-E-a0.1-eps1e-05-rstats-s0"]
+    _no_failures(run)
+    assert "y" in run["passed"]
+    assert {"MUL", "ADD"} <= set(run["facts"]["ops"].split(", "))
+
+
+def test_frozen_fit_and_mixed_pass_what_they_declare(child):
+    frozen = child["keras.tensorflow@frozen::f32-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0"]
+    _no_failures(frozen)
+    assert {"y", "running_mean", "dx"} <= set(frozen["passed"]) and frozen["facts"]["trainable"] == "False"
+    fit = child["keras.tensorflow@fit::f32-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0"]
+    _no_failures(fit)
+    assert fit["passed"] == ["running_mean", "running_var"]
+    mixed = child["keras.tensorflow@mixed-bf16::bf16-4x3x2x3-ax1-T2E-a0.1-eps1e-05-rstats-s0"]
+    _no_failures(mixed)
+    assert mixed["facts"]["compute_dtype"] == "bfloat16" and mixed["facts"]["variable_dtype"] == "float32"
