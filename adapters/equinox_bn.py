@@ -8,7 +8,7 @@ from reference import QUANTITIES, Convention, Problem
 
 from . import jax_common as jc
 from .jax_repro import snippet
-from .base import Adapter, Observation, Precision
+from .base import EAGER, Adapter, Observation, Precision
 
 # equinox/nn/_batch_norm.py (equinox 0.13): momentum=0.99 is the weight on the old value, eps=1e-5;
 # _stats is two-pass and biased (mean, then mean((y - mean)^2), pmean over the vmapped batch axis), all in
@@ -36,6 +36,7 @@ class EquinoxBatchNorm(Adapter):
     api = "equinox.nn.BatchNorm"
     channel_axes = "first"  # each vmapped example is (C, ...): the channel axis is axis 1 of the batch
     source = SOURCE
+    paths = jc.JAX_PATHS
 
     def __init__(self, mode: str = "batch"):
         self.mode = mode
@@ -88,10 +89,12 @@ class EquinoxBatchNorm(Adapter):
         """Where the statistics inference uses are kept (`state_index` before the modes)."""
         return getattr(bn, f"{self.mode}_state_index" if self.has_mode else "state_index")
 
-    def _model(self, p: Problem):
+    def _model(self, p: Problem, path: str = EAGER):
         """(key, bn, state0, apply): the module and its fresh State, built once per configuration under jit
         (eqx.filter_jit: no eager op), and the pure step over {"state": State, "mean", "var"}."""
         cfg = self.native_config(p)
+        if path == jc.SYNC:  # pmean over the vmapped batch and the devices (a sequence of axis names)
+            cfg["axis_name"] = ("batch", jc.DEVICE_AXIS)
         key = tuple(sorted(cfg.items()))
         if key not in self.modules:
             eqx, jax = self.eqx, self.jax
@@ -124,8 +127,19 @@ class EquinoxBatchNorm(Adapter):
         return lambda s: {"running_mean": s["mean"], "running_var": s["var"],
                           "num_batches_tracked": s["state"].get(bn.batch_counter)}
 
-    def run(self, p: Problem) -> Observation:
-        key, bn, state0, apply = self._model(p)
+    def path_unsupported(self, p: Problem, path: str) -> str | None:
+        if path == jc.SYNC and self.mode == "ema":
+            return (f'{self.api} under jax.shard_map raises: State.set (equinox/nn/_stateful.py) refuses a new '
+                    "value whose abstract type differs from the old one, and the first-step flag it writes "
+                    "(jnp.array(False)) and the flag it reads differ in the device axes they vary over "
+                    "(ValueError: 'The old value is bool[] and the new value is bool[]')")
+        return jc.path_unsupported(self, p, path, masks=False)
+
+    def run_path(self, p: Problem, path: str) -> Observation:
+        return self.run(p, path)
+
+    def run(self, p: Problem, path: str = EAGER) -> Observation:
+        key, bn, state0, apply = self._model(p, path)
         index = self._index(bn)
         fresh = self.jax.tree.map(lambda a: a, state0)  # State.set invalidates the object it is called on
         if p.native_init:  # equinox's own State from make_with_state: what inference uses before any training
@@ -135,7 +149,7 @@ class EquinoxBatchNorm(Adapter):
             mean, var = jc.to_jax(self.jax, p.running_mean, p.dtype), jc.to_jax(self.jax, p.running_var, p.dtype)
             state = {"state": fresh.set(index, (mean, var)), "mean": mean, "var": var}
         obs = Observation(facts={"device": self.device, "mode": self.mode})
-        jc.run(self, p, key, apply, jc.initial_params(self.jax, p, p.dtype), state, self._read(bn), obs)
+        jc.run(self, p, key, apply, jc.initial_params(self.jax, p, p.dtype), state, self._read(bn), obs, path)
         for q in ("batch_mean", "batch_var"):
             obs.unsupported[q] = "equinox.nn.BatchNorm does not return the batch statistics"
         if self.mode == "ema":

@@ -7,7 +7,7 @@ from reference import QUANTITIES, Convention, Problem
 
 from . import jax_common as jc
 from .jax_repro import snippet
-from .base import Adapter, Observation, Precision
+from .base import EAGER, Adapter, Observation, Precision
 
 # flax/linen/normalization.py (flax 0.12): BatchNorm(momentum=0.99, epsilon=1e-5) keeps
 # ra = momentum * ra + (1 - momentum) * batch (weight on the old value) with the biased batch variance;
@@ -27,6 +27,7 @@ class FlaxLinen(Adapter):
     conventional_layout = "channels_last"  # flax.linen.Conv takes (batch, spatial..., features)
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var", "num_batches_tracked"}
     source = SOURCE
+    paths = jc.JAX_PATHS
 
     def __init__(self, use_fast_variance: bool = True):
         self.use_fast_variance = use_fast_variance
@@ -64,23 +65,31 @@ class FlaxLinen(Adapter):
                    use_scale=problem.affine, dtype=problem.dtype, param_dtype=problem.dtype)
         return cfg
 
-    def _apply(self, p: Problem):
+    def _apply(self, p: Problem, path: str = EAGER):
         cfg = self.native_config(p)
+        if path == jc.SYNC:  # statistics averaged over the device axis (flax/linen/normalization.py, _compute_stats)
+            cfg["axis_name"] = jc.DEVICE_AXIS
         key = tuple(sorted(cfg.items()))
         if key not in self.modules:
             jnp = self.jax.numpy
             bn = self.nn.BatchNorm(**{**cfg, "dtype": getattr(jnp, p.dtype), "param_dtype": getattr(jnp, p.dtype)})
 
-            def apply(params, state, x, train):
+            def apply(params, state, x, train, mask=None):
                 prm = {"scale": params["gamma"], "bias": params["beta"]} if params else {}
                 y, upd = bn.apply({"params": prm, "batch_stats": state}, x, use_running_average=not train,
-                                  mutable=["batch_stats"])
+                                  mask=mask, mutable=["batch_stats"])
                 return y, upd["batch_stats"]
             self.modules[key] = apply
         return key, self.modules[key]
 
-    def run(self, p: Problem) -> Observation:
-        key, apply = self._apply(p)
+    def path_unsupported(self, p: Problem, path: str) -> str | None:
+        return jc.path_unsupported(self, p, path, masks=True)
+
+    def run_path(self, p: Problem, path: str) -> Observation:
+        return self.run(p, path)
+
+    def run(self, p: Problem, path: str = EAGER) -> Observation:
+        key, apply = self._apply(p, path)
         if p.native_init:
             state = self._own_batch_stats(p)
         else:  # injected in the dtype a training step leaves batch_stats in: promote(float32, dtype)
@@ -89,7 +98,7 @@ class FlaxLinen(Adapter):
                      "var": jc.to_jax(self.jax, p.running_var, stats)}
         obs = Observation(facts={"device": self.device, "use_fast_variance": str(self.use_fast_variance)})
         jc.run(self, p, key, apply, jc.initial_params(self.jax, p, p.dtype), state,
-               lambda s: {"running_mean": s["mean"], "running_var": s["var"]}, obs)
+               lambda s: {"running_mean": s["mean"], "running_var": s["var"]}, obs, path)
         for q in ("batch_mean", "batch_var"):
             obs.unsupported[q] = "flax.linen.BatchNorm does not return the batch statistics"
         obs.unsupported["num_batches_tracked"] = "flax.linen.BatchNorm keeps no step counter"

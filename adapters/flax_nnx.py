@@ -7,7 +7,7 @@ from reference import QUANTITIES, Problem
 
 from . import jax_common as jc
 from .jax_repro import snippet
-from .base import Adapter, Observation, Precision
+from .base import EAGER, Adapter, Observation, Precision
 from .flax_linen import FAST
 
 # flax/nnx/nn/normalization.py (flax 0.12), BatchNorm.__call__: the same statistics and EMA as linen
@@ -30,6 +30,7 @@ class FlaxNNX(Adapter):
     conventional_layout = "channels_last"  # flax.nnx.Conv takes (batch, spatial..., features)
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var", "num_batches_tracked"}
     source = SOURCE
+    paths = jc.JAX_PATHS
 
     def setup(self) -> None:
         self.jax = jc.import_jax()
@@ -72,38 +73,76 @@ class FlaxNNX(Adapter):
                    param_dtype=problem.dtype)
         return cfg
 
-    def _apply(self, p: Problem):
+    def _kwargs(self, p: Problem, path: str) -> dict:
         cfg = self.native_config(p)
+        if path == jc.SYNC:  # statistics averaged over the device axis (flax/nnx/nn/normalization.py)
+            cfg["axis_name"] = jc.DEVICE_AXIS
+        return cfg
+
+    def _put(self, var, value):
+        if self.item_assign:
+            var[...] = value
+        else:
+            var.value = value
+
+    def _apply(self, p: Problem, path: str = EAGER):
+        cfg = self._kwargs(p, path)
         key = tuple(sorted(cfg.items()))
         if key not in self.modules:
-            nnx, jnp = self.nnx, self.jax.numpy
+            nnx, jnp, put = self.nnx, self.jax.numpy, self._put
             kw = {**cfg, "dtype": getattr(jnp, p.dtype), "param_dtype": getattr(jnp, p.dtype)}
 
-            def put(var, value):
-                if self.item_assign:
-                    var[...] = value
-                else:
-                    var.value = value
-
-            def apply(params, state, x, train):
+            def apply(params, state, x, train, mask=None):
                 bn = nnx.BatchNorm(**kw, rngs=nnx.Rngs(0))
                 if params:
                     put(bn.scale, params["gamma"]), put(bn.bias, params["beta"])
                 put(bn.mean, state["mean"]), put(bn.var, state["var"])
                 bn.train() if train else bn.eval()
-                y = bn(x)
+                y = bn(x, mask=mask)
                 return y, {"mean": bn.mean[...], "var": bn.var[...]}
             self.modules[key] = apply
         return key, self.modules[key]
 
-    def run(self, p: Problem) -> Observation:
-        key, apply = self._apply(p)
+    def ensemble(self, apply):
+        """The vmap path the nnx way: the two copies built by an nnx.vmap'd constructor (one module whose
+        variables carry the ensemble axis, as flax's ensemble guide does), called through
+        nnx.vmap(in_axes=(0, None)) so nnx itself threads the updated BatchStat variables out; copy 1's
+        output is what gradients are taken of."""
+        nnx, put = self.nnx, self._put
+        kw = self._ensemble_kw
+
+        def ensemble(params, state, x, train):
+            @nnx.vmap(in_axes=(0, 0), out_axes=0)
+            def build(prm, st):
+                bn = nnx.BatchNorm(**kw, rngs=nnx.Rngs(0))
+                if prm:
+                    put(bn.scale, prm["gamma"]), put(bn.bias, prm["beta"])
+                put(bn.mean, st["mean"]), put(bn.var, st["var"])
+                return bn
+
+            models = build(params, state)
+            models.train() if train else models.eval()
+            ys = nnx.vmap(lambda bn, x: bn(x), in_axes=(0, None), out_axes=0)(models, x)
+            return ys[1], {"mean": models.mean[...], "var": models.var[...]}
+        return ensemble
+
+    def path_unsupported(self, p: Problem, path: str) -> str | None:
+        return jc.path_unsupported(self, p, path, masks=True)
+
+    def run_path(self, p: Problem, path: str) -> Observation:
+        return self.run(p, path)
+
+    def run(self, p: Problem, path: str = EAGER) -> Observation:
+        key, apply = self._apply(p, path)
+        jnp = self.jax.numpy
+        self._ensemble_kw = {**self._kwargs(p, path), "dtype": getattr(jnp, p.dtype),
+                             "param_dtype": getattr(jnp, p.dtype)}
         # the case's initial statistics, stored as `bn.mean[...] = ...` stores them: in nnx's float32 BatchStat
         state = {"mean": jc.to_jax(self.jax, p.running_mean, "float32"),
                  "var": jc.to_jax(self.jax, p.running_var, "float32")}
         obs = Observation(facts={"device": self.device})
         jc.run(self, p, key, apply, jc.initial_params(self.jax, p, p.dtype), state,
-               lambda s: {"running_mean": s["mean"], "running_var": s["var"]}, obs)
+               lambda s: {"running_mean": s["mean"], "running_var": s["var"]}, obs, path)
         for q in ("batch_mean", "batch_var"):
             obs.unsupported[q] = "flax.nnx.BatchNorm does not return the batch statistics"
         obs.unsupported["num_batches_tracked"] = "flax.nnx.BatchNorm keeps no step counter"

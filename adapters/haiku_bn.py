@@ -7,7 +7,7 @@ from reference import QUANTITIES, Convention, Problem
 
 from . import jax_common as jc
 from .jax_repro import snippet
-from .base import Adapter, Observation, Precision
+from .base import EAGER, Adapter, Observation, Precision
 
 # haiku/_src/batch_norm.py (dm-haiku 0.0.17): decay_rate is required (no default), eps=1e-5; training
 # statistics are mean and mean_of_squares - mean^2 (fast, not clamped), in the input dtype (jnp.mean
@@ -34,6 +34,7 @@ class HaikuBatchNorm(Adapter):
     conventional_layout = "channels_last"  # hk.Conv2D data_format="NHWC" by default
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var"}
     source = SOURCE
+    paths = jc.JAX_PATHS
 
     def setup(self) -> None:
         self.jax = jc.import_jax()
@@ -52,6 +53,9 @@ class HaikuBatchNorm(Adapter):
             return "int32"  # hk.get_state("counter", (), jnp.int32, ...)
         return super().expected_dtype(quantity, problem)
 
+    def path_expected_dtype(self, quantity: str, problem: Problem, path: str) -> str:
+        return self.expected_dtype(quantity, problem)  # every path computes as the jitted call does
+
     def unsupported(self, problem: Problem) -> str | None:
         if problem.use_defaults:
             return "hk.BatchNorm has no default decay_rate: it is a required argument"
@@ -69,8 +73,10 @@ class HaikuBatchNorm(Adapter):
                 "decay_rate": self.native_momentum(problem), "eps": problem.eps,
                 "data_format": "channels_last" if last else "channels_first"}
 
-    def _apply(self, p: Problem):
+    def _apply(self, p: Problem, path: str = EAGER):
         cfg = self.native_config(p)
+        if path == jc.SYNC:  # mean and mean of squares pmean'd over the devices (haiku/_src/batch_norm.py)
+            cfg["cross_replica_axis"] = jc.DEVICE_AXIS
         key = tuple(sorted(cfg.items()))
         if key not in self.modules:
             hk = self.hk
@@ -82,8 +88,15 @@ class HaikuBatchNorm(Adapter):
             self.modules[key] = (f, apply)
         return (key, *self.modules[key])
 
-    def run(self, p: Problem) -> Observation:
-        key, f, apply = self._apply(p)
+    def path_unsupported(self, p: Problem, path: str) -> str | None:
+        return jc.path_unsupported(self, p, path, masks=False)
+
+    def run_path(self, p: Problem, path: str) -> Observation:
+        return self.run(p, path)
+
+    def run(self, p: Problem, path: str = EAGER) -> Observation:
+        key, _, apply = self._apply(p, path)
+        _, f, _ = self._apply(p)  # init outside any device axis (cross_replica_axis needs one bound)
         jax = self.jax
         shape = tuple(p.channels if i == p.axis else 1 for i in range(len(p.shape)))
         # the state's structure from haiku itself (traced, not run), then filled with the case's values
@@ -100,7 +113,7 @@ class HaikuBatchNorm(Adapter):
         obs = Observation(facts={"device": self.device})
         jc.run(self, p, key, apply, jc.initial_params(jax, p, p.dtype, shape), state,
                lambda s: {"running_mean": s[EMA[0]]["average"], "running_var": s[EMA[1]]["average"],
-                          "num_batches_tracked": s[EMA[0]]["counter"]}, obs)
+                          "num_batches_tracked": s[EMA[0]]["counter"]}, obs, path)
         for q in ("batch_mean", "batch_var"):
             obs.unsupported[q] = "haiku.BatchNorm does not return the batch statistics"
         return obs

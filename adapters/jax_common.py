@@ -2,11 +2,22 @@
 the persistent compilation cache, array conversion, one jitted function per configuration, the step loop
 and the gradients.
 
-Every computation runs under `jax.jit`, never eagerly (an eager op on a new shape compiles ~1 s). An adapter
+Every computation runs under `jax.jit` (the default path, "eager" in the suite's naming: JAX code as users run
+it), never op by op (an un-jitted op on a new shape compiles ~1 s) except on the `no-jit` path. An adapter
 describes its BatchNorm as a pure function `apply(params, state, x, train) -> (y, state)` over
 `params = {"gamma", "beta"}` (empty without affine) and its own state pytree; it is jitted once per
 configuration key (native hyperparameters, dtype, axis) and reused for every shape, in memory for the life
 of the worker process and on disk in the JAX persistent compilation cache, so a rerun does not recompile.
+
+Execution paths (`JAX_PATHS`; `paths_for` picks an adapter's):
+  no-jit  the same steps under `jax.disable_jit()`: op by op, what a user debugging the model runs
+  vmap    an ensemble of two copies of the model, `jax.vmap` over stacked parameters and state (in_axes 0) with
+          the input shared (None), as users batch models; copy 0 gets other parameters and statistics (a decoy)
+          and copy 1 the case's, which is what is read: a batching rule that mixes or mis-indexes the copies shows
+  sync    synchronized BatchNorm: the batch split over DEVICES logical CPU devices along axis 0 under
+          `jax.shard_map`, the module given the device axis name (flax `axis_name`, haiku `cross_replica_axis`,
+          equinox `axis_name`); unequal shards (Problem.shards) are padded to the largest and masked where the
+          module takes a mask (flax), else unsupported (shard_map needs equal per-device shapes)
 """
 from __future__ import annotations
 
@@ -15,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Observation
+from .base import EAGER, EAGER_PATH, Observation, PathSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,10 +50,32 @@ def installed_at_least(dist: str, minimum: str) -> bool:
         return True
 
 
-def import_jax():
+DEVICES = 2  # logical CPU devices for the sync path
+DEVICE_AXIS = "devices"
+NO_JIT, VMAP, SYNC = "no-jit", "vmap", "sync"
+JITTED = PathSpec(EAGER, "jax.jit of the step, as JAX code runs (the suite's eager path)", tier="smoke")
+NO_JIT_PATH = PathSpec(NO_JIT, "the same step under jax.disable_jit(): op by op, as when debugging", tier="nightly")
+VMAP_PATH = PathSpec(VMAP, "an ensemble of 2 model copies: jax.vmap over stacked parameters and state (in_axes 0), "
+                           "the input shared (None); copy 1 is read")
+SYNC_PATH = PathSpec(SYNC, f"synchronized BatchNorm: the batch split over {DEVICES} logical CPU devices under "
+                           "jax.shard_map, statistics combined over the device axis", sharded=True)
+JAX_PATHS = (JITTED, NO_JIT_PATH, VMAP_PATH, SYNC_PATH)
+
+
+def set_xla_flags() -> None:
+    """XLA's flags are read once, when JAX initializes its backend: call before anything imports jax (the
+    test session's conftest does, so that an earlier import elsewhere leaves the sync path its devices)."""
+    # prepended: XLA stops parsing at the first token that is not a `--` flag and ignores the rest
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_enable_fast_math" not in flags:  # no reassociation or approximate math in XLA:CPU
-        os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_enable_fast_math=false").strip()
+        flags = f"--xla_cpu_enable_fast_math=false {flags}"
+    if "xla_force_host_platform_device_count" not in flags:  # the sync path's devices (default device: cpu:0)
+        flags = f"--xla_force_host_platform_device_count={DEVICES} {flags}"
+    os.environ["XLA_FLAGS"] = flags.strip()
+
+
+def import_jax():
+    set_xla_flags()
     import jax
 
     jax.config.update("jax_enable_x64", True)  # float64 cases; float32 code keeps float32 (weak typing)
@@ -120,10 +153,37 @@ class Jitted:
         return self.fns[key, kind, train]
 
 
-def run(adapter, p, key, apply, params, state, read, obs: Observation) -> Observation:
-    """Run every step of `p` through the jitted `apply`; `read(state)` names the running statistics to
-    report. Without running statistics (track_running_stats=False) every step normalizes with the batch
-    statistics, so inference steps run the training branch and its state is discarded."""
+def run(adapter, p, key, apply, params, state, read, obs: Observation, path: str = EAGER) -> Observation:
+    """Run every step of `p` through the jitted `apply` on `path` (see the module docstring); `read(state)`
+    names the running statistics to report. Without running statistics (track_running_stats=False) every step
+    normalizes with the batch statistics, so inference steps run the training branch and its state is
+    discarded."""
+    jax = adapter.jax
+    pick = _same
+    if path == VMAP:
+        ensemble = getattr(adapter, "ensemble", None) or (lambda apply: vmapped(jax, apply))
+        key, apply, pick = (key, VMAP), ensemble(apply), _copy1
+        params, state = with_decoy(jax, params), with_decoy(jax, state)
+    elif path == SYNC:
+        key, apply = (key, SYNC, shards_of(p)), synchronized(jax, apply, shards_of(p))
+    if path == NO_JIT:
+        obs.facts["jit"] = "disabled (jax.disable_jit)"
+        with jax.disable_jit():
+            return _steps(adapter, p, key, apply, params, state, read, obs, pick)
+    return _steps(adapter, p, key, apply, params, state, read, obs, pick)
+
+
+def _same(tree):
+    return tree
+
+
+def _copy1(tree):
+    import jax
+
+    return jax.tree.map(lambda a: a[1], tree)
+
+
+def _steps(adapter, p, key, apply, params, state, read, obs: Observation, pick) -> Observation:
     jax, jit = adapter.jax, adapter.jitted
     ys, stats = [], []
     for k, (x, mode) in enumerate(zip(p.xs, p.modes)):
@@ -132,7 +192,7 @@ def run(adapter, p, key, apply, params, state, read, obs: Observation) -> Observ
         before = state
         y, state = jit.get(key, "step", apply, train)(params, state, xj)
         ys.append(y)
-        stats.append(read(state))
+        stats.append(read(pick(state)))
     put(obs, "y", ys)
     if p.track_running_stats:
         for name in stats[0]:
@@ -142,6 +202,7 @@ def run(adapter, p, key, apply, params, state, read, obs: Observation) -> Observ
         dx, dparams = jit.get(key, "grad1", apply, train)(params, before, xj, dy)
         put(obs, "dx", dx)
         if params:
+            dparams = pick(dparams)
             put(obs, "dgamma", dparams["gamma"])
             put(obs, "dbeta", dparams["beta"])
         if adapter.wants_second_order(p):
@@ -149,8 +210,110 @@ def run(adapter, p, key, apply, params, state, read, obs: Observation) -> Observ
             d2x, d2gamma = jit.get(key, "grad2", apply, train)(params, before, xj, dy, v)
             put(obs, "d2x", d2x)
             if params:
-                put(obs, "d2gamma", d2gamma)
+                put(obs, "d2gamma", pick(d2gamma))
     return obs
+
+
+# -- vmap: an ensemble of two copies
+def with_decoy(jax, tree):
+    """Two stacked copies of `tree`: copy 0 a decoy (floats moved by x -> 1.5 x + 0.25: positive variances stay
+    positive; integers, e.g. step counters, kept), copy 1 the tree itself."""
+    jnp = jax.numpy
+
+    def stack(a):
+        a = jnp.asarray(a)
+        decoy = (a * 1.5 + 0.25).astype(a.dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+        return jnp.stack([decoy, a])
+    return jax.tree.map(stack, tree)
+
+
+def vmapped(jax, apply):
+    """`apply` over an ensemble: jax.vmap over stacked parameters and state (in_axes 0), the input shared
+    (None); returns copy 1's output (what the gradients are taken of) and every copy's state."""
+    def ensemble(params, state, x, train):
+        ys, states = jax.vmap(lambda prm, st: apply(prm, st, x, train))(params, state)
+        return ys[1], states
+    return ensemble
+
+
+# -- sync: the batch split over devices
+def shards_of(p) -> tuple[int, ...]:
+    """Per-device batch sizes: the case's, or equal parts."""
+    return tuple(p.shards) or (p.shape[0] // DEVICES,) * DEVICES
+
+
+def sync_unsupported(jax, p, masks: bool, api: str) -> str | None:
+    """Why the sync path cannot run `p`: too few devices, a batch that does not split, or unequal shards for a
+    module that takes no mask."""
+    have = len(jax.devices("cpu"))
+    if have < DEVICES:
+        return (f"the sync path needs {DEVICES} logical CPU devices; JAX was imported before "
+                f"--xla_force_host_platform_device_count={DEVICES} was set and has {have}")
+    if not p.shards and p.shape[0] % DEVICES:
+        return f"a batch of {p.shape[0]} does not split equally over {DEVICES} devices"
+    if p.shards and len(p.shards) != DEVICES:
+        return f"the case splits its batch over {len(p.shards)} devices; the sync path has {DEVICES}"
+    if len(set(shards_of(p))) > 1 and not masks:
+        return (f"unequal per-device batches {'+'.join(map(str, p.shards))}: shard_map (and pmap) need equal "
+                f"per-device shapes, and {api} takes no mask to pad them with")
+    return None
+
+
+def _shard_map(jax):
+    if hasattr(jax, "shard_map"):  # jax >= 0.6
+        return lambda f, **kw: jax.shard_map(f, check_vma=False, **kw)
+    from jax.experimental.shard_map import shard_map
+
+    return lambda f, **kw: shard_map(f, check_rep=False, **kw)
+
+
+def synchronized(jax, apply, shards: tuple[int, ...]):
+    """`apply` with the batch split over the devices along axis 0 (jax.shard_map; parameters and state
+    replicated, the state read back from the devices, which agree after the module's cross-device mean).
+    Unequal shards are each padded to the largest and passed a mask (`apply(..., mask=)`) that leaves the
+    padding out of the statistics; the padding's outputs are dropped."""
+    from jax.sharding import Mesh, PartitionSpec
+
+    jnp, shard_map = jax.numpy, _shard_map(jax)
+    mesh = Mesh(np.array(jax.devices("cpu")[:DEVICES]), (DEVICE_AXIS,))
+    split, whole = PartitionSpec(DEVICE_AXIS), PartitionSpec()
+    if len(set(shards)) == 1:
+        def on_devices(params, state, x, train):
+            f = shard_map(lambda prm, st, x: apply(prm, st, x, train), mesh=mesh, in_specs=(whole, whole, split),
+                          out_specs=(split, whole))
+            return f(params, state, x)
+        return on_devices
+    rows = max(shards)
+    starts = np.cumsum((0,) + shards[:-1])
+
+    def on_devices_masked(params, state, x, train):
+        pad = [((0, rows - n),) + ((0, 0),) * (x.ndim - 1) for n in shards]
+        padded = jnp.concatenate([jnp.pad(x[a:a + n], w) for a, n, w in zip(starts, shards, pad)])
+        mask = np.concatenate([np.arange(rows) < n for n in shards]).reshape((-1,) + (1,) * (x.ndim - 1))
+        f = shard_map(lambda prm, st, x, m: apply(prm, st, x, train, mask=m), mesh=mesh,
+                      in_specs=(whole, whole, split, split), out_specs=(split, whole))
+        y, state = f(params, state, padded, jnp.asarray(mask))
+        return jnp.concatenate([y[d * rows:d * rows + n] for d, n in enumerate(shards)]), state
+    return on_devices_masked
+
+
+def path_unsupported(adapter, p, path: str, masks: bool = False) -> str | None:
+    """What the JAX adapters share about their paths (see the module docstring)."""
+    if path == SYNC:
+        return sync_unsupported(adapter.jax, p, masks, adapter.api)
+    if path == NO_JIT and not few_cases(p):
+        return ("op by op, every primitive compiles once per new shape and dtype (~1 s each): the no-jit path "
+                "runs only the two-step path cases that start with training (training and inference, float32 "
+                "and float64); jit runs them all")
+    if path == VMAP and not few_cases(p):
+        return ("the vmap path (one more compilation per case) runs the two-step path cases that start with "
+                "training: training and inference, float32 and float64, every quantity; jit runs them all")
+    return None
+
+
+def few_cases(p) -> bool:
+    """The cases the costlier paths keep to (3 of the default tier's path cases)."""
+    return p.steps == 2 and p.modes[0] == "train" and p.track_running_stats
 
 
 def initial_params(jax, p, dtype: str, shape=None) -> dict:

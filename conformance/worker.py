@@ -38,9 +38,11 @@ def limit_threads(threads: int) -> None:
     for var in THREAD_VARS:
         os.environ[var] = str(threads)
     flags = os.environ.get("XLA_FLAGS", "")
-    if "intra_op_parallelism_threads" not in flags:
+    if "xla_cpu_multi_thread_eigen" not in flags:
+        # only `--` flags: XLA stops parsing XLA_FLAGS at the first token that is not one, silently dropping the
+        # rest (the adapters' fast-math and device-count flags); intra_op_parallelism_threads is not an XLA flag
         os.environ["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}"
-                                   f" intra_op_parallelism_threads={threads}").strip()
+                                   ).strip()
 
 
 def _own_group_dying_with(parent_pid: int) -> None:
