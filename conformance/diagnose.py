@@ -61,7 +61,7 @@ def _simulate(adapter, problem, convention, obs, compute_dtype=None, quantities=
     try:
         with np.errstate(all="ignore"):  # hypotheses may overflow a narrow format: that is a misfit, not an error
             trace = simulate(problem, convention, compute_dtype=compute_dtype, second_order=second)
-            bounds = tolerance.bounds(problem, trace, convention, adapter.precision(problem))
+            bounds = _bounds(adapter, problem, trace, convention)
     except (ValueError, ZeroDivisionError, FloatingPointError, IndexError):
         return None, {}
     out = {}
@@ -79,6 +79,15 @@ def _simulate(adapter, problem, convention, obs, compute_dtype=None, quantities=
                         axis=problem.axis)
         out[q] = c.ratio if c.problem is None else float("inf")
     return trace, out
+
+
+def _bounds(adapter, problem, trace, convention):
+    """The error bounds: the adapter's own model when it has one (conformance.explain: printed digits),
+    else the tolerance model for its declared precision."""
+    own = getattr(adapter, "bounds", None)
+    if own is not None:
+        return own(problem, trace, convention)
+    return tolerance.bounds(problem, trace, convention, adapter.precision(problem))
 
 
 def ratios_under(adapter, problem, convention, obs, compute_dtype=None, quantities=None) -> dict[str, float]:
@@ -113,7 +122,7 @@ class CaseFit:
         conv = adapter.convention
         if trace is None or bounds is None:
             trace, self.declared = _simulate(adapter, problem, conv, obs)
-            bounds = tolerance.bounds(problem, trace, conv, adapter.precision(problem)) if trace else {}
+            bounds = _bounds(adapter, problem, trace, conv) if trace else {}
         else:
             self.declared = _simulate(adapter, problem, conv, obs)[1]
         self.ill_posed = {q for q, b in (bounds or {}).items() if getattr(b, "ill_posed", None)}
@@ -186,16 +195,22 @@ def diagnose(adapter, problem, quantity, obs, trace=None, bounds=None, *, pairs:
     h = best.hypothesis
     ratio = best.fit(required)
     changed = sorted(q for q in required if declared.get(q, np.inf) > 1.0)
+    others = [e.hypothesis.name for e in sorted(fitting, key=_rank(required)) if e is not best][:5]
+    # as simple as the best and also fitting: the case cannot tell them apart (one training step cannot
+    # separate a cumulative average from replacing the statistics)
+    alike = [e.hypothesis.name for e in fitting if e is not best and (e.changes, e.estimated) == (best.changes,
+                                                                                                  best.estimated)]
     summary = (f"the whole case fits if {h.sentence} (fit ratio {ratio:.3g} over {len(required)} quantities; "
                f"{quantity} {best.ratios.get(quantity, np.nan):.3g} vs {declared.get(quantity, np.nan):.3g} under "
                f"the declared convention; it changes {', '.join(changed) or quantity})")
+    if alike:
+        summary += f"; this case cannot tell it from: {', '.join(alike[:4])}"
     if h.knob and hasattr(adapter.convention, h.knob):
         summary += f"; declared {h.knob} = {getattr(adapter.convention, h.knob)!r}"
-    others = [e.hypothesis.name for e in sorted(fitting, key=_rank(required)) if e is not best][:5]
     return {"summary": summary, "hypothesis": h.name, "sentence": h.sentence, "changes": best.changes,
             "explained": True, "ratio": float(best.ratios.get(quantity, ratio)), "fit_ratio": float(ratio),
             "declared_ratio": declared.get(quantity), "explains": sorted(required), "also_fit": others,
-            "estimated": best.estimated}
+            "indistinguishable": alike, "estimated": best.estimated}
 
 
 def _worst(e: Evaluation, required) -> str:

@@ -144,7 +144,7 @@ class Entry:
     knob: str | None = None
 
     def applies(self, problem: Problem, declared: Convention) -> bool:
-        differs = self.compute_dtype is not None or any(getattr(declared, k) != v for k, v in self.conv.items())
+        differs = self.compute_dtype is not None or not self.conv or any(getattr(declared, k) != v for k, v in self.conv.items())
         return differs and self.when(problem, declared)
 
     def hypothesis(self, problem: Problem, declared: Convention) -> Hypothesis:
@@ -251,7 +251,11 @@ def _trajectory(weights, factor, n, alpha) -> Hypothesis:
     parts, name = [], []
     if weights is not None:
         same = np.allclose(weights, weights[0], rtol=1e-4, atol=1e-7)
-        if same:
+        if same and alpha is not None and abs(weights[0] - (1 - alpha)) <= 1e-4 * max(alpha, 1 - alpha):
+            parts.append(f"momentum is read as the weight on the old value: the weight on the new batch is "
+                         f"{weights[0]:.3g} (estimated from the running-mean trajectory), not {alpha:g}")
+            name.append("momentum_flipped")
+        elif same:
             parts.append(f"the weight on the new batch statistic is {weights[0]:.3g} at every step (estimated "
                          f"from the running-mean trajectory), not {_alpha_text(alpha)}")
             name.append(f"alpha~{weights[0]:.3g}")
@@ -264,7 +268,9 @@ def _trajectory(weights, factor, n, alpha) -> Hypothesis:
         parts.append(f"the running variance is fed {factor:.4g} x the biased batch variance (unbiased would be "
                      f"{n / (n - 1):.4g} x)" if n > 1 else f"the running variance is fed {factor:.4g} x the "
                      "biased batch variance")
-        name.append(f"running_var_factor~{factor:.3g}")
+        recognized = {1.0: "running_var_biased", (n / (n - 1) if n > 1 else np.inf): "running_var_unbiased"}
+        name.append(next((v for k, v in recognized.items() if abs(factor - k) <= 1e-4 * k),
+                         f"running_var_factor~{factor:.3g}"))
 
     def apply(p, c):
         changes = {}
