@@ -95,7 +95,8 @@ def ratios_under(adapter, problem, convention, obs, compute_dtype=None, quantiti
     return _simulate(adapter, problem, convention, obs, compute_dtype, quantities)[1]
 
 
-def _evaluate(adapter, problem, convention, obs, h: hyp.Hypothesis, changes=1, estimated=False) -> Evaluation:
+def _evaluate(adapter, problem, convention, obs, h: hyp.Hypothesis, changes=None, estimated=False) -> Evaluation:
+    changes = h.changes if changes is None else changes
     try:
         p, c = h(problem, convention)
     except (ValueError, TypeError):
@@ -111,7 +112,7 @@ def _then(h1: hyp.Hypothesis, h2: hyp.Hypothesis) -> hyp.Hypothesis:
         return h2.apply(*h1.apply(p, c))
 
     return hyp.Hypothesis(f"{h1.name}+{h2.name}", f"{h1.sentence}, and {h2.sentence}", apply,
-                          compute_dtype=h1.compute_dtype, knob=f"{h1.knob}+{h2.knob}")
+                          compute_dtype=h1.compute_dtype, knob=f"{h1.knob}+{h2.knob}", changes=h1.changes + h2.changes)
 
 
 class CaseFit:
@@ -139,14 +140,14 @@ class CaseFit:
             discrete = [e for e in self.singles if not e.estimated]
             hs = [e.hypothesis for e in discrete]
             combos = [hyp.combine(x, y) for i, x in enumerate(hs) for y in hs[i + 1:]]
-            pairs = [_evaluate(a, c, a.convention, obs, h, 2) for h in combos if h is not None]
+            pairs = [_evaluate(a, c, a.convention, obs, h) for h in combos if h is not None]
             # continuous parameters refitted under every discrete alternative (a wrong eps together with the
             # unbiased normalization, a momentum estimate under a biased running variance, ...)
             for e in discrete:
                 if e.trace is None:
                     continue
                 for h in hyp.estimated(e.problem, e.convention, e.trace, obs):
-                    pairs.append(_evaluate(a, c, a.convention, obs, _then(e.hypothesis, h), 2, estimated=True))
+                    pairs.append(_evaluate(a, c, a.convention, obs, _then(e.hypothesis, h), estimated=True))
             self.pairs = pairs
         return self.pairs
 
@@ -177,7 +178,7 @@ def diagnose(adapter, problem, quantity, obs, trace=None, bounds=None, *, pairs:
     declared = fit.declared
     searched = list(fit.singles)
     fitting = [e for e in searched if e.fit(required) <= 1.0]
-    if not fitting and pairs:
+    if pairs and not any(e.changes == 1 for e in fitting):  # no one change fits: two named ones may
         searched += fit.search_pairs()
         fitting = [e for e in searched if e.fit(required) <= 1.0]
     if not fitting:

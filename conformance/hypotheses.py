@@ -4,6 +4,10 @@ evaluate: "the running variance is biased", "eps is 1e-3", "no gradient through 
 A Hypothesis is data: a name, a sentence a user understands, and a function that turns the declared
 (problem, convention) into the hypothesised one. Diagnosis searches them (and pairs of them) for the simplest
 that fits an observation; convention inference uses the subset relevant to each knob.
+
+Three sources: the knob flips of `for_declared` (each knob's other setting), the declarative `CATALOGUE`
+(adding a hypothesis is one `Entry`: Convention and/or Problem changes and when it applies), and `estimated`,
+whose continuous parameters (per-step weights, running-variance factor, eps) are read off the observation.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ class Hypothesis:
     compute_dtype: str | None = None  # evaluate the statistics in this format (emulated algorithms)
     knob: str | None = None  # the Convention knob (or hyperparameter) it concerns
     value: object = None  # the value it sets
+    changes: int = 1  # how many things it changes (an estimated trajectory may change the weights and the factor)
 
     def __call__(self, problem: Problem, convention: Convention) -> tuple[Problem, Convention]:
         return self.apply(problem, convention)
@@ -215,7 +220,8 @@ def combine(h1: Hypothesis, h2: Hypothesis) -> Hypothesis | None:
         return h2.apply(p, c)
 
     return Hypothesis(f"{h1.name}+{h2.name}", f"{h1.sentence}, and {h2.sentence}", apply,
-                      compute_dtype=h1.compute_dtype or h2.compute_dtype, knob=f"{h1.knob}+{h2.knob}")
+                      compute_dtype=h1.compute_dtype or h2.compute_dtype, knob=f"{h1.knob}+{h2.knob}",
+                      changes=h1.changes + h2.changes)
 
 
 def estimated(problem: Problem, convention: Convention, trace, obs) -> list[Hypothesis]:
@@ -236,8 +242,14 @@ def estimated(problem: Problem, convention: Convention, trace, obs) -> list[Hypo
                            (n / (n - 1) if convention.running_var == "unbiased" and n > 1 else 1.0))
         new_weights = len(modelled) == len(weights) and not np.allclose(weights, modelled, rtol=1e-4, atol=1e-7)
         new_factor = factor is not None and abs(factor - declared_factor) > 1e-4 * abs(declared_factor)
-        if new_weights or new_factor:
-            out.append(_trajectory(weights if new_weights else None, factor if new_factor else None, n, alpha))
+        # each estimate alone, then both: the factor is ill-conditioned where the batch variance is small next
+        # to the running one, so a trajectory that fits without it must not carry a noisy one
+        if new_weights:
+            out.append(_trajectory(weights, None, n, alpha))
+        if new_factor:
+            out.append(_trajectory(None, factor, n, alpha))
+        if new_weights and new_factor:
+            out.append(_trajectory(weights, factor, n, alpha))
     fitted = estimate.effective_eps(problem, trace, convention.eps_placement, obs)
     if fitted is not None and abs(fitted - eps) > 1e-3 * max(eps, 1e-12):
         out.append(Hypothesis(
@@ -285,7 +297,8 @@ def _trajectory(weights, factor, n, alpha) -> Hypothesis:
         return p, c.with_(**changes)
 
     knob = "+".join(k for k, v in (("momentum", weights), ("running_var", factor)) if v is not None)
-    return Hypothesis("+".join(name), "; ".join(parts), apply, knob=knob, value=weights or factor)
+    return Hypothesis("+".join(name), "; ".join(parts), apply, knob=knob, value=weights or factor,
+                      changes=len(parts))
 
 
 def _alpha_text(alpha) -> str:

@@ -28,7 +28,7 @@ BUGS = {
     "fast_var_float32": "computes the variance of float64 inputs as E[x^2] - E[x]^2 in float32",
     "bessel_n_plus_1": "Bessel's correction typed as n/(n+1)",
     "stats_bfloat16": "keeps the running statistics in bfloat16 (emulated by truncating the mantissa)",
-    "debiased_running": "divides the running statistics by 1 - (1 - momentum)^t (Adam-style debiasing)",
+    "debiased_running": "divides the EMA of the statistics by 1 - (1 - momentum)^t (Adam-style debiasing)",
     "init_from_first_batch": "initializes the running statistics from the first batch",
     "train_uses_running": "normalizes the training output with the freshly updated running statistics",
     "flipped_and_biased": "passes the weight on the old value AND feeds the biased variance to the running one",
@@ -129,7 +129,7 @@ class HandWrittenNumpyBN(Adapter):
                         break
                     if bug == "init_from_first_batch" and count == 1:
                         rm, rv = bm, bv
-                    elif bug == "debiased_running":
+                    elif bug == "debiased_running" and momentum is not None:
                         hm, hv = (1 - w) * hm + w * bm, (1 - w) * hv + w * bv
                         rm, rv = hm / (1 - (1 - w) ** count), hv / (1 - (1 - w) ** count)
                     else:

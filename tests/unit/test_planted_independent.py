@@ -36,6 +36,15 @@ DIAGNOSIS = {
     "cumulative_as_ema": "ema_instead_of_cumulative+alpha~0.1",
 }
 REGISTRY = Registry.load()
+TABLE: dict[str, tuple[int, set[str]]] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def print_table():
+    yield
+    print("\n| bug | failing checks | diagnosis named |\n|---|---|---|")
+    for bug, (n, names) in sorted(TABLE.items()):
+        print(f"| {bug} | {n} | {', '.join(sorted(names))} |")
 
 
 def _component_matches(found: str, wanted: str) -> bool:
@@ -60,6 +69,7 @@ def test_independent_planted_bug_is_caught_and_named(bug):
     records = [r for case in cases_for_tier("default") for r in evaluate(adapter, case, REGISTRY, diagnose=diagnose)]
     failing = [r for r in records if r["verdict"] == "fail"]
     assert failing, f"planted bug {bug!r} ({BUGS[bug]}) passed the whole default tier"
+    TABLE[bug] = (len(failing), {str(r["diagnosis"]["hypothesis"]) for r in failing})
     misnamed = [f"{r['case']}/{r['quantity']}: {r['diagnosis']['summary']}" for r in failing
                 if not names_bug(r["diagnosis"], DIAGNOSIS[bug])]
     assert not misnamed, "\n".join(misnamed[:6])
