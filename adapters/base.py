@@ -7,6 +7,13 @@ framework produced them in. It declares what it computes (a `Convention`), the p
 
 Adapters import their framework inside `setup()`, never at module import, so the engine can list and
 select adapters on a machine where the framework is missing.
+
+Execution paths. A user rarely calls the layer eagerly on small arrays: they compile it, export it, fold it into
+a convolution, run it under mixed precision. An adapter declares the paths it can run (`paths`, each a
+`PathSpec`; `eager` is the plain call and always first) and implements the others in `run_path`. A path may
+compute differently from eager; it then says how (`PathSpec.convention`, `path_precision`), and the checks
+judge it against that declaration. The engine sees an adapter on one path through `OnPath`, which presents the
+path's convention, precision and run as the adapter's own, so nothing downstream knows about paths.
 """
 from __future__ import annotations
 
@@ -17,6 +24,24 @@ from typing import ClassVar
 import numpy as np
 
 from reference import FIRST_ORDER, SECOND_ORDER, Convention, Problem
+
+
+EAGER = "eager"
+
+
+@dataclass(frozen=True)
+class PathSpec:
+    """One way a user runs the layer. `tier`: the smallest case tier whose default run includes this path
+    (expensive paths, e.g. compilation, live in "nightly"); `convention`: what it computes where that differs
+    from the adapter's declared convention (None: the same)."""
+
+    name: str
+    what: str  # one line: what the user does to get here ("torch.compile(module, backend='inductor')")
+    tier: str = "default"
+    convention: Convention | None = None
+
+
+EAGER_PATH = PathSpec(EAGER, "the layer called directly (eager)", tier="smoke")
 
 
 class Unsupported(Exception):
@@ -50,6 +75,17 @@ class Precision:
                 f"parameters {self.params}{saved}")
 
 
+def dtype_of(quantity: str, p: Precision) -> str:
+    """The dtype a quantity comes back in under precision `p`."""
+    if quantity in ("running_mean", "running_var"):
+        return p.stats
+    if quantity in ("dgamma", "dbeta", "d2gamma"):
+        return p.params
+    if quantity == "num_batches_tracked":
+        return "int64"
+    return p.io
+
+
 @dataclass
 class Observation:
     """What a framework returned for one problem. Arrays are float64 copies; `dtypes` names the framework's
@@ -79,6 +115,7 @@ class Adapter:
     # Documented behaviour when training sees one element per channel: "raises" or "computes".
     single_element_training: ClassVar[str] = "computes"
     source: ClassVar[str] = ""  # where the declared convention was read (file in the framework's repo)
+    paths: ClassVar[tuple[PathSpec, ...]] = (EAGER_PATH,)  # execution paths; eager first
 
     def setup(self) -> None:
         """Import the framework and set deterministic flags. Called once per worker process."""
@@ -96,14 +133,7 @@ class Adapter:
 
     def expected_dtype(self, quantity: str, problem: Problem) -> str:
         """The dtype the framework is documented to return `quantity` in."""
-        p = self.precision(problem)
-        if quantity in ("running_mean", "running_var"):
-            return p.stats
-        if quantity in ("dgamma", "dbeta", "d2gamma"):
-            return p.params
-        if quantity == "num_batches_tracked":
-            return "int64"
-        return p.io
+        return dtype_of(quantity, self.precision(problem))
 
     def unsupported(self, problem: Problem) -> str | None:
         """Why this adapter cannot run `problem`, or None. The base checks dtype and channel axis."""
@@ -128,6 +158,31 @@ class Adapter:
 
         The code may assume `p` (the Problem) and `np` are in scope."""
         return ""
+
+    # -- execution paths other than eager (see the module docstring)
+    def run_path(self, problem: Problem, path: str) -> Observation:
+        """Run `problem` on `path` (never called with eager: that is `run`)."""
+        raise NotImplementedError(f"{self.name} declares no path {path!r}")
+
+    def path_unsupported(self, problem: Problem, path: str) -> str | None:
+        """Why `path` cannot run `problem` (on top of `unsupported`), or None."""
+        return None
+
+    def path_precision(self, problem: Problem, path: str) -> Precision:
+        return self.precision(problem)
+
+    def path_expected_dtype(self, quantity: str, problem: Problem, path: str) -> str:
+        return dtype_of(quantity, self.path_precision(problem, path))
+
+    def path_snippet(self, problem: Problem, path: str) -> str:
+        return ""
+
+    def path_spec(self, path: str) -> PathSpec:
+        for spec in self.paths:
+            if spec.name == path:
+                return spec
+        raise KeyError(f"{self.name} has no execution path {path!r}; its paths: "
+                       f"{', '.join(s.name for s in self.paths)}")
 
     # -- helpers for subclasses
     @staticmethod
@@ -154,3 +209,45 @@ class Adapter:
         raise Unsupported with the reason.
         """
         raise Unsupported(f"{self.name} has no benchmark")
+
+
+class OnPath:
+    """An adapter seen on one execution path: the path's convention, precision, run and repro are presented as
+    the adapter's own, so the engine, the tolerance model, the diagnosis and the inference need not know about
+    paths. Every other attribute is the adapter's."""
+
+    def __init__(self, adapter: Adapter, path: str = EAGER):
+        self.adapter = adapter
+        self.path = path
+        self.spec = adapter.path_spec(path)
+
+    def __getattr__(self, name):
+        return getattr(self.adapter, name)
+
+    @property
+    def eager(self) -> bool:
+        return self.path == EAGER
+
+    @property
+    def convention(self) -> Convention:
+        return self.spec.convention or self.adapter.convention
+
+    def precision(self, problem: Problem) -> Precision:
+        return self.adapter.precision(problem) if self.eager else self.adapter.path_precision(problem, self.path)
+
+    def expected_dtype(self, quantity: str, problem: Problem) -> str:
+        if self.eager:
+            return self.adapter.expected_dtype(quantity, problem)
+        return self.adapter.path_expected_dtype(quantity, problem, self.path)
+
+    def unsupported(self, problem: Problem) -> str | None:
+        why = self.adapter.unsupported(problem)
+        if why or self.eager:
+            return why
+        return self.adapter.path_unsupported(problem, self.path)
+
+    def run(self, problem: Problem) -> Observation:
+        return self.adapter.run(problem) if self.eager else self.adapter.run_path(problem, self.path)
+
+    def snippet(self, problem: Problem) -> str:
+        return self.adapter.snippet(problem) if self.eager else self.adapter.path_snippet(problem, self.path)

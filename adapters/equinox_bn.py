@@ -130,11 +130,14 @@ class EquinoxBatchNorm(Adapter):
 
     def run(self, p: Problem) -> Observation:
         key, bn, state0, apply = self._model(p)
-        mean, var = jc.to_jax(self.jax, p.running_mean, p.dtype), jc.to_jax(self.jax, p.running_var, p.dtype)
-        # The case's initial statistics go where equinox keeps what inference uses before any training.
         index = self._index(bn)
         fresh = self.jax.tree.map(lambda a: a, state0)  # State.set invalidates the object it is called on
-        state = {"state": fresh.set(index, (mean, var)), "mean": mean, "var": var}
+        if p.native_init:  # equinox's own State from make_with_state: what inference uses before any training
+            mean, var = fresh.get(index)
+            state = {"state": fresh, "mean": mean, "var": var}
+        else:  # the case's initial statistics go where equinox keeps what inference uses before any training
+            mean, var = jc.to_jax(self.jax, p.running_mean, p.dtype), jc.to_jax(self.jax, p.running_var, p.dtype)
+            state = {"state": fresh.set(index, (mean, var)), "mean": mean, "var": var}
         obs = Observation(facts={"device": self.device, "mode": self.mode})
         jc.run(self, p, key, apply, jc.initial_params(self.jax, p, p.dtype), state, self._read(bn), obs)
         for q in ("batch_mean", "batch_var"):

@@ -1,6 +1,8 @@
 """flax.linen.BatchNorm: the module applied with a mutable `batch_stats` collection, both variance algorithms."""
 from __future__ import annotations
 
+import numpy as np
+
 from reference import QUANTITIES, Convention, Problem
 
 from . import jax_common as jc
@@ -78,8 +80,12 @@ class FlaxLinen(Adapter):
 
     def run(self, p: Problem) -> Observation:
         key, apply = self._apply(p)
-        stats = jc.wider(p.dtype)  # the dtype flax's own init and update give batch_stats
-        state = {"mean": jc.to_jax(self.jax, p.running_mean, stats), "var": jc.to_jax(self.jax, p.running_var, stats)}
+        if p.native_init:
+            state = self._own_batch_stats(p)
+        else:  # injected in the dtype a training step leaves batch_stats in: promote(float32, dtype)
+            stats = jc.wider(p.dtype)
+            state = {"mean": jc.to_jax(self.jax, p.running_mean, stats),
+                     "var": jc.to_jax(self.jax, p.running_var, stats)}
         obs = Observation(facts={"device": self.device, "use_fast_variance": str(self.use_fast_variance)})
         jc.run(self, p, key, apply, jc.initial_params(self.jax, p, p.dtype), state,
                lambda s: {"running_mean": s["mean"], "running_var": s["var"]}, obs)
@@ -87,6 +93,18 @@ class FlaxLinen(Adapter):
             obs.unsupported[q] = "flax.linen.BatchNorm does not return the batch statistics"
         obs.unsupported["num_batches_tracked"] = "flax.linen.BatchNorm keeps no step counter"
         return obs
+
+    def _own_batch_stats(self, p: Problem) -> dict:
+        """batch_stats as BatchNorm.init makes them: shapes and dtypes from flax itself (init traced with
+        jax.eval_shape: nothing runs eagerly), values its initializers' (flax/linen/normalization.py, BatchNorm:
+        `jnp.zeros` / `jnp.ones` in float32 when force_float32_reductions, the default, whatever the dtype)."""
+        jax, jnp = self.jax, self.jax.numpy
+        cfg = self.native_config(p)
+        bn = self.nn.BatchNorm(**{**cfg, "dtype": getattr(jnp, p.dtype), "param_dtype": getattr(jnp, p.dtype)})
+        x = jax.ShapeDtypeStruct(p.shape, jc.np_dtype(p.dtype))
+        shapes = jax.eval_shape(lambda x: bn.init(jax.random.key(0), x, use_running_average=True), x)["batch_stats"]
+        return {"mean": jc.to_jax(jax, np.zeros(shapes["mean"].shape), str(shapes["mean"].dtype)),
+                "var": jc.to_jax(jax, np.ones(shapes["var"].shape), str(shapes["var"].dtype))}
 
     def snippet(self, p: Problem) -> str:
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.native_config(p).items() if k not in ("dtype", "param_dtype"))

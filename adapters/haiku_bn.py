@@ -90,8 +90,11 @@ class HaikuBatchNorm(Adapter):
         state = {}
         for name, init in zip(EMA, (p.running_mean, p.running_var)):
             s = abstract[name]
+            # native init: haiku's own, ExponentialMovingAverage's get_state(..., init=jnp.zeros) for hidden and
+            # average alike (haiku/_src/moving_averages.py): the variance's average starts at 0, not 1
+            average = np.zeros(shape) if p.native_init else init.reshape(shape)
             state[name] = {"counter": jc.to_jax(jax, 0, "int32"), "hidden": jc.to_jax(jax, np.zeros(shape), p.dtype),
-                           "average": jc.to_jax(jax, init.reshape(shape), p.dtype)}
+                           "average": jc.to_jax(jax, average, p.dtype)}
             assert all(state[name][k].shape == s[k].shape and state[name][k].dtype == s[k].dtype for k in s)
         obs = Observation(facts={"device": self.device})
         jc.run(self, p, key, apply, jc.initial_params(jax, p, p.dtype, shape), state,

@@ -109,7 +109,10 @@ class Keras3(Adapter):
             return ops.convert_to_tensor(a.copy(), dtype=dtype)
 
         tv = [to(p.gamma, pdt), to(p.beta, pdt)] if p.affine else []
-        ntv = [to(p.running_mean, pdt), to(p.running_var, pdt)]
+        if p.native_init:  # the moving statistics build() created with the layer's initializers (zeros, ones)
+            ntv = [ops.convert_to_tensor(layer.moving_mean), ops.convert_to_tensor(layer.moving_variance)]
+        else:
+            ntv = [to(p.running_mean, pdt), to(p.running_var, pdt)]
         obs = Observation(facts={"device": "cpu", "backend": self.backend, "policy": layer.dtype_policy.name})
         ys, means, vars_ = [], [], []
         for k, (x, mode) in enumerate(zip(p.xs, p.modes, strict=True)):

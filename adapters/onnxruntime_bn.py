@@ -7,7 +7,7 @@ import numpy as np
 
 from reference import FIRST_ORDER, QUANTITIES, SECOND_ORDER, Convention, Problem
 
-from .base import Adapter, Observation, Precision
+from .base import EAGER_PATH, Adapter, Observation, PathSpec, Precision
 
 # onnx/defs/nn/defs.cc (BatchNormalization-9/14/15): momentum=0.9 is the weight on the OLD value
 # (running = input * momentum + current * (1 - momentum)), epsilon=1e-5, both FLOAT (32-bit) attributes;
@@ -28,6 +28,13 @@ class OnnxRuntimeBatchNorm(Adapter):
     dtypes = frozenset(_TYPES)  # bfloat16: no ORT CPU kernel (NOT_IMPLEMENTED); opset 9 does not allow it
     channel_axes = "first"
     source = SOURCE
+    # eager: the session as users create it (SessionOptions() defaults to ORT_ENABLE_ALL graph optimizations).
+    paths = (
+        EAGER_PATH,
+        PathSpec("opt-disabled", "the same model with graph optimizations off (ORT_DISABLE_ALL)"),
+        PathSpec("conv-fold", "inference of Conv(identity 1x1) -> BatchNormalization, which ONNX Runtime folds "
+                              "into the convolution when it loads the model (ORT_ENABLE_ALL)"),
+    )
 
     def __init__(self, opset: int = 15):
         self.opset = opset
@@ -68,31 +75,73 @@ class OnnxRuntimeBatchNorm(Adapter):
             return {}  # the schema's defaults: momentum=0.9, epsilon=1e-5
         return {"momentum": self.native_momentum(problem), "epsilon": problem.eps}
 
-    def model(self, problem: Problem, train: bool):
-        """The one-node model (every tensor a graph input, so one session serves every value)."""
+    def model(self, problem: Problem, train: bool, folded: dict | None = None):
+        """The one-node model (every tensor a graph input, so one session serves every value).
+
+        folded: the inference model Conv(identity 1x1) -> BatchNormalization with the BN parameters and statistics
+        as initializers (`folded` holds them), the form ONNX Runtime's ConvBNFusion folds at load time."""
         h, tp = self.onnx.helper, self.onnx.TensorProto
         t = getattr(tp, _TYPES[problem.dtype])
         attrs = dict(self.native_config(problem), **({"training_mode": 1} if train and self.opset >= 14 else {}))
         outs = ["Y"] + (["running_mean", "running_var"] if train else []) + (
             ["saved_mean", "saved_var"] if train and self.opset < 14 else [])
         names = ["X", "scale", "B", "input_mean", "input_var"]
+        if folded is not None:
+            from onnx import numpy_helper
+
+            c, rank = problem.channels, len(problem.shape)
+            w = np.zeros((c, c) + (1,) * (rank - 2), dtype=problem.dtype)
+            w[(range(c), range(c)) + (0,) * (rank - 2)] = 1
+            inits = [numpy_helper.from_array(w, "W")] + [numpy_helper.from_array(v, k) for k, v in folded.items()]
+            conv = h.make_node("Conv", ["X", "W"], ["XC"], kernel_shape=[1] * (rank - 2))
+            node = h.make_node("BatchNormalization", ["XC"] + names[1:], outs, **attrs)
+            graph = h.make_graph([conv, node], "conv_bn", [h.make_tensor_value_info("X", t, None)],
+                                 [h.make_tensor_value_info(o, t, None) for o in outs], initializer=inits)
+            return h.make_model(graph, opset_imports=[h.make_opsetid("", self.opset)], ir_version=8)
         node = h.make_node("BatchNormalization", names, outs, **attrs)
         graph = h.make_graph([node], "bn", [h.make_tensor_value_info(n, t, None) for n in names],
                              [h.make_tensor_value_info(o, t, None) for o in outs])
         return h.make_model(graph, opset_imports=[h.make_opsetid("", self.opset)], ir_version=8)
 
-    def session(self, problem: Problem, train: bool):
-        key = (problem.shape, problem.dtype, self.opset, train, tuple(sorted(self.native_config(problem).items())))
+    def _options(self, optimize: bool):
+        opts = self.ort.SessionOptions()
+        threads = os.environ.get("BNCONFORM_THREADS")
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        if not optimize:
+            opts.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        return opts
+
+    def session(self, problem: Problem, train: bool, optimize: bool = True):
+        key = (problem.shape, problem.dtype, self.opset, train, tuple(sorted(self.native_config(problem).items())),
+               optimize)
         if key not in self.sessions:
-            opts = self.ort.SessionOptions()
-            threads = os.environ.get("BNCONFORM_THREADS")
-            if threads:
-                opts.intra_op_num_threads = int(threads)
-            self.sessions[key] = self.ort.InferenceSession(self.model(problem, train).SerializeToString(), opts,
+            self.sessions[key] = self.ort.InferenceSession(self.model(problem, train).SerializeToString(),
+                                                           self._options(optimize),
                                                            providers=["CPUExecutionProvider"])
         return self.sessions[key]
 
-    def run(self, p: Problem) -> Observation:
+    def folded_session(self, problem: Problem, feeds: dict):
+        """A fresh session of the Conv -> BN inference model with the current statistics as initializers."""
+        state = {k: feeds[k] for k in ("scale", "B", "input_mean", "input_var")}
+        return self.ort.InferenceSession(self.model(problem, False, state).SerializeToString(), self._options(True),
+                                         providers=["CPUExecutionProvider"])
+
+    # -- execution paths
+    def path_unsupported(self, problem: Problem, path: str) -> str | None:
+        if path == "conv-fold":
+            if "eval" not in problem.modes or not problem.track_running_stats:
+                return "no inference step with running statistics to fold into a convolution"
+            if len(problem.shape) < 3:
+                return "ONNX Runtime folds BatchNormalization into a Conv; an (N, C) input has no convolution"
+            if problem.dtype == "float64":
+                return "ONNX Runtime's CPU provider has no float64 Conv kernel"
+        return None
+
+    def run_path(self, problem: Problem, path: str) -> Observation:
+        return self.run(problem, path)
+
+    def run(self, p: Problem, path: str = "eager") -> Observation:
         dt = np.dtype(p.dtype)
         feeds = {"scale": (p.gamma if p.affine else np.ones(p.channels)).astype(dt),
                  "B": (p.beta if p.affine else np.zeros(p.channels)).astype(dt),
@@ -102,7 +151,10 @@ class OnnxRuntimeBatchNorm(Adapter):
             # Without running statistics every step normalizes with the batch statistics: training mode,
             # outputs other than Y discarded.
             train = mode == "train" or not p.track_running_stats
-            out = self.session(p, train).run(None, {"X": x.astype(dt), **feeds})
+            if path == "conv-fold" and not train:
+                out = self.folded_session(p, feeds).run(None, {"X": x.astype(dt)})
+            else:
+                out = self.session(p, train, optimize=path != "opt-disabled").run(None, {"X": x.astype(dt), **feeds})
             got["y"].append(out[0])
             if train and p.track_running_stats:
                 feeds["input_mean"], feeds["input_var"] = out[1], out[2]
@@ -112,6 +164,8 @@ class OnnxRuntimeBatchNorm(Adapter):
             got["running_mean"].append(feeds["input_mean"])
             got["running_var"].append(feeds["input_var"])
         obs = Observation(facts={"device": "cpu", "opset": str(self.opset)})
+        if path == "conv-fold":
+            obs.facts["folded"] = _fused_ops(self, p, feeds)
         for q, arrays in got.items():
             if arrays and (p.track_running_stats or not q.startswith("running")):
                 obs.put(q, np.stack(arrays), str(arrays[0].dtype))
@@ -172,3 +226,18 @@ class OnnxRuntimeBatchNorm(Adapter):
                  "input_mean": p.running_mean.astype(dt), "input_var": p.running_var.astype(dt)}
         session = self.session(p, what == "train")
         return bs.make(lambda: session.run(None, feeds), p, layout, what)
+
+
+def _fused_ops(adapter, p: Problem, feeds: dict) -> str:
+    """What ONNX Runtime made of Conv -> BatchNormalization (its optimized graph, written to a temporary file)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        opts = adapter._options(True)
+        opts.log_severity_level = 3  # the NCHWc "hardware specific" notice is about the saved file, which we discard
+        opts.optimized_model_filepath = os.path.join(d, "optimized.onnx")
+        state = {k: feeds[k] for k in ("scale", "B", "input_mean", "input_var")}
+        adapter.ort.InferenceSession(adapter.model(p, False, state).SerializeToString(), opts,
+                                     providers=["CPUExecutionProvider"])
+        graph = adapter.onnx.load(opts.optimized_model_filepath).graph
+        return "optimized graph: " + " -> ".join(n.op_type for n in graph.node)

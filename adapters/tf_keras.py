@@ -97,8 +97,12 @@ class TFKeras(Adapter):
         if p.affine:
             layer.gamma.assign(tfc.constant(tf, p.gamma, pdt))
             layer.beta.assign(tfc.constant(tf, p.beta, pdt))
-        layer.moving_mean.assign(tfc.constant(tf, p.running_mean, pdt))
-        layer.moving_variance.assign(tfc.constant(tf, p.running_var, pdt))
+        if p.native_init:  # the layer's own initializers (the layer is reused across cases: re-initialize)
+            layer.moving_mean.assign(layer.moving_mean_initializer(layer.moving_mean.shape, pdt))
+            layer.moving_variance.assign(layer.moving_variance_initializer(layer.moving_variance.shape, pdt))
+        else:
+            layer.moving_mean.assign(tfc.constant(tf, p.running_mean, pdt))
+            layer.moving_variance.assign(tfc.constant(tf, p.running_var, pdt))
         obs = Observation(facts={"device": "cpu", "fused": str(layer.fused), "onednn": tfc.onednn(),
                                  "policy": layer.dtype_policy.name})
         ys, means, vars_ = [], [], []

@@ -4,6 +4,7 @@ from __future__ import annotations
 from reference import QUANTITIES, Problem
 
 from . import torch_common as tc
+from . import torch_paths as tp
 from .base import Observation
 
 _CLASS = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
@@ -23,17 +24,34 @@ class TorchModule(tc.TorchAdapter):
         cfg["track_running_stats"] = problem.track_running_stats
         return cfg
 
-    def run(self, p: Problem) -> Observation:
+    def build(self, p: Problem, dtype=None):
+        """The module with the problem's parameters and initial statistics (in `dtype`, default the case's)."""
         torch = self.torch
-        dt = getattr(torch, p.dtype)
+        dt = dtype or getattr(torch, p.dtype)
         module = getattr(torch.nn, _CLASS[len(p.shape)])(**self.native_config(p)).to(self.device, dt)
         with torch.no_grad():
             if p.affine:
                 module.weight.copy_(torch.tensor(p.gamma))
                 module.bias.copy_(torch.tensor(p.beta))
-            if p.track_running_stats:
+            if p.track_running_stats and not p.native_init:  # else: the constructor's zeros and ones
                 module.running_mean.copy_(torch.tensor(p.running_mean))
                 module.running_var.copy_(torch.tensor(p.running_var))
+        return module
+
+    def run(self, p: Problem) -> Observation:
+        return self.steps(p, self.build(p), call=None)
+
+    def steps(self, p: Problem, module, call=None, input_dtype=None, second_order: bool = True,
+              context=None, param_grads: bool = True) -> Observation:
+        """Run the case's steps through `call` (default: the module itself) and read everything back.
+
+        call(module, mode, x) -> y lets an execution path stand between the user and the module (compiled,
+        folded, under autocast); `context` is entered around every call; `second_order` False when the path
+        cannot differentiate twice; `param_grads` False when gamma and beta are not in the last step's graph."""
+        import contextlib
+
+        torch = self.torch
+        dt = input_dtype or getattr(torch, p.dtype)
         fmt = tc.memory_format(torch, p)
         obs = Observation(facts={"device": self.device, "module": _CLASS[len(p.shape)]})
         ys, means, vars_, counts = [], [], [], []
@@ -45,7 +63,8 @@ class TorchModule(tc.TorchAdapter):
                 xt = xt.contiguous(memory_format=fmt)
             xt.requires_grad_(grads and k == p.steps - 1)
             try:
-                y = module(xt)
+                with context() if context else contextlib.nullcontext():
+                    y = module(xt) if call is None else call(module, mode, xt)
             except ValueError as e:  # one value per channel in training: documented refusal
                 obs.raised = str(e)
                 return obs
@@ -60,12 +79,28 @@ class TorchModule(tc.TorchAdapter):
             tc.put(obs, "running_var", vars_)
             tc.put(obs, "num_batches_tracked", counts)
         if grads:
-            params = [module.weight, module.bias] if p.affine else []
-            to = lambda a: torch.tensor(a).to(self.device, dt)  # noqa: E731
-            tc.gradients(torch, obs, ys[-1], xt, params, to(p.dy), to(p.v), self.wants_second_order(p))
+            params = [module.weight, module.bias] if p.affine and param_grads else []
+            to = lambda a, d=dt: torch.tensor(a).to(self.device, d)  # noqa: E731
+            tc.gradients(torch, obs, ys[-1], xt, params, to(p.dy, ys[-1].dtype), to(p.v, dt),
+                         second_order and self.wants_second_order(p))
         for q in ("batch_mean", "batch_var"):
             obs.unsupported[q] = "torch.nn.BatchNorm does not expose the batch statistics"
         return obs
+
+    # -- execution paths (adapters/torch_paths.py)
+    paths = tp.MODULE_PATHS
+
+    def run_path(self, p: Problem, path: str) -> Observation:
+        return tp.run(self, p, path)
+
+    def path_unsupported(self, p: Problem, path: str) -> str | None:
+        return tp.unsupported(self, p, path)
+
+    def path_precision(self, p: Problem, path: str):
+        return tp.precision(self, p, path)
+
+    def path_snippet(self, p: Problem, path: str) -> str:
+        return tp.snippet(self, p, path)
 
     def snippet(self, p: Problem) -> str:
         cfg = ", ".join(f"{k}={v!r}" for k, v in self.native_config(p).items())

@@ -10,6 +10,7 @@ import numpy as np
 
 from reference import Convention, simulate, unit_roundoff
 
+from .paths import label
 from .cases import CASES
 from .catalogue import load, spec
 from .inputs import materialize
@@ -98,7 +99,7 @@ def explain(problem, conv_a: Convention, conv_b: Convention, quantity: str) -> l
 def _by_case(records):
     out: dict[str, dict[str, dict[str, dict]]] = {}
     for r in records:
-        out.setdefault(r["case"], {}).setdefault(r["adapter"], {})[r["quantity"]] = r
+        out.setdefault(r["case"], {}).setdefault(label(r), {})[r["quantity"]] = r
     return out
 
 

@@ -9,7 +9,9 @@ What is covered
   - one discriminating case per Convention knob (`knob=`): the two settings of that knob differ there by far
     more than the float32 tolerance (tests/unit/test_cases.py proves it);
   - edge cases: one element per channel in training, a constant channel, variance near eps, large mean;
-  - each framework's own defaults (`defaults=True`): the defaults-hazard comparison.
+  - each framework's own defaults (`defaults=True`): the defaults-hazard comparison;
+  - the seeds' scenarios: given statistics in training vs inference on the same batch, second order in
+    training vs inference, forward vs predict after convergence on one batch (biased vs unbiased).
 
 What is not covered
   - distributed / synchronized batch norm, fused activations, ghost batch norm, renorm (Keras `renorm`),
@@ -58,6 +60,9 @@ class Case:
     characterize: bool = False  # ill-posed comparison: reported and diffed, never failing
     note: str = ""
     only: tuple[str, ...] = ()  # restrict to these quantities (empty: all that apply)
+    # Also run on every execution path the adapters declare (compiled, exported, folded, ...), in the smoke and
+    # default tiers; nightly runs every case on every path (conformance/paths.py). Not part of the id.
+    paths: bool = False
 
     # -- derived
     @property
@@ -165,16 +170,23 @@ S_NIGHTLY = (64, 16, 8, 8)  # n = 4096
 
 _TABLE: list[Case] = [
     # -- smoke: seconds, one per family of quantity
-    Case(S4, "float32", T(2), init_stats="random", tier="smoke", knob="momentum_form",
+    Case(S4, "float32", T(2), paths=True, init_stats="random", tier="smoke", knob="momentum_form",
          note="workhorse, training last: train gradients; R after 2 steps separates alpha from 1-alpha"),
-    Case(S2, "float64", T() + E(), init_stats="random", tier="smoke",
+    Case(S2, "float64", T() + E(), paths=True, init_stats="random", tier="smoke",
          note="rank 2 float64, inference last: gradients with constant statistics"),
     # -- default: the CI matrix
-    Case(S4, "float64", T(3) + E(), init_stats="random", note="workhorse float64, k steps then inference"),
+    Case(S4, "float64", T(3) + E(), paths=True, init_stats="random",
+         note="workhorse float64, k steps then inference"),
     Case(S4, "float64", T(2), init_stats="random", note="workhorse float64, training gradients"),
     Case(S4, "float32", T(3) + E(), init_stats="random", note="workhorse float32"),
-    Case(S4, "float32", E() + T() + E(), init_stats="random",
+    Case(S4, "float32", E() + T() + E(), paths=True, init_stats="random",
          note="inference before any training uses the initial statistics"),
+    Case(S4, "float32", E() + T(2) + E(), paths=True,
+         note="the framework's own initial state (constructor/init/build), inference first, then training: "
+              "a variance initialised to 0 divides inference by sqrt(eps) (equinox#955)"),
+    Case(S4, "float64", E() + T() + E(),
+         note="the framework's own initial state in a float64 model, inference first: the dtype its init gives "
+              "the statistics (flax.linen: float32)"),
     Case(S2, "float32", T(2) + E(), init_stats="random", note="rank 2 (BatchNorm1d on (N, C))"),
     Case(S2_SMALL_N, "float32", T(2) + E(), init_stats="random", knob="running_var",
          note="n = 4: unbiased and biased running variance differ by 4/3"),
@@ -183,7 +195,7 @@ _TABLE: list[Case] = [
     Case(S3, "float32", T() + E(), note="rank 3 (N, C, L)"),
     Case(S5, "float32", T() + E(), note="rank 5 (N, C, D, H, W)"),
     Case(S4_LAST, "float32", T(2) + E(), axis=-1, init_stats="random", note="channels on the last axis"),
-    Case(S2, "float32", T(3) + E(), momentum=None, init_stats="random", knob="averaging",
+    Case(S2, "float32", T(3) + E(), paths=True, momentum=None, init_stats="random", knob="averaging",
          note="cumulative average (torch momentum=None): R after 3 steps is the mean of the batches"),
     Case(S4, "float32", T(2) + E(), momentum=None, init_stats="random", knob="cumulative_offset",
          note="cumulative average over 2 steps: 1/t vs 1/(t+1) weights"),
@@ -193,7 +205,7 @@ _TABLE: list[Case] = [
          note="alpha 0.9: whether the first step replaces R or blends it"),
     Case(S4, "float32", T(3), momentum=0.5, init_stats="random", knob="train_normalizer",
          note="training output normalized with batch vs EMA-blended statistics"),
-    Case(S4, "float32", T() + E(), scale=3e-3, knob="eps_placement",
+    Case(S4, "float32", T() + E(), paths=True, scale=3e-3, knob="eps_placement",
          note="variance ~ 1e-5 ~ eps: eps inside vs outside the root, and eps values, differ strongly"),
     Case(S4, "float32", T() + E(), eps=1e-3, scale=3e-2, knob="eps",
          note="eps 1e-3 (Keras' default) with variance ~ 1e-3: eps is half the denominator"),
@@ -209,12 +221,12 @@ _TABLE: list[Case] = [
     Case(S5, "float32", T() + E(), init_stats="random", memory_format="channels_last",
          note="5-D channels-last memory format (NDHWC kernels)"),
     Case(S4, "float32", T() + E(), affine=False, note="affine=False: no gamma, beta"),
-    Case(S4, "float32", T() + E(), track_running_stats=False,
+    Case(S4, "float32", T() + E(), paths=True, track_running_stats=False,
          note="no running statistics: inference normalizes with the batch statistics"),
-    Case(S4, "float32", T() + E(), init_stats="random", memory_format="channels_last",
+    Case(S4, "float32", T() + E(), paths=True, init_stats="random", memory_format="channels_last",
          note="channels-last memory format (same logical layout)"),
     Case(S4, "float16", T(2) + E(), init_stats="random", note="float16"),
-    Case(S4, "bfloat16", T(2) + E(), init_stats="random", note="bfloat16"),
+    Case(S4, "bfloat16", T(2) + E(), paths=True, init_stats="random", note="bfloat16"),
     Case(S_BIG, "float32", T(2) + E(), init_stats="random", note="n = 512 float32"),
     Case(S_BIG, "float16", T() + E(), note="n = 512 float16: accumulation precision matters"),
     Case(S_BIG, "bfloat16", T() + E(), note="n = 512 bfloat16"),
@@ -224,8 +236,28 @@ _TABLE: list[Case] = [
     Case(S4, "float32", T(3) + E(), defaults=True, scale=3e-2,
          note="each framework's own defaults (momentum, eps) on the same data: the defaults hazard"),
     Case(S2, "float64", T(3) + E(), defaults=True, note="each framework's own defaults, float64, rank 2"),
+    Case(S4, "float32", E(), paths=True, init_stats="random",
+         note="inference only: what an exported or folded model runs"),
+    Case(S4, "float64", E(), paths=True, init_stats="random",
+         note="inference only, float64: an exported model's float32 attributes (eps) show here"),
     Case(S4, "float32", T() + E(), dist="constant_channel", note="a constant channel: variance 0"),
     Case((1, 4), "float32", T(), note="one element per channel in training: n = 1"),
+    Case(S2, "float32", T() + E(), eps=1e-3, scale=3e-2,
+         note="eps 1e-3 with variance ~1e-3 on rank 2: the eps discrimination for APIs that run channels-last "
+              "only (TensorFlow.js' CPU kernel)"),
+    # -- the seeds' scenarios (users' MATLAB questions), small and float32 so every runtime can run them
+    Case(S2, "float32", T() + E(), init_stats="random", same_batch=True,
+         note="seed scenario (MATLAB batchnorm, 5 inputs): given statistics are ignored by the training output "
+              "and blended into the returned statistics; inference on the same batch normalizes with them, and "
+              "its second order treats them as constants (d2x = 0)"),
+    Case(S2, "float32", T(), init_stats="random", same_batch=True,
+         note="seed scenario, training twin of the case above: second order through the batch statistics "
+              "(d2x != 0; the difference from inference is expected)"),
+    Case(S2_SMALL_N, "float32", T(30) + E(), momentum=0.5, init_stats="random", same_batch=True,
+         only=("y", "running_mean", "running_var"),
+         note="seed scenario (dlnetwork forward vs predict): 30 steps at alpha 0.5 on one batch of n = 4 make the "
+              "running statistics the batch's (0.5^30 ~ 1e-9); predict then equals forward where the running "
+              "variance is biased and differs by sqrt(4/3) where it is unbiased"),
     # -- nightly: bigger, more seeds, heavier tails, longer
     Case(S_NIGHTLY, "float32", T(2) + E(), init_stats="random", tier="nightly", note="n = 4096"),
     Case(S_NIGHTLY, "float16", T() + E(), tier="nightly", note="n = 4096 float16"),

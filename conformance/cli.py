@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -49,7 +50,7 @@ def _cmd_run(args) -> int:
         raise UsageError("bnconform run: --jobs must be >= 0")
     if args.case_timeout <= 0 or args.adapter_timeout <= 0:
         raise UsageError("bnconform run: timeouts must be positive")
-    opts = RunOptions(frameworks=args.frameworks, tier=args.tier, out=args.out, jobs=args.jobs,
+    opts = RunOptions(frameworks=args.frameworks, tier=args.tier, paths=args.paths, out=args.out, jobs=args.jobs,
                       case_timeout=args.case_timeout, adapter_timeout=args.adapter_timeout,
                       registry=args.registry, strict=args.strict, report=not args.no_report)
     baseline_paths = {}
@@ -249,6 +250,59 @@ def _cmd_explain(args) -> int:
     return 0 if out["explained"] else 1
 
 
+def _cmd_export(args) -> int:
+    from .export import ExportError, export
+
+    try:
+        path = export(args.runner, args.tier, args.out, args.case or None)
+    except ExportError as e:
+        raise UsageError(f"bnconform export: {e}") from None
+    import json
+
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    print(f"exported {len(manifest['cases'])} cases of tier {args.tier} for the {args.runner} runner to "
+          f"{path.parent}")
+    print(f"run: {manifest['how_to_run'].replace('DIR', str(path.parent))}")
+    print(f"then: bnconform import {path.parent}")
+    return 0
+
+
+def _cmd_import(args) -> int:
+    from collections import Counter
+
+    from . import exchange
+    from .import_ import load, write_results
+    from .registry import Registry, RegistryError
+
+    try:
+        registry = Registry.load(args.registry)
+        imported = load(args.folder)
+    except (exchange.ExchangeError, RegistryError) as e:
+        raise UsageError(f"bnconform import: {e}") from None
+    for line in imported.rejected:
+        print(f"bnconform import: left out: {line}", file=sys.stderr)
+    if not imported.adapters:
+        raise UsageError(f"bnconform import: {args.folder}: no usable observation (has the runner run? "
+                         f"{imported.manifest['how_to_run']})")
+    try:
+        run_dir, counts = write_results(imported, args.out, registry, report=not args.no_report)
+    except OSError as e:
+        raise UsageError(f"bnconform import: cannot write {args.out}: {e.strerror or e}") from None
+    for adapter in imported.adapters:
+        c = counts[adapter.name]
+        missing = len(imported.missing.get(adapter.runtime.name, []))
+        print(f"{adapter.name} ({adapter.framework} {adapter.version}): "
+              + ", ".join(f"{v} {n}" for v, n in sorted(c.items()))
+              + (f"; {missing} case(s) without an observation (partial run)" if missing else ""))
+    for runtime in imported.not_run:
+        print(f"{runtime.name}: no observation in this folder ({runtime.not_run or 'not run'})")
+    print(f"results: {run_dir}")
+    if not args.no_report:
+        print(f"report:  {args.out}/index.html")
+    total = sum(counts.values(), Counter())
+    return 1 if (total["fail"] or total["error"] or imported.rejected) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="bnconform", description="Cross-framework BatchNorm conformance suite.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -264,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adapters, families or globs, comma separated (default: all core adapters; those not "
                         "installed are skipped with their install command)")
     r.add_argument("--tier", default="default", choices=["smoke", "default", "nightly"])
+    r.add_argument("--paths", default=os.environ.get("BNCONFORM_PATHS", "default"),
+                   help="execution paths: 'default' (eager + the paths the tier includes), 'all', 'eager', or "
+                        "names/globs such as 'compile*,export-onnx' (env BNCONFORM_PATHS)")
     r.add_argument("--out", default="reports",
                    help="output directory: results in OUT/runs/<run-id>/, the report at OUT/index.html")
     r.add_argument("--jobs", type=int, default=0, help="adapter worker processes at a time (default: CPU count)")
@@ -310,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--jobs", type=int, default=0, help="worker processes at a time (default: CPU count)")
     cv.add_argument("--registry", default=None, help="registry dir or file")
     cv.set_defaults(func=_cmd_conventions)
-    ex = sub.add_parser("explain", help="say what a BatchNorm computation was, from its input and output "
+    xpl = sub.add_parser("explain", help="say what a BatchNorm computation was, from its input and output "
                                         "(exit 1 when nothing explains them)")
     for name, text in (("x", "the input (required)"), ("y", "the output (required)"), ("gamma", "scale (C,)"),
                        ("beta", "shift (C,)"), ("init-mean", "running mean before the step (C,)"),
@@ -318,17 +375,31 @@ def build_parser() -> argparse.ArgumentParser:
                        ("running-mean", "running mean after the step"), ("running-var", "running variance after"),
                        ("batch-mean", "returned batch mean"), ("batch-var", "returned batch variance"),
                        ("dx", "gradient of the input"), ("dy", "gradient fed to the output (with --dx)")):
-        ex.add_argument(f"--{name}", required=name in ("x", "y"),
+        xpl.add_argument(f"--{name}", required=name in ("x", "y"),
                         help=f"{text}: .npy, .npz[:key], .csv or inline text like [[1, 2], [3, 4]]")
-    ex.add_argument("--axis", type=int, default=1, help="channel axis (default 1)")
-    ex.add_argument("--mode", default="train", choices=("train", "eval"), help="train (batch statistics) or eval")
-    ex.add_argument("--eps", type=float, default=1e-5, help="the eps you passed (default 1e-5)")
-    ex.add_argument("--momentum", type=float, default=0.1, help="weight on the new batch you passed (default 0.1)")
-    ex.add_argument("--digits", type=int, default=None,
+    xpl.add_argument("--axis", type=int, default=1, help="channel axis (default 1)")
+    xpl.add_argument("--mode", default="train", choices=("train", "eval"), help="train (batch statistics) or eval")
+    xpl.add_argument("--eps", type=float, default=1e-5, help="the eps you passed (default 1e-5)")
+    xpl.add_argument("--momentum", type=float, default=0.1, help="weight on the new batch you passed (default 0.1)")
+    xpl.add_argument("--digits", type=int, default=None,
                     help="decimals your numbers were printed with (default: full precision of --dtype)")
-    ex.add_argument("--dtype", default="float32", choices=("float64", "float32", "float16", "bfloat16"),
+    xpl.add_argument("--dtype", default="float32", choices=("float64", "float32", "float16", "bfloat16"),
                     help="the precision you computed in (default float32)")
-    ex.set_defaults(func=_cmd_explain)
+    xpl.set_defaults(func=_cmd_explain)
+    ex = sub.add_parser("export", help="write a tier's cases and a runner for an outside runtime (TensorFlow.js "
+                                       "under Node, MATLAB) into a folder; see docs/exchange.md")
+    ex.add_argument("--runner", required=True, choices=["node", "matlab", "json"])
+    ex.add_argument("--tier", default="default", choices=["smoke", "default", "nightly"])
+    ex.add_argument("--out", required=True, help="folder to write (created; must not hold an export already)")
+    ex.add_argument("--case", action="append", help="only this case id (repeatable; default: every case of --tier)")
+    ex.set_defaults(func=_cmd_export)
+    im = sub.add_parser("import", help="validate an exported folder's observations and turn them into results "
+                                       "and the report, as for an in-process adapter")
+    im.add_argument("folder", help="the folder `bnconform export` wrote, after its runner ran")
+    im.add_argument("--out", default="reports", help="results in OUT/runs/<run-id>/, the report at OUT/index.html")
+    im.add_argument("--registry", help="registry directory or TOML file (default: the bundled registry)")
+    im.add_argument("--no-report", action="store_true", help="write results only")
+    im.set_defaults(func=_cmd_import)
     return p
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .paths import label
+
 PASSING = ("pass", "xpass")
 FAILING = ("fail", "error")
 BROKEN_BEFORE = ("fail", "error", "xfail")
@@ -175,7 +177,7 @@ def _why(rec) -> str:
 def _classify(o: dict | None, n: dict | None, drift_factor: float, drift_floor: float) -> Change:
     """One check in OLD (o) and NEW (n): its category ("" when nothing worth reporting changed) and sentence."""
     ref = n or o
-    ch = Change("", ref["check_id"], ref["adapter"], ref["case"], ref["quantity"], o and o["verdict"],
+    ch = Change("", ref["check_id"], label(ref), ref["case"], ref["quantity"], o and o["verdict"],
                 n and n["verdict"], o and _ratio(o), n and _ratio(n))
     if o is not None:
         ch.old_version, ch.old_note = str(o.get("version") or "?"), _note(o)
@@ -224,7 +226,7 @@ def _convention_changes(before: dict, after: dict) -> list[Change]:
         for r in recs.values():
             ev = r.get("evidence")
             if ev and ev.get("knob"):
-                out.setdefault((r["adapter"], ev["knob"]), (ev.get("inferred"), r))
+                out.setdefault((label(r), ev["knob"]), (ev.get("inferred"), r))
         return out
 
     old, new = inferred(before), inferred(after)

@@ -107,7 +107,7 @@ class Baseline:
     sources: list[str] = field(default_factory=list)
 
 
-KEPT = ("schema", "check_id", "adapter", "case", "quantity", "verdict", "version", "tier")
+KEPT = ("schema", "check_id", "adapter", "path", "case", "quantity", "verdict", "version", "tier")
 
 
 def baseline_json(rs, name: str) -> str:
@@ -139,7 +139,7 @@ def load_baseline(path: Path) -> Baseline:
         raise results.ResultsError(f"{path}: not a bnconform baseline of schema {BASELINE_SCHEMA}")
     records = []
     for c in doc["checks"]:
-        rec = dict(c)
+        rec = results.upgrade(dict(c)) if isinstance(c, dict) else c
         rec["metrics"] = None if c.get("ratio") is None else {"ratio": c["ratio"]}
         rec["evidence"] = c.get("evidence")
         records.append(rec)

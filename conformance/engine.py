@@ -12,6 +12,7 @@ import traceback
 
 import numpy as np
 
+from adapters.base import EAGER, OnPath
 from reference import QUANTITIES, SECOND_ORDER, simulate
 
 from . import messages, repro, tolerance
@@ -20,7 +21,9 @@ from .compare import compare
 from .inputs import checksum, materialize
 from .registry import Registry
 
-SCHEMA_VERSION = 1
+# 2: records carry `path` (the execution path) and non-eager check ids name it; version-1 files read as eager.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 VERDICTS = ("pass", "fail", "xfail", "xpass", "skip", "error", "characterized")
 PER_CHANNEL = ("running_mean", "running_var", "batch_mean", "batch_var", "dgamma", "dbeta", "d2gamma")
 
@@ -44,6 +47,7 @@ def applicable(case: Case) -> list[str]:
 
 def _version(adapter) -> str:
     """The framework's version, read once per adapter instance (package metadata is slow to parse)."""
+    adapter = getattr(adapter, "adapter", adapter)  # an OnPath view: cache on the adapter itself
     cached = getattr(adapter, "_bnconform_version", None)
     if cached is None:
         cached = adapter.versions().get(adapter.framework, "unknown")
@@ -54,15 +58,25 @@ def _version(adapter) -> str:
     return cached
 
 
-def check_id(adapter: str, case_id: str, quantity: str) -> str:
-    return f"{adapter}::{case_id}::{quantity}"
+def check_id(adapter: str, case_id: str, quantity: str, path: str = EAGER) -> str:
+    """`adapter::case::quantity` on eager (the ids from before paths existed), `adapter@path::case::quantity`
+    on any other execution path."""
+    where = adapter if path == EAGER else f"{adapter}@{path}"
+    return f"{where}::{case_id}::{quantity}"
+
+
+def on_path(adapter, path: str = EAGER) -> OnPath:
+    return adapter if isinstance(adapter, OnPath) and adapter.path == path else OnPath(
+        getattr(adapter, "adapter", adapter), path)
 
 
 def _base(adapter, case: Case, quantity: str, version: str, device: str) -> dict:
+    path = getattr(adapter, "path", EAGER)
     return {
         "schema": SCHEMA_VERSION,
-        "check_id": check_id(adapter.name, case.id, quantity),
+        "check_id": check_id(adapter.name, case.id, quantity, path),
         "adapter": adapter.name,
+        "path": path,
         "api": adapter.api,
         "framework": adapter.framework,
         "version": version,
@@ -101,8 +115,10 @@ def _sample(name: str, arr: np.ndarray) -> list[float]:
 
 
 def records_for(adapter, case: Case, verdict: str, reason: str, version: str = "", device: str = "",
-                message: str = "") -> list[dict]:
+                message: str = "", path: str | None = None) -> list[dict]:
     """The same verdict for every quantity of a case (skips, errors, registry skips)."""
+    if path is not None:
+        adapter = on_path(adapter, path)
     out = []
     for q in applicable(case):
         r = _base(adapter, case, q, version, device)
@@ -111,8 +127,9 @@ def records_for(adapter, case: Case, verdict: str, reason: str, version: str = "
     return out
 
 
-def evaluate(adapter, case: Case, registry: Registry | None = None, *, diagnose=None, evidence=None) -> list[dict]:
-    """All check records of `case` on `adapter` (whose setup() has run).
+def evaluate(adapter, case: Case, registry: Registry | None = None, *, path: str = EAGER, diagnose=None,
+             evidence=None) -> list[dict]:
+    """All check records of `case` on `adapter` (whose setup() has run) on execution path `path`.
 
     diagnose(adapter, problem, quantity, obs, trace, bounds, pairs=bool) -> dict explains a failing check
     (not called for registered deviations; pairs: whether to search pairs of changes too, asked for failures
@@ -120,15 +137,16 @@ def evaluate(adapter, case: Case, registry: Registry | None = None, *, diagnose=
     evidence(adapter, case, problem, obs) -> dict | None is what the case says about the adapter's conventions
     (conformance.infer); both are optional so the engine does not depend on them."""
     began = time.perf_counter()
+    adapter = on_path(adapter, path)
     registry = registry or Registry([])
     version = _version(adapter)
     device = getattr(adapter, "device", "cpu")
     quantities = applicable(case)
     # A registered "skip" (known crash or hang) never runs the framework.
     for q in quantities:
-        entry = registry.peek(adapter.name, version, case.id, q)
+        entry = registry.peek(adapter.name, version, case.id, q, path)
         if entry is not None and entry.action == "skip":
-            registry.match(adapter.name, version, case.id, q)
+            registry.match(adapter.name, version, case.id, q, path)
             recs = records_for(adapter, case, "skip", f"registered: {entry.reason}", version, device)
             for r in recs:
                 r["registry"] = entry.as_dict()
@@ -182,6 +200,8 @@ class _Context:
     def record(self, q: str) -> dict:
         rec = _base(self.adapter, self.case, q, self.version, self.device)
         rec["seconds"] = self.seconds
+        if self.obs.facts:  # what the path did (graph breaks, the exported mode, what was folded), as observed
+            rec["facts"] = {str(k): str(v)[:500] for k, v in self.obs.facts.items()}
         return rec
 
     def check(self, q: str) -> dict:
@@ -199,7 +219,7 @@ class _Context:
         rec["channel_stats"] = _channel_stats(trace, problem, cmp)
         characterization = f"characterization case: {case.note}" if case.characterize else bound.ill_posed
         rec["characterization"] = characterization
-        entry = self.registry.match(adapter.name, self.version, case.id, q)
+        entry = self.registry.match(adapter.name, self.version, case.id, q, adapter.path)
         if entry is not None:
             rec["registry"] = entry.as_dict()
         if characterization:
@@ -285,7 +305,7 @@ def _edge_records(adapter, case, problem, obs, registry, version, device, second
             rec.update(verdict="fail", reason=f"declared to compute with n = 1 but raised: {obs.raised}")
         else:
             rec.update(verdict="fail", reason="declared to raise with one element per channel, but computed")
-        entry = registry.match(adapter.name, version, case.id, q)
+        entry = registry.match(adapter.name, version, case.id, q, adapter.path)
         if entry is not None:
             rec["registry"] = entry.as_dict()
             rec["verdict"] = {"fail": "xfail", "pass": "xpass"}.get(rec["verdict"], rec["verdict"])

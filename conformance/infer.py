@@ -14,6 +14,7 @@ import numpy as np
 
 from reference import to_channels
 
+from .paths import label
 from .diagnose import ratios_under
 
 
@@ -189,7 +190,7 @@ def table(records: list[dict], meta_adapters: dict | None = None) -> dict:
         ev = r.get("evidence")
         if not ev:
             continue
-        row = cells.setdefault(r["adapter"], {})
+        row = cells.setdefault(label(r), {})  # per execution path
         if ev["knob"] in row:
             continue
         approx = "≈ " if ev.get("approximate") else ""
@@ -199,7 +200,7 @@ def table(records: list[dict], meta_adapters: dict | None = None) -> dict:
             text = f"{approx}{ev['inferred']} ✓"
         else:
             text = f"declared {ev['declared']}, does {approx}{ev['inferred']} ✗"
-            disagreements.append(f"{r['adapter']}: {ev['knob']} declared {ev['declared']}, observed {ev['inferred']}")
+            disagreements.append(f"{label(r)}: {ev['knob']} declared {ev['declared']}, observed {ev['inferred']}")
         if ev.get("alpha_observed") is not None:
             text += f" (α = {ev['alpha_observed']:.3g})"
         row[ev["knob"]] = text

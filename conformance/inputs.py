@@ -123,6 +123,7 @@ def materialize(case) -> Problem:
         dtype=dt,
         track_running_stats=case.track_running_stats,
         memory_format=case.memory_format,
+        native_init=case.init_stats == "default",
         use_defaults=case.defaults,
         quantities=case.quantities,
         label=case.id,

@@ -3,13 +3,15 @@
 Options (each also an environment variable, for tox and CI):
   --bn-frameworks  BNCONFORM_FRAMEWORKS  adapters, families or globs, comma separated ("all": core adapters)
   --bn-tier        BNCONFORM_TIER        smoke | default | nightly
+  --bn-paths       BNCONFORM_PATHS       execution paths: default | all | eager | names/globs (conformance.paths)
   --bn-strict      BNCONFORM_STRICT=1    registered deviations that pass (XPASS) and stale entries fail
   --bn-registry    BNCONFORM_REGISTRY    registry directory or file (default: the bundled one)
   --bn-results     BNCONFORM_RESULTS     directory to write the results (records.jsonl + meta.json, the format
                                          of `bnconform run`; see conformance.pytest_results)
   --bn-jobs        BNCONFORM_JOBS        adapter worker processes at a time (default: CPU count)
   --bn-inprocess                         evaluate in this process (debugging; no isolation)
-Each test id is adapter/case-id/quantity; the verdict engine is conformance.engine.evaluate.
+Each test id is adapter/case-id/quantity (adapter@path/case-id/quantity on an execution path other than eager);
+the verdict engine is conformance.engine.evaluate.
 """
 from __future__ import annotations
 
@@ -32,6 +34,8 @@ def pytest_addoption(parser):
                 help="adapters, families or globs, comma separated; 'all' = core adapters")
     g.addoption("--bn-tier", default=os.environ.get("BNCONFORM_TIER", "default"),
                 choices=["smoke", "default", "nightly"], help="case tier")
+    g.addoption("--bn-paths", default=os.environ.get("BNCONFORM_PATHS", "default"),
+                help="execution paths: default | all | eager | names/globs, comma separated")
     g.addoption("--bn-strict", action="store_true", default=_env_flag("BNCONFORM_STRICT"),
                 help="XPASS and stale registry entries fail")
     g.addoption("--bn-registry", default=os.environ.get("BNCONFORM_REGISTRY"), help="registry dir or file")
@@ -92,21 +96,31 @@ def pytest_report_header(config):
 def pytest_generate_tests(metafunc):
     if "bn_check" not in metafunc.fixturenames:
         return
-    from .cases import cases_for_tier
+    from . import paths as paths_mod
+    from .cases import case_by_id, cases_for_tier
     from .engine import applicable
 
     config = metafunc.config
-    cases = cases_for_tier(config.getoption("--bn-tier"))
+    tier = config.getoption("--bn-tier")
+    cases = cases_for_tier(tier)
     params = []
-    for s in _selection(config):
+    selection = _selection(config)
+    declared = {s.name: paths_mod.declared(s) for s in selection if not s.missing()}
+    try:
+        paths_mod.check_selection(config.getoption("--bn-paths"), declared.values())
+    except paths_mod.PathError as e:
+        raise pytest.UsageError(str(e)) from None
+    for s in selection:
         missing = s.missing()
         if missing:
             params.append(pytest.param(("missing", s.name, f"{', '.join(missing)} not installed; {s.install}"),
                                        id=f"{s.name}/not-installed"))
             continue
-        for case in cases:
-            for q in applicable(case):
-                params.append(pytest.param((s.name, case.id, q), id=f"{s.name}/{case.id}/{q}",
+        for item in paths_mod.items(declared[s.name], config.getoption("--bn-paths"), tier, cases):
+            case_id, path = paths_mod.split(item)
+            where = s.name if path == "eager" else f"{s.name}@{path}"
+            for q in applicable(case_by_id(case_id)):
+                params.append(pytest.param((s.name, item, q), id=f"{where}/{case_id}/{q}",
                                            marks=[pytest.mark.bnconform, pytest.mark.xdist_group(s.name)]))
     if not any(p.values[0][0] != "missing" for p in params):
         params.append(pytest.param(("none", "", f"no adapter of selection {config.getoption('--bn-frameworks')!r}"
@@ -121,11 +135,11 @@ def pytest_collection_finish(session):
     for item in session.items:
         spec = getattr(item, "callspec", None)
         if spec and "bn_check" in spec.params:
-            adapter, case_id, q = spec.params["bn_check"]
+            adapter, item, q = spec.params["bn_check"]
             if adapter not in ("missing", "none"):
                 bn.wanted.setdefault(adapter, [])
-                if case_id not in bn.wanted[adapter]:
-                    bn.wanted[adapter].append(case_id)
+                if item not in bn.wanted[adapter]:
+                    bn.wanted[adapter].append(item)
                 bn.collected += 1
     results = session.config.getoption("--bn-results")
     if results and bn.collected:
@@ -164,11 +178,11 @@ class BNSession:
         self.t0 = time.time()
 
     # -- producing records
-    def _on_records(self, adapter: str, case_id: str, records: list[dict]) -> None:
+    def _on_records(self, adapter: str, item: str, records: list[dict]) -> None:
         with self.cond:
             for r in records:
                 self.records[r["check_id"]] = r
-            self.done_cases.add((adapter, case_id))
+            self.done_cases.add((adapter, item))
             self.cond.notify_all()
 
     def _ensure_started(self, adapter: str) -> None:
@@ -207,6 +221,7 @@ class BNSession:
 
         from .cases import case_by_id
         from .engine import evaluate
+        from .paths import split
 
         from .diagnose import diagnose
         from .infer import evidence
@@ -214,21 +229,25 @@ class BNSession:
         a = load(adapter)
         a.setup()
         self.versions[adapter] = a.versions()
-        for cid in cases:
-            self._on_records(adapter, cid, evaluate(a, case_by_id(cid), self.registry, diagnose=diagnose,
-                                                    evidence=evidence))
+        for item in cases:
+            case_id, path = split(item)
+            self._on_records(adapter, item, evaluate(a, case_by_id(case_id), self.registry, path=path,
+                                                     diagnose=diagnose, evidence=evidence))
 
-    def record(self, adapter: str, case_id: str, quantity: str) -> dict:
+    def record(self, adapter: str, item: str, quantity: str) -> dict:
+        """The record of one check; `item` is a case id or case-id@path (conformance.paths)."""
         from .engine import check_id
+        from .paths import split
 
         self._ensure_started(adapter)
         with self.cond:
-            while (adapter, case_id) not in self.done_cases:
+            while (adapter, item) not in self.done_cases:
                 self.cond.wait(1.0)
-                if (adapter, case_id) not in self.done_cases and not self._driving(adapter):
+                if (adapter, item) not in self.done_cases and not self._driving(adapter):
                     failures = "; ".join(f for pool in self.pools for f in pool.failures) or "no records came back"
-                    raise RuntimeError(f"the thread driving {adapter} stopped before {case_id}: {failures}")
-            return self.records[check_id(adapter, case_id, quantity)]
+                    raise RuntimeError(f"the thread driving {adapter} stopped before {item}: {failures}")
+            case_id, path = split(item)
+            return self.records[check_id(adapter, case_id, quantity, path)]
 
     def _driving(self, adapter: str) -> bool:
         """Whether a thread that may still deliver this adapter's records is alive (in-process: always)."""
@@ -340,31 +359,46 @@ def _stale(bn):
         if r.get("registry"):
             hits[r["registry"]["id"]] = hits.get(r["registry"]["id"], 0) + 1
     selected = {adapter: next(iter(vers.values()), "0") for adapter, vers in bn.versions.items()}
-    return bn.registry.stale(selected, hits)
+    return bn.registry.stale(selected, hits, _paths_run(bn.records.values()))
+
+
+def _paths_run(records) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for r in records:
+        out.setdefault(r["adapter"], set()).add(r.get("path", "eager"))
+    return out
 
 
 def _stale_merged(bn, path):
     """Stale entries from merged xdist results, when they hold every check of the selection and tier."""
-    from .cases import cases_for_tier
+    from .cases import case_by_id, cases_for_tier
     from .catalogue import select
     from .engine import applicable
     from .results import load
 
+    from . import paths as paths_mod
+
     records = load([path]).records
     adapters = {r["adapter"]: r.get("version") or "0" for r in records}
-    expected = sum(len(applicable(c)) for c in cases_for_tier(bn.config.getoption("--bn-tier"))) * len(
-        [s for s in select(bn.config.getoption("--bn-frameworks")) if s.available()])
+    tier = bn.config.getoption("--bn-tier")
+    cases = cases_for_tier(tier)
+    expected = 0
+    for s in select(bn.config.getoption("--bn-frameworks")):
+        if s.available():
+            for item in paths_mod.items(paths_mod.declared(s), bn.config.getoption("--bn-paths"), tier, cases):
+                expected += len(applicable(case_by_id(paths_mod.split(item)[0])))
     if len(records) != expected:
         return None
     hits: dict[str, int] = {}
     for r in records:
         if r.get("registry"):
             hits[r["registry"]["id"]] = hits.get(r["registry"]["id"], 0) + 1
-    return bn.registry.stale(adapters, hits)
+    return bn.registry.stale(adapters, hits, _paths_run(records))
 
 
 def _flags(config) -> dict:
     return {"frameworks": config.getoption("--bn-frameworks"), "tier": config.getoption("--bn-tier"),
+            "paths": config.getoption("--bn-paths"),
             "strict": config.getoption("--bn-strict"), "registry": config.getoption("--bn-registry"),
             "jobs": config.getoption("--bn-jobs"), "case_timeout": config.getoption("--bn-case-timeout"),
             "inprocess": config.getoption("--bn-inprocess")}

@@ -30,6 +30,7 @@ class SessionResults:
         self.writer: results.RecordWriter | None = None
         self.meta: dict | None = None
         self.counts: Counter = Counter()
+        self.paths: dict[str, set[str]] = {}  # adapter -> execution paths its records came from
 
     def begin(self, *, tier: str, selection: str, specs, flags: dict) -> None:
         from .cases import cases_for_tier
@@ -46,6 +47,7 @@ class SessionResults:
         if self.writer is not None:
             self.writer.write([record])
             self.counts[record["verdict"]] += 1
+            self.paths.setdefault(record["adapter"], set()).add(record.get("path", "eager"))
 
     def finish(self, *, interrupted: bool, versions: dict[str, dict], stale) -> Path | None:
         if self.writer is None or self.meta is None:
@@ -56,6 +58,7 @@ class SessionResults:
                  counts=dict(sorted(self.counts.items())), checks=self.writer.count,
                  stale_registry=None if stale is None else [e.as_dict() for e in stale])
         m["versions"] = {k: v for name in sorted(versions) for k, v in versions[name].items()}
+        m["paths"] = {name: sorted(p) for name, p in sorted(self.paths.items())}
         for a in m["adapters"]:
             if a["name"] in versions:
                 a["version"] = versions[a["name"]].get(a["framework"], a["version"])

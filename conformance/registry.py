@@ -5,14 +5,17 @@
     adapter = "tf.raw_ops.FusedBatchNormV3" # glob over adapter names
     versions = ">=2.17"                     # PEP 440 specifier on the framework version ("" = any)
     cases = ["f64-*"]                       # globs over case ids
+    except_cases = ["*-notrack-*"]          # globs over case ids it does not concern (optional)
     quantities = ["*"]                      # globs over quantities
+    paths = ["export-onnx"]                 # globs over execution paths (optional; default: every path)
     reason = "why it deviates, in words a user understands"
     link = "https://github.com/..."         # upstream issue or source line ("" when none exists)
     action = "xfail"                        # xfail: run, expect the failure; skip: do not run (crash, hang)
 
 A check matched by an xfail entry that fails is `xfail`; one that passes is `xpass` (the deviation is gone:
-remove the entry; `--strict` makes it fail). Entries that match no check of the selected adapters are stale
-and reported; `--strict` fails on them too.
+remove the entry; `--strict` makes it fail). Entries that match no check of the selected adapters (on the paths
+that ran) are stale and reported; `--strict` fails on them too. An entry for a path that did not run is not
+stale: it was not checked.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from packaging.version import InvalidVersion, Version
 
 DEFAULT_DIR = Path(__file__).parent / "registry"
 REQUIRED = ("id", "adapter", "cases", "quantities", "reason", "action")
-OPTIONAL = ("versions", "link")
+OPTIONAL = ("versions", "link", "paths", "except_cases")
 ACTIONS = ("xfail", "skip")
 
 
@@ -44,6 +47,8 @@ class Entry:
     action: str
     versions: str = ""
     link: str = ""
+    paths: tuple[str, ...] = ("*",)  # execution paths it concerns (globs)
+    except_cases: tuple[str, ...] = ()  # case ids it does not concern (globs)
     source: str = ""  # file it came from
     hits: int = field(default=0, compare=False)
 
@@ -57,14 +62,19 @@ class Entry:
         except InvalidVersion:
             return False
 
-    def matches(self, adapter: str, version: str, case_id: str, quantity: str) -> bool:
+    def on_path(self, path: str) -> bool:
+        return any(fnmatch.fnmatchcase(path, g) for g in self.paths)
+
+    def matches(self, adapter: str, version: str, case_id: str, quantity: str, path: str = "eager") -> bool:
         return (self.applies_to(adapter, version)
+                and self.on_path(path)
                 and any(fnmatch.fnmatchcase(case_id, g) for g in self.cases)
+                and not any(fnmatch.fnmatchcase(case_id, g) for g in self.except_cases)
                 and any(fnmatch.fnmatchcase(quantity, g) for g in self.quantities))
 
     def as_dict(self) -> dict:
         return {"id": self.id, "reason": self.reason, "link": self.link, "action": self.action,
-                "versions": self.versions, "source": self.source}
+                "versions": self.versions, "paths": list(self.paths), "source": self.source}
 
 
 def _as_globs(value, where: str, key: str) -> tuple[str, ...]:
@@ -97,7 +107,10 @@ def _parse_entry(raw: dict, where: str, source: str) -> Entry:
             raise RegistryError(f"{where}: 'versions' = {versions!r} is not a PEP 440 specifier") from None
     return Entry(id=raw["id"], adapter=raw["adapter"], cases=_as_globs(raw["cases"], where, "cases"),
                  quantities=_as_globs(raw["quantities"], where, "quantities"), reason=raw["reason"].strip(),
-                 action=raw["action"], versions=versions, link=raw.get("link", ""), source=source)
+                 action=raw["action"], versions=versions, link=raw.get("link", ""),
+                 paths=_as_globs(raw.get("paths", "*"), where, "paths"),
+                 except_cases=_as_globs(raw["except_cases"], where, "except_cases") if "except_cases" in raw else (),
+                 source=source)
 
 
 class Registry:
@@ -138,23 +151,26 @@ class Registry:
                 entries.append(entry)
         return cls(entries)
 
-    def match(self, adapter: str, version: str, case_id: str, quantity: str) -> Entry | None:
+    def match(self, adapter: str, version: str, case_id: str, quantity: str, path: str = "eager") -> Entry | None:
         for e in self.entries:
-            if e.matches(adapter, version, case_id, quantity):
+            if e.matches(adapter, version, case_id, quantity, path):
                 e.hits += 1
                 return e
         return None
 
-    def peek(self, adapter: str, version: str, case_id: str, quantity: str) -> Entry | None:
+    def peek(self, adapter: str, version: str, case_id: str, quantity: str, path: str = "eager") -> Entry | None:
         """Like match, without counting the hit."""
-        return next((e for e in self.entries if e.matches(adapter, version, case_id, quantity)), None)
+        return next((e for e in self.entries if e.matches(adapter, version, case_id, quantity, path)), None)
 
-    def stale(self, selected: dict[str, str], hits: dict[str, int] | None = None) -> list[Entry]:
+    def stale(self, selected: dict[str, str], hits: dict[str, int] | None = None,
+              paths_run: dict[str, set[str]] | None = None) -> list[Entry]:
         """Entries for a selected adapter (name -> version) that matched no check.
-        `hits` overrides the in-process counters (counts merged from worker processes)."""
+        `hits` overrides the in-process counters (counts merged from worker processes); `paths_run` (adapter ->
+        paths that ran; default: eager only) keeps an entry for a path that did not run from being called stale."""
         out = []
         for e in self.entries:
-            relevant = any(e.applies_to(a, v) for a, v in selected.items())
+            relevant = any(e.applies_to(a, v) and any(e.on_path(p) for p in (paths_run or {}).get(a, {"eager"}))
+                           for a, v in selected.items())
             count = hits.get(e.id, 0) if hits is not None else e.hits
             if relevant and count == 0:
                 out.append(e)

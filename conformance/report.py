@@ -17,6 +17,7 @@ import jinja2
 
 from reference import QUANTITIES
 
+from .paths import label
 from . import results, svg
 from .cases import CASES, parse_modes
 
@@ -67,17 +68,17 @@ def _matrix(records, adapters_meta):
     quantities += sorted({r["quantity"] for r in records} - set(quantities))
     cells: dict[tuple[str, str], dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
     for r in records:
-        cells[(r["adapter"], mode_of(r["case"]))][r["quantity"]][r["verdict"]] += 1
+        cells[(label(r), mode_of(r["case"]))][r["quantity"]][r["verdict"]] += 1  # a row per adapter@path
     rows = []
-    for (adapter, mode) in sorted(cells):
+    for (adapter, mode) in sorted(cells, key=lambda k: (k[0].split("@")[0], "@" in k[0], k)):  # eager, then paths
         row_cells, total = [], Counter()
         for q in quantities:
             c = cells[(adapter, mode)].get(q, Counter())
             total += c
             row_cells.append(_cell(c, q))
-        rows.append({"adapter": adapter, "anchor": adapter_anchor(adapter), "mode": mode, "cells": row_cells, "total": _cell(total, ""),
+        rows.append({"adapter": adapter, "anchor": adapter_anchor(adapter.split("@")[0]), "mode": mode, "cells": row_cells, "total": _cell(total, ""),
                      "installed": True})
-    have = {a for a, _ in cells}
+    have = {a.split("@")[0] for a, _ in cells}
     for a in adapters_meta:
         if a["name"] not in have and not a.get("available", True):
             have.add(a["name"])
@@ -124,6 +125,7 @@ def _adapters(records, metas):
                 d = deviations.setdefault(reg["id"], {**reg, "verdicts": Counter()})
                 d["verdicts"][r["verdict"]] += 1
         versions = sorted({r.get("version", "") for r in recs if r.get("version")})
+        paths = _paths_of(recs, a.get("paths_declared") or [])
         out.append({
             "name": name, "anchor": adapter_anchor(name),
             "available": a.get("available", True), "install": a.get("install", ""),
@@ -136,10 +138,27 @@ def _adapters(records, metas):
             "counts": [(v, n) for v, n in ((v, sum(r["verdict"] == v for r in recs)) for v in VERDICT_ORDER) if n],
             "skips": sorted(((reason, sorted(items)) for reason, items in skips.items()), key=lambda t: -len(t[1])),
             "deviations": [{**d, "verdicts": sorted(d["verdicts"].items())} for _, d in sorted(deviations.items())],
-            "planned": a.get("planned"), "done": len(recs),
+            "planned": a.get("planned"), "done": len(recs), "paths": paths,
         })
     known = {a["name"] for a in out}
     return out, [e for lst in stale.values() for e in lst], known
+
+
+def _paths_of(recs: list[dict], declared: list[dict]) -> list[dict]:
+    """Per execution path an adapter ran on: what the path is, its verdicts, and what was observed about how it ran
+    (graph breaks, the exported mode, what was folded: the records' facts other than the device)."""
+    what = {d["name"]: d.get("what", "") for d in declared}
+    by_path: dict[str, list[dict]] = defaultdict(list)
+    for r in recs:
+        by_path[r.get("path", "eager")].append(r)
+    out = []
+    for path in sorted(by_path, key=lambda p: (p != "eager", p)):
+        rs = by_path[path]
+        facts = sorted({f"{k}: {v}" for r in rs for k, v in (r.get("facts") or {}).items() if k != "device"})
+        out.append({"name": path, "what": what.get(path, ""), "facts": facts[:12],
+                    "counts": [(v, n) for v, n in ((v, sum(r["verdict"] == v for r in rs)) for v in VERDICT_ORDER)
+                               if n]})
+    return out
 
 
 def _detail(r: dict) -> dict:
@@ -198,7 +217,8 @@ def _checks(records):
     for r in records:
         m = r.get("metrics") or {}
         ratio = results.number(m.get("ratio")) if m else None
-        row = {"id": r["check_id"], "adapter": r["adapter"], "case": r["case"], "quantity": r["quantity"],
+        row = {"id": r["check_id"], "adapter": label(r), "path": r.get("path", "eager"), "case": r["case"],
+               "quantity": r["quantity"],
                "mode": mode_of(r["case"]), "dtype": r.get("dtype", ""), "verdict": r["verdict"],
                "ratio": fmt(ratio, 3), "ratio_sort": -1 if ratio is None else ratio,
                "ratio_bar": svg.ratio_bar(ratio) if ratio is not None else "",
@@ -222,28 +242,28 @@ def _cross(records):
     for case_id in sorted(by_case):
         quantities = []
         for q in [q for q in QUANTITIES if q in by_case[case_id]] + sorted(set(by_case[case_id]) - set(QUANTITIES)):
-            recs = sorted(by_case[case_id][q], key=lambda r: r["adapter"])
+            recs = sorted(by_case[case_id][q], key=label)
             oracles: dict[tuple, list[str]] = {}
             for r in recs:
-                oracles.setdefault(tuple(map(str, r["values"]["expected"])), []).append(r["adapter"])
+                oracles.setdefault(tuple(map(str, r["values"]["expected"])), []).append(label(r))
             width = max(len(r["values"]["expected"]) for r in recs)
             width = min(width, MAX_VALUES)
             rows = []
             for exp, who in oracles.items():
-                rec = next(r for r in recs if r["adapter"] == who[0])
+                rec = next(r for r in recs if label(r) == who[0])
                 rows.append({"kind": "oracle", "anchor": "", "label": "oracle" if len(oracles) == 1 else
                              f"oracle ({', '.join(who)})", "values": _vals(rec["values"]["expected"], width),
                              "verdict": "", "ratio": ""})
             for r in recs:
                 ratio = results.number((r.get("metrics") or {}).get("ratio"))
-                rows.append({"kind": "observed", "label": r["adapter"], "verdict": r["verdict"],
+                rows.append({"kind": "observed", "label": label(r), "verdict": r["verdict"],
                              "ratio": fmt(ratio, 3), "values": _vals(r["values"]["observed"], width),
                              "anchor": anchor(r["check_id"]) if r["verdict"] in DETAILED else ""})
             more = max(len(r["values"]["expected"]) for r in recs) > width
             quantities.append({"name": q, "width": width, "rows": rows, "more": more})
         case = CASES.get(case_id)
         out.append({"id": case_id, "note": case.note if case else "", "quantities": quantities,
-                    "adapters": len({r["adapter"] for qs in by_case[case_id].values() for r in qs})})
+                    "adapters": len({label(r) for qs in by_case[case_id].values() for r in qs})})
     return out
 
 

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .engine import SCHEMA_VERSION, VERDICTS
+from .engine import READABLE_SCHEMAS, SCHEMA_VERSION, VERDICTS
 
 RECORDS = "records.jsonl"
 META = "meta.json"
@@ -156,6 +156,14 @@ def read_records(path: Path, warnings: list[str]) -> list[dict]:
     return out
 
 
+def upgrade(rec: dict) -> dict:
+    """A record of an older schema in today's form: version 1 had no execution paths (everything was eager)."""
+    if rec.get("schema") == 1:
+        rec["schema"] = SCHEMA_VERSION
+        rec.setdefault("path", "eager")
+    return rec
+
+
 def _parse_record(line: str, where: str) -> dict:
     try:
         rec = json.loads(line)
@@ -166,9 +174,11 @@ def _parse_record(line: str, where: str) -> dict:
     missing = [k for k in REQUIRED if k not in rec]
     if missing:
         raise ResultsError(f"{where}: not a bnconform check record (missing {', '.join(missing)})")
-    if rec["schema"] != SCHEMA_VERSION:
-        raise ResultsError(f"{where}: results schema version {rec['schema']!r}; this bnconform reads version "
-                           f"{SCHEMA_VERSION} (re-run the suite, or use the bnconform that wrote them)")
+    if rec["schema"] not in READABLE_SCHEMAS or isinstance(rec["schema"], bool):
+        raise ResultsError(f"{where}: results schema version {rec['schema']!r}; this bnconform reads versions "
+                           f"{', '.join(map(str, READABLE_SCHEMAS))} (re-run the suite, or use the bnconform that "
+                           f"wrote them)")
+    upgrade(rec)
     if rec["verdict"] not in VERDICTS:
         raise ResultsError(f"{where}: unknown verdict {rec['verdict']!r}")
     return rec
@@ -189,9 +199,10 @@ def read_meta(directory: Path) -> dict | None:
     if not path.is_file():
         return None
     meta = _read_json(path, "run metadata file")
-    if meta.get("schema") != SCHEMA_VERSION:
-        raise ResultsError(f"{path}: results schema version {meta.get('schema')!r}; this bnconform reads version "
-                           f"{SCHEMA_VERSION}")
+    if meta.get("schema") not in READABLE_SCHEMAS or isinstance(meta.get("schema"), bool):
+        raise ResultsError(f"{path}: results schema version {meta.get('schema')!r}; this bnconform reads versions "
+                           f"{', '.join(map(str, READABLE_SCHEMAS))}")
+    meta["schema"] = SCHEMA_VERSION
     meta["_dir"] = str(directory)
     return meta
 
@@ -299,6 +310,11 @@ def merge_metas(metas: list[dict], total: int) -> dict:
     out["status"] = next((m["status"] for m in metas if m["status"] != "complete"), "complete")
     out["worker"] = "merged:" + ",".join(m.get("worker", "?") for m in metas)
     out["versions"] = {k: v for m in metas for k, v in m.get("versions", {}).items()}
+    paths: dict[str, set] = {}
+    for m in metas:
+        for name, p in (m.get("paths") or {}).items():
+            paths.setdefault(name, set()).update(p)
+    out["paths"] = {name: sorted(p) for name, p in sorted(paths.items())}
     adapters: dict[str, dict] = {}
     for m in metas:
         for a in m.get("adapters", []):

@@ -91,7 +91,10 @@ def adapter_info(spec, cases) -> dict:
     adapter = load(spec.name)
     conv = adapter.convention
     info.update(api=adapter.api, framework=adapter.framework, version=dist_version(adapter.framework),
-                convention={k: v for k, v in conv.knobs().items()}, source=adapter.source or None)
+                convention={k: v for k, v in conv.knobs().items()}, source=adapter.source or None,
+                paths_declared=[{"name": p.name, "what": p.what, "tier": p.tier,
+                                 "convention": {k: v for k, v in (p.convention or conv).differences(conv).items()}}
+                                for p in adapter.paths])
     for case in {c.dtype: c for c in reversed(cases)}.values():
         try:
             info["precision"][case.dtype] = adapter.precision(materialize(case)).describe()

@@ -18,11 +18,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from . import paths as paths_mod
 from . import progress as progress_mod
 from . import results, runmeta
 from .catalogue import select
 from .cases import cases_for_tier
 from .engine import input_checksum
+from .paths import split
 from .registry import Registry, RegistryError
 from .worker import AdapterRun, Pool, WorkerConfig
 
@@ -37,6 +39,7 @@ class RunError(Exception):
 class RunOptions:
     frameworks: str = "all"
     tier: str = "default"
+    paths: str = "default"  # execution paths: default | all | eager | names/globs (conformance.paths)
     out: str = "reports"
     jobs: int = 0  # 0: CPU count
     case_timeout: float = 300.0
@@ -103,10 +106,11 @@ class _Collector:
 
 def run(opts: RunOptions, console: Console | None = None) -> int:
     console = console or _console()
-    specs, registry, cases, available = _plan(opts)
+    specs, registry, cases, available, work = _plan(opts)
     jobs = min(opts.jobs or os.cpu_count() or 1, len(available))
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    flags = {"frameworks": opts.frameworks, "tier": opts.tier, "jobs": jobs, "threads_per_worker": threads,
+    flags = {"frameworks": opts.frameworks, "tier": opts.tier, "paths": opts.paths, "jobs": jobs,
+             "threads_per_worker": threads,
              "case_timeout": opts.case_timeout, "adapter_timeout": opts.adapter_timeout,
              "registry": opts.registry, "strict": opts.strict}
     meta = runmeta.base(source="cli", tier=opts.tier, selection=opts.frameworks, specs=specs, cases=cases,
@@ -118,6 +122,7 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
     if opts.report:
         _prepare_dir(out)
     results.write_meta(run_dir, meta)
+    meta["paths"] = {name: sorted({split(i)[1] for i in items}) for name, items in work.items()}
     console.print(f"bnconform run {meta['run_id']}: tier {opts.tier}, {len(cases)} cases, {len(available)} of "
                   f"{len(specs)} adapters installed, {jobs} at a time, {threads} thread(s) each", highlight=False,
                   soft_wrap=True)
@@ -126,12 +131,11 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
     got = _Collector(results.RecordWriter(run_dir / results.RECORDS), [s.name for s in available], show)
     cfg = WorkerConfig(registry_path=opts.registry, threads=threads, case_timeout=opts.case_timeout,
                        adapter_timeout=opts.adapter_timeout)
-    case_ids = [c.id for c in cases]
-    pool = Pool([got.run_for(s.name, case_ids, cfg) for s in available], jobs)
+    pool = Pool([got.run_for(s.name, work[s.name], cfg) for s in available], jobs)
     with show:
         for s in specs:
             if s in available:
-                show.add(s.name, len(case_ids))
+                show.add(s.name, len(work[s.name]))
             else:
                 show.skipped(s.name, f"{', '.join(s.missing())} not installed; {s.install}")
         interrupted = pool.wait(on_interrupt=lambda: console.print(
@@ -182,7 +186,13 @@ def _plan(opts: RunOptions):
     if not available:
         why = "; ".join(f"{s.name}: {', '.join(s.missing())} not installed" for s in specs[:3])
         raise RunError(f"no adapter of selection {opts.frameworks!r} is installed ({why}); nothing to check")
-    return specs, registry, cases, available
+    declared = {s.name: paths_mod.declared(s) for s in available}
+    try:
+        paths_mod.check_selection(opts.paths, declared.values())
+    except paths_mod.PathError as e:
+        raise RunError(str(e)) from None
+    work = {name: paths_mod.items(p, opts.paths, opts.tier, cases) for name, p in declared.items()}
+    return specs, registry, cases, available, work
 
 
 def _finish_meta(meta: dict, got: _Collector, registry: Registry, interrupted: bool) -> list[dict] | None:
@@ -201,7 +211,8 @@ def _finish_meta(meta: dict, got: _Collector, registry: Registry, interrupted: b
     if interrupted:
         return None
     selected = {a["name"]: a["version"] or "0" for a in meta["adapters"] if a["available"]}
-    meta["stale_registry"] = [e.as_dict() for e in registry.stale(selected, dict(got.hits))]
+    paths_run = {name: set(p) for name, p in meta.get("paths", {}).items()}
+    meta["stale_registry"] = [e.as_dict() for e in registry.stale(selected, dict(got.hits), paths_run)]
     return meta["stale_registry"]
 
 

@@ -30,7 +30,9 @@ Gradients (last step; a, c say whether the backward goes through the mean and th
 Second order (magnitude model: every term of d<dx, v>/dx is a product of these factors):
   d_d2x = ((2n + 10) u_c + rho) |gamma| r^2 (1 + |xhat|)^2 (|v| + V)(|dy| + D) + u_o |d2x|,
      V = mean|v| (1 + max|xhat|), D = mean|dy| (1 + max|xhat|), rho = 3 d_s2/(s2 + eps) + 3 r d_m
-  d_d2gamma = ((n + 6) u_c + rho) r sum(|v| (|dy| + a |M1| + c |xhat_mu| |M2|)) + u_p |d2gamma|
+  d_d2gamma = ((n + 6) u_c + rho + u_m) r sum(|v| (|dy| + a |M1| + c |xhat_mu| |M2|)) + u_p |d2gamma|,
+     u_m = u_o when the io format is narrower than the compute format (mixed precision: the products r dy v
+     are rounded to io before the float32 reduction; with io = compute they are covered by the n u_c term), else 0
   In inference (a = c = 0) dx does not depend on x, so d2x is exactly 0 and so is its bound.
 
 SAFETY = 2 covers what first-order analysis drops: the O(u^2) remainder (a factor 1/(1 - n u) <= 1.12 while
@@ -190,6 +192,11 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
                           " (0 in inference: exact)")
         rho_c = (3 * last["rel_s2"] + 3 * r * last["d_m"]).reshape(-1)
         t2g = total(np.abs(vv) * r * (ady + a * M1 + c * xhat_mu * M2))
-        put("d2gamma", ((n + 6) * u_c + rho_c) * t2g + u_p * np.abs(trace["d2gamma"]),
-            "((n+6) u_c + rho) r sum(|v| (|dy| + a|M1| + c|xhat_mu||M2|)) + u_p |d2gamma|")
+        # Mixed precision (io narrower than compute, e.g. bfloat16 activations with float32 parameters under
+        # autocast): the elementwise terms r dy v of the double backward are formed in the io format before they
+        # are reduced, one rounding each.
+        u_mixed = u_o if u_o > u_c else 0.0
+        put("d2gamma", ((n + 6) * u_c + rho_c + u_mixed) * t2g + u_p * np.abs(trace["d2gamma"]),
+            "((n+6) u_c + rho [+ u_o if io is narrower than compute]) r sum(|v| (|dy| + a|M1| + c|xhat_mu||M2|))"
+            " + u_p |d2gamma|")
     return out

@@ -42,6 +42,7 @@ def _worker_main(conn, adapter_name: str, registry_path: str | None, threads: in
         from .cases import case_by_id
         from .catalogue import load
         from .engine import evaluate
+        from .paths import split
         from .registry import Registry
 
         adapter = load(adapter_name)
@@ -65,12 +66,14 @@ def _worker_main(conn, adapter_name: str, registry_path: str | None, threads: in
         if msg[0] == "observe":  # raw arrays for cross-adapter comparisons (porting): msg[1] is a Case
             conn.send(_observe(adapter, msg[1]))
             continue
-        case_id = msg[1]
+        item = msg[1]  # a case id, or case-id@path (conformance.paths)
         try:
-            records = evaluate(adapter, case_by_id(case_id), registry, diagnose=diagnose_fn, evidence=evidence_fn)
-            conn.send(("done", case_id, records))
+            case_id, path = split(item)
+            records = evaluate(adapter, case_by_id(case_id), registry, path=path, diagnose=diagnose_fn,
+                               evidence=evidence_fn)
+            conn.send(("done", item, records))
         except BaseException as e:  # noqa: BLE001  engine bug: report it as this case's error
-            conn.send(("failed", case_id, f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
+            conn.send(("failed", item, f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
 
 
 def _observe(adapter, case) -> tuple:
@@ -126,7 +129,7 @@ class AdapterRun:
     """Drives one adapter's worker over a list of cases; records arrive through `on_records`."""
 
     adapter_name: str
-    case_ids: list[str]
+    case_ids: list[str]  # work items: case ids, or case-id@path for execution paths other than eager
     config: WorkerConfig
     on_records: Callable[[str, list[dict]], None]
     on_event: Callable[[str, dict], None] = lambda kind, info: None
@@ -135,14 +138,17 @@ class AdapterRun:
     stopped: threading.Event = field(default_factory=threading.Event)
     startup_seconds: float = 0.0  # process start, imports and adapter setup (every restart included)
 
-    def _error_records(self, case_id: str, reason: str, detail: str = "") -> list[dict]:
+    def _error_records(self, item: str, reason: str, detail: str = "") -> list[dict]:
         from .cases import case_by_id
         from .catalogue import load
         from .engine import records_for
+        from .paths import split
 
         adapter = load(self.adapter_name)
         version = self.versions.get(adapter.framework, "") or _dist_version(adapter.framework)
-        return records_for(adapter, case_by_id(case_id), "error", reason, version, message=detail or reason)
+        case_id, path = split(item)
+        return records_for(adapter, case_by_id(case_id), "error", reason, version, message=detail or reason,
+                           path=path)
 
     def _start(self):
         t0 = time.monotonic()

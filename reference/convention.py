@@ -127,6 +127,10 @@ class Problem:
     track_running_stats: bool = True
     memory_format: Literal["contiguous", "channels_last"] = "contiguous"
     use_defaults: bool = False  # run with the framework's own default momentum and eps
+    # The initial running statistics are the defaults every framework documents (mean 0, variance 1): adapters
+    # take them from the framework's own constructor / init / build, in the dtype and with the values it
+    # chooses, instead of injecting these arrays (what users run; where a framework differs, the checks show it).
+    native_init: bool = False
     quantities: frozenset[str] = field(default_factory=lambda: frozenset(QUANTITIES))
     label: str = ""  # the case id, for messages
 

@@ -60,20 +60,20 @@ def unreadable_dir_entry(good, tmp):
 def wrong_schema_version(good, tmp):
     d = _copy(good, tmp)
     _rewrite_records(d, lambda r: {**r, "schema": 99})
-    return ["report", d], "results schema version 99; this bnconform reads version 1"
+    return ["report", d], "results schema version 99; this bnconform reads versions 1, 2"
 
 
 def wrong_meta_schema_version(good, tmp):
     d = _copy(good, tmp)
     meta = json.loads((d / "meta.json").read_text())
-    (d / "meta.json").write_text(json.dumps({**meta, "schema": 2}))
-    return ["report", d], "meta.json: results schema version 2"
+    (d / "meta.json").write_text(json.dumps({**meta, "schema": 3}))
+    return ["report", d], "meta.json: results schema version 3"
 
 
 def mixed_schema_versions(good, tmp):
     a, b = _copy(good, tmp, "a"), _copy(good, tmp, "b")
-    _rewrite_records(b, lambda r: {**r, "schema": 2, "adapter": "other", "check_id": "other" + r["check_id"]})
-    return ["report", a, b], "results schema version 2"
+    _rewrite_records(b, lambda r: {**r, "schema": 3, "adapter": "other", "check_id": "other" + r["check_id"]})
+    return ["report", a, b], "results schema version 3"
 
 
 def mismatched_checksums(good, tmp):

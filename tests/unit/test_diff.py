@@ -233,3 +233,20 @@ def test_html_page_leads_with_the_grouped_changes_and_versions():
     assert html.index('id="changed"') < html.index('id="registered"')
     assert ENTRY["reason"] in html and 'href="https://example.org/1"' in html
 
+
+
+def test_a_change_on_one_execution_path_names_the_path():
+    """Two runs that differ only in how one path computes: the diff says which adapter@path regressed, and the
+    eager checks of the same case and quantity are unchanged."""
+    def both(path_verdict, path_ratio):
+        eager = rec("y", "pass", 0.1, adapter="torch.nn.BatchNorm", schema=2, path="eager")
+        folded = rec("y", path_verdict, path_ratio, adapter="torch.nn.BatchNorm", schema=2, path="fold-eval")
+        folded["check_id"] = "torch.nn.BatchNorm@fold-eval::c::y"
+        return RS([eager, folded])
+
+    d = diff(both("pass", 0.2), both("fail", 70.0))
+    (reg,) = d.of("regression")
+    assert reg.adapter == "torch.nn.BatchNorm@fold-eval" and reg.check_id.startswith("torch.nn.BatchNorm@fold-eval")
+    (group,) = [g for g in summarize(d) if g.category == "regression"]
+    assert group.adapter == "torch.nn.BatchNorm@fold-eval"
+    assert gate(d, parse_fail_on([]))
