@@ -272,10 +272,10 @@ def _trajectory(weights, factor, n, alpha) -> Hypothesis:
                          f"from the running-mean trajectory), not {_alpha_text(alpha)}")
             name.append(f"alpha~{weights[0]:.3g}")
         else:
-            parts.append("the running statistics put weights " + ", ".join(f"{w:.3g}" for w in weights) +
+            parts.append("the running statistics put weights " + _listed(weights, ", ") +
                          f" on the new batch at training steps 1..{len(weights)} (estimated from the running-mean "
                          f"trajectory; declared {_alpha_text(alpha)})")
-            name.append("step_weights~" + ",".join(f"{w:.3g}" for w in weights))
+            name.append("step_weights~" + _listed(weights, ","))
     if factor is not None:
         parts.append(f"the running variance is fed {factor:.4g} x the biased batch variance (unbiased would be "
                      f"{n / (n - 1):.4g} x)" if n > 1 else f"the running variance is fed {factor:.4g} x the "
@@ -299,6 +299,14 @@ def _trajectory(weights, factor, n, alpha) -> Hypothesis:
     knob = "+".join(k for k, v in (("momentum", weights), ("running_var", factor)) if v is not None)
     return Hypothesis("+".join(name), "; ".join(parts), apply, knob=knob, value=weights or factor,
                       changes=len(parts))
+
+
+def _listed(weights, sep: str, shown: int = 4) -> str:
+    """The weights, the long sequences' tail elided when it repeats one value."""
+    text = [f"{w:.3g}" for w in weights]
+    if len(text) > shown and len(set(text[shown - 1:])) == 1:
+        return sep.join(text[:shown]) + f"{sep}...x{len(text) - shown}"
+    return sep.join(text)
 
 
 def _alpha_text(alpha) -> str:
