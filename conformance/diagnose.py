@@ -7,7 +7,7 @@ closed form (conformance.estimate), under the declared convention and again unde
 alternative. A candidate explains the case only if the oracle, run under it, brings EVERY observed quantity
 of the case within its bound, the passing ones included (an explanation never contradicts a passing check),
 every step of the sequence included. Among those: fewer changes first, named knobs before estimated numbers,
-then the smallest fit ratio (the largest observed/bound ratio over the case). Where nothing fits the case
+fewer estimated numbers first (one momentum before one weight per step), then the smallest fit ratio (the largest observed/bound ratio over the case). Where nothing fits the case
 is "unexplained"; the closest candidate is shown only when it is near (fit ratio within NEAR).
 
 Quantities whose declared bound is ill-posed (characterizations) are not required to fit, except the one
@@ -112,7 +112,8 @@ def _then(h1: hyp.Hypothesis, h2: hyp.Hypothesis) -> hyp.Hypothesis:
         return h2.apply(*h1.apply(p, c))
 
     return hyp.Hypothesis(f"{h1.name}+{h2.name}", f"{h1.sentence}, and {h2.sentence}", apply,
-                          compute_dtype=h1.compute_dtype, knob=f"{h1.knob}+{h2.knob}", changes=h1.changes + h2.changes)
+                          compute_dtype=h1.compute_dtype, knob=f"{h1.knob}+{h2.knob}", changes=h1.changes + h2.changes,
+                          params=h1.params + h2.params)
 
 
 class CaseFit:
@@ -166,7 +167,7 @@ def case_fit(adapter, problem, obs, trace=None, bounds=None) -> CaseFit:
 
 
 def _rank(required):
-    return lambda e: (e.changes, e.estimated, e.fit(required))
+    return lambda e: (e.changes, e.estimated, e.hypothesis.params, e.fit(required))
 
 
 def diagnose(adapter, problem, quantity, obs, trace=None, bounds=None, *, pairs: bool = True) -> dict:

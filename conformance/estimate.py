@@ -40,6 +40,21 @@ def step_weights(problem, obs) -> list[float] | None:
     return out or None
 
 
+def pooled_weight(problem, obs) -> float | None:
+    """One weight for every training step: least squares over all steps and channels, so the steps where the
+    running mean is far from the batch mean (well conditioned) dominate."""
+    rm = obs.values.get("running_mean")
+    if rm is None or not problem.track_running_stats or np.shape(rm) != (problem.steps, problem.channels):
+        return None
+    prev, num, den = problem.running_mean, 0.0, 0.0
+    for k, (x, mode) in enumerate(zip(problem.xs, problem.modes)):
+        if mode == "train":
+            d = moments(x, problem.axis)[0] - prev
+            num, den = num + float(np.dot(rm[k] - prev, d)), den + float(np.dot(d, d))
+        prev = rm[k]
+    return num / den if den > 0 and np.isfinite(num) else None
+
+
 def running_var_factor(problem, obs, weights: list[float]) -> float | None:
     """The factor f on the biased batch variance the running variance was fed (1: biased, n/(n-1): unbiased),
     given the per-step weights."""

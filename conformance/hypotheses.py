@@ -33,6 +33,7 @@ class Hypothesis:
     knob: str | None = None  # the Convention knob (or hyperparameter) it concerns
     value: object = None  # the value it sets
     changes: int = 1  # how many things it changes (an estimated trajectory may change the weights and the factor)
+    params: int = 0  # how many numbers were estimated from the data (fewer is simpler)
 
     def __call__(self, problem: Problem, convention: Convention) -> tuple[Problem, Convention]:
         return self.apply(problem, convention)
@@ -246,6 +247,13 @@ def estimated(problem: Problem, convention: Convention, trace, obs) -> list[Hypo
         # to the running one, so a trajectory that fits without it must not carry a noisy one
         if new_weights:
             out.append(_trajectory(weights, None, n, alpha))
+            # one weight for every step: per-step estimates are noisy where the running statistics have nearly
+            # converged to the batch (the same batch every step), a constant is the simpler model
+            pooled = estimate.pooled_weight(problem, obs)
+            constant = [pooled] * len(weights) if pooled is not None else modelled
+            if not np.allclose(weights, weights[0], rtol=1e-4, atol=1e-7) and not np.allclose(
+                    constant, modelled, rtol=1e-4, atol=1e-7):
+                out.append(_trajectory(constant, None, n, alpha))
         if new_factor:
             out.append(_trajectory(None, factor, n, alpha))
         if new_weights and new_factor:
@@ -255,7 +263,7 @@ def estimated(problem: Problem, convention: Convention, trace, obs) -> list[Hypo
         out.append(Hypothesis(
             f"eps~{estimate.nice(fitted)}", f"eps is {estimate.nice(fitted)} (estimated from the output), not {eps:g}",
             lambda p, c, e=fitted: (p.with_(eps=e, momentum=p.effective(c)[0], use_defaults=False), c),
-            knob="eps", value=fitted))
+            knob="eps", value=fitted, params=1))
     return out
 
 
@@ -297,8 +305,10 @@ def _trajectory(weights, factor, n, alpha) -> Hypothesis:
         return p, c.with_(**changes)
 
     knob = "+".join(k for k, v in (("momentum", weights), ("running_var", factor)) if v is not None)
+    same_weights = weights is not None and np.allclose(weights, weights[0], rtol=1e-4, atol=1e-7)
+    params = (0 if weights is None else (1 if same_weights else len(weights))) + (factor is not None)
     return Hypothesis("+".join(name), "; ".join(parts), apply, knob=knob, value=weights or factor,
-                      changes=len(parts))
+                      changes=len(parts), params=params)
 
 
 def _listed(weights, sep: str, shown: int = 4) -> str:
