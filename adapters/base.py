@@ -111,6 +111,9 @@ class Adapter:
     convention: ClassVar[Convention]
     dtypes: ClassVar[frozenset[str]] = frozenset({"float64", "float32", "float16", "bfloat16"})
     channel_axes: ClassVar[str] = "first"  # "first" (axis 1), "last", or "any"
+    # The data layout models built with this API conventionally use (its convolutions' default data format):
+    # what `bnconform port` assumes for the target's channel axis unless told otherwise.
+    conventional_layout: ClassVar[str] = "channels_first"
     quantities: ClassVar[frozenset[str]]  # what it can observe at all
     # Documented behaviour when training sees one element per channel: "raises" or "computes".
     single_element_training: ClassVar[str] = "computes"

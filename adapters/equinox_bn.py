@@ -57,12 +57,8 @@ class EquinoxBatchNorm(Adapter):
     @functools.cached_property
     def has_mode(self) -> bool:
         """BatchNorm has `mode` (and a state index per mode) from equinox 0.13.0. Read from the installed
-        distribution, not the module: snippet() runs without setup() (bnconform port)."""
-        from importlib.metadata import version
-
-        from packaging.version import Version
-
-        return Version(version("equinox")) >= Version("0.13.0")
+        distribution, not the module: snippet() runs without setup() (bnconform port), maybe without equinox."""
+        return jc.installed_at_least("equinox", "0.13.0")
 
     def precision(self, problem: Problem) -> Precision:
         return Precision.uniform(problem.dtype, accumulate_low_precision_in=problem.dtype)  # all in `dtype`

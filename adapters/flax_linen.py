@@ -24,6 +24,7 @@ class FlaxLinen(Adapter):
     framework = "flax"
     api = "flax.linen.BatchNorm"
     channel_axes = "any"
+    conventional_layout = "channels_last"  # flax.linen.Conv takes (batch, spatial..., features)
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var", "num_batches_tracked"}
     source = SOURCE
 

@@ -27,6 +27,7 @@ class FlaxNNX(Adapter):
     api = "flax.nnx.BatchNorm"
     convention = FAST
     channel_axes = "any"
+    conventional_layout = "channels_last"  # flax.nnx.Conv takes (batch, spatial..., features)
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var", "num_batches_tracked"}
     source = SOURCE
 
@@ -43,12 +44,9 @@ class FlaxNNX(Adapter):
     def item_assign(self) -> bool:
         """flax < 0.11: Variable.__setitem__ writes into the (immutable) jax array and raises; `.value =`
         replaces it (same dtype here, so the same values). From 0.11 `var[...] = ...` is the way. Read from the
-        installed distribution, not the module: snippet() runs without setup() (bnconform port)."""
-        from importlib.metadata import version
-
-        from packaging.version import Version
-
-        return Version(version("flax")) >= Version("0.11")
+        installed distribution, not the module: snippet() runs without setup() (bnconform port), maybe without
+        flax installed."""
+        return jc.installed_at_least("flax", "0.11")
 
     def precision(self, problem: Problem) -> Precision:
         dt = problem.dtype

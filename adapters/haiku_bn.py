@@ -31,6 +31,7 @@ class HaikuBatchNorm(Adapter):
                             running_var="biased", averaging="debiased_ema", debias_hidden_init="zeros",
                             variance="fast")
     channel_axes = "any"
+    conventional_layout = "channels_last"  # hk.Conv2D data_format="NHWC" by default
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var"}
     source = SOURCE
 

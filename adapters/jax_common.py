@@ -26,6 +26,19 @@ def cache_dir() -> Path:
     return (Path(base) if base else ROOT / "reports" / ".cache") / "jax"
 
 
+def installed_at_least(dist: str, minimum: str) -> bool:
+    """Whether the installed distribution `dist` is at least `minimum`. Without it installed (`bnconform
+    port` advising on a framework the machine lacks) the answer is True: advice targets the newest API."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    try:
+        return Version(version(dist)) >= Version(minimum)
+    except PackageNotFoundError:
+        return True
+
+
 def import_jax():
     flags = os.environ.get("XLA_FLAGS", "")
     if "xla_cpu_enable_fast_math" not in flags:  # no reassociation or approximate math in XLA:CPU

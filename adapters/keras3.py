@@ -35,6 +35,7 @@ POLICY = {"float64": "float64", "float32": "float32", "float16": "mixed_float16"
 class Keras3(Adapter):
     framework = "keras"
     channel_axes = "any"
+    conventional_layout = "channels_last"  # keras.config.image_data_format() defaults to it (backend/config.py)
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var", "num_batches_tracked"}
     single_element_training = "computes"  # moments of one element: variance 0, y = beta
     source = SOURCE

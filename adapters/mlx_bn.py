@@ -22,6 +22,7 @@ class MLXBatchNorm(Adapter):
     convention = Convention(momentum_form="weight_on_new", default_momentum=0.1, default_eps=1e-5,
                             running_var="unbiased", averaging="ema", variance="two_pass")
     channel_axes = "last"
+    conventional_layout = "channels_last"
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var", "num_batches_tracked"}
     single_element_training = "raises"
     source = SOURCE

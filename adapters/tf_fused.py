@@ -35,6 +35,7 @@ class TFFused(Adapter):
                             running_var="unbiased", batch_var_estimator="biased", averaging="ema",
                             variance="two_pass")
     channel_axes = "any"  # axis 1 or last of 4-D / 5-D input; see unsupported()
+    conventional_layout = "channels_last"  # FusedBatchNormV3 data_format="NHWC" by default
     quantities = frozenset(QUANTITIES) - {"num_batches_tracked"}
     single_element_training = "computes"  # cannot arise (4-D/5-D only); the kernels guard n - 1 = 0
     source = SOURCE

@@ -28,6 +28,7 @@ SOURCE = "tf_keras/src/layers/normalization/batch_normalization.py (BatchNormali
 class TFKeras(Adapter):
     framework = "tf_keras"
     channel_axes = "any"
+    conventional_layout = "channels_last"  # tf_keras backend.image_data_format() default
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var", "num_batches_tracked"}
     single_element_training = "computes"
     source = SOURCE

@@ -33,6 +33,7 @@ class TFNN(Adapter):
                             running_var="biased", batch_var_estimator="biased", averaging="ema",
                             variance="two_pass")
     channel_axes = "any"
+    conventional_layout = "channels_last"  # tf.nn.conv2d data_format="NHWC" by default
     quantities = frozenset(QUANTITIES) - {"num_batches_tracked"}
     single_element_training = "computes"  # moments of one element: variance 0, y = beta
     source = SOURCE

@@ -2,15 +2,20 @@
 
     python benchmarks/suite_speed.py [--frameworks all] [--tier default] [--jobs 2] [--out reports/speed]
                                      [--xdist]
+    python benchmarks/suite_speed.py --analyze COLD_RUN_DIR [WARM_RUN_DIR]   (figures of runs already made)
 
 1. a cold run (`bnconform run`, JAX/Keras persistent compilation caches emptied) and a warm rerun, each timed
    end to end as a user sees it (imports, compilation, checks, results, analysis, report);
-2. from the warm run's records and metadata: per adapter its wall time, start-up (process, imports, setup),
-   time inside the framework, time in the harness (oracle, bounds, comparison, diagnosis, evidence), checks
-   and checks per second; and the harness's share of the run's compute time:
-       (sum of per-case harness time + report rendering) / (sum of worker wall time + report rendering);
+2. from each run's records and metadata: per adapter its wall time, start-up (process, imports, setup: the
+   first adapter of a shared family process pays the family's imports), time inside the framework, time in
+   the harness (oracle, bounds, comparison, diagnosis, evidence), other (IPC, conversions, compilation outside
+   `run()`), checks and checks per second; per execution path (records' `path`, "eager" when absent) its
+   checks, framework and harness time; and the ratios the targets are stated in: start-up / worker time,
+   harness share of compute = (harness + report rendering) / (worker time + report rendering), and
+   end-to-end wall / framework time;
 3. with --xdist: the conformance tests serially and with `pytest -n 2 --dist loadgroup`, and whether every
    check gets the same verdict.
+The load average is printed with the figures: on a shared machine they are only comparable at similar load.
 """
 from __future__ import annotations
 
@@ -53,18 +58,24 @@ def bnconform_run(args, out: Path, env: dict) -> tuple[float, Path]:
     return wall, _latest_run(out)
 
 
-def breakdown(meta: dict, records: list[dict], report_seconds: float) -> tuple[list[list], dict]:
+def breakdown(meta: dict, records: list[dict], report_seconds: float) -> tuple[list[list], dict, list[list]]:
+    """Per adapter rows, totals, and per path rows from one run's metadata and records."""
     per: dict[str, dict] = {}
+    paths: dict[str, Counter] = {}
     seen = set()
     for r in records:
+        path = r.get("path") or "eager"
         a = per.setdefault(r["adapter"], {"checks": 0, "framework": 0.0, "harness": 0.0, "cases": 0})
+        p = paths.setdefault(path, Counter())
         a["checks"] += 1
-        key = (r["adapter"], r["case"])
-        if key not in seen:
+        p["checks"] += 1
+        key = (r["adapter"], path, r["case"])
+        if key not in seen:  # seconds and harness_seconds are per case, repeated in each of its records
             seen.add(key)
             a["cases"] += 1
             a["framework"] += float(r.get("seconds") or 0.0)
             a["harness"] += float(r.get("harness_seconds") or 0.0)
+            p.update(framework=float(r.get("seconds") or 0.0), harness=float(r.get("harness_seconds") or 0.0))
     rows = []
     totals = Counter()
     for m in meta["adapters"]:
@@ -72,28 +83,65 @@ def breakdown(meta: dict, records: list[dict], report_seconds: float) -> tuple[l
             continue
         a, t = per[m["name"]], m.get("timing") or {}
         wall, startup = float(t.get("wall_seconds", 0.0)), float(t.get("startup_seconds", 0.0))
-        rows.append([m["name"], wall, startup, a["framework"], a["harness"], a["checks"],
+        other = wall - startup - a["framework"] - a["harness"]
+        rows.append([m["name"], wall, startup, a["framework"], a["harness"], other, a["checks"],
                      a["checks"] / wall if wall else 0.0])
         totals.update(wall=wall, startup=startup, framework=a["framework"], harness=a["harness"], checks=a["checks"])
     totals["report"] = report_seconds
     totals["share"] = (totals["harness"] + report_seconds) / max(totals["wall"] + report_seconds, 1e-9)
-    return rows, totals
+    path_rows = [[name, c["checks"], c["framework"], c["harness"]] for name, c in sorted(paths.items())]
+    return rows, totals, path_rows
 
 
-def print_breakdown(rows, totals, cold: float, warm: float, args) -> None:
+def print_breakdown(label: str, end_to_end: float, rows, totals, path_rows) -> None:
+    worker, fw = totals["wall"], totals["framework"]
+    other = worker - totals["startup"] - fw - totals["harness"]
+    print(f"\n{label}: end to end {end_to_end:.1f} s, {totals['checks']} checks")
+    print(f"  worker time {worker:.1f} s: start-up {totals['startup']:.1f} s ({_pct(totals['startup'], worker)}), "
+          f"inside frameworks {fw:.1f} s ({_pct(fw, worker)}), harness {totals['harness']:.1f} s "
+          f"({_pct(totals['harness'], worker)}), other (IPC, conversions, compilation outside run()) {other:.1f} s "
+          f"({_pct(other, worker)})")
+    print(f"  harness share of compute: {100 * totals['share']:.1f}% (harness {totals['harness']:.1f} s + report "
+          f"{totals['report']:.1f} s of {worker:.1f} s worker time + report)")
+    print(f"  wall / framework time: {end_to_end / fw if fw else float('nan'):.2f} "
+          f"({end_to_end:.1f} s end to end / {fw:.1f} s inside the frameworks)\n")
+    print("| adapter | wall s | start-up s | framework s | harness s | other s | checks | checks/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, wall, startup, fw_s, hs, oth, checks, rate in sorted(rows, key=lambda r: -r[1]):
+        print(f"| {name} | {wall:.1f} | {startup:.1f} | {fw_s:.1f} | {hs:.2f} | {oth:.1f} | {checks} | {rate:.0f} |")
+    print("\n| path | checks | framework s | harness s |")
+    print("|---|---:|---:|---:|")
+    for name, checks, fw_s, hs in path_rows:
+        print(f"| {name} | {checks} | {fw_s:.1f} | {hs:.2f} |")
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.0f}%" if whole else "-"
+
+
+def report_seconds(run_dir: Path, out: Path, env: dict) -> float:
+    seconds, _ = _run([sys.executable, "-m", "conformance", "report", str(run_dir), "--out", str(out)], env)
+    return seconds
+
+
+def end_to_end(meta: dict) -> float:
+    """A run's duration from its metadata (started/finished), for runs made elsewhere (--analyze)."""
+    from datetime import datetime
+
+    try:
+        return (datetime.fromisoformat(meta["finished"]) - datetime.fromisoformat(meta["started"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return 0.0
+
+
+def summary(args, cold: float, warm: float | None) -> None:
     print(f"\nbnconform suite speed: tier {args.tier}, frameworks {args.frameworks}, jobs "
-          f"{args.jobs or os.cpu_count()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}")
-    print(f"  end to end (run + results + analysis + report): cold {cold:.1f} s, warm rerun {warm:.1f} s")
-    print(f"  harness share of compute: {100 * totals['share']:.1f}% "
-          f"(harness {totals['harness']:.1f} s + report {totals['report']:.1f} s of "
-          f"{totals['wall']:.1f} s worker time + report)")
-    print(f"  worker time: start-up {totals['startup']:.1f} s, inside frameworks {totals['framework']:.1f} s, "
-          f"harness {totals['harness']:.1f} s, other (IPC, conversions, compilation outside run()) "
-          f"{totals['wall'] - totals['startup'] - totals['framework'] - totals['harness']:.1f} s\n")
-    print("| adapter | wall s | start-up s | framework s | harness s | checks | checks/s |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for name, wall, startup, fw, hs, checks, rate in sorted(rows, key=lambda r: -r[1]):
-        print(f"| {name} | {wall:.1f} | {startup:.1f} | {fw:.1f} | {hs:.2f} | {checks} | {rate:.0f} |")
+          f"{args.jobs or os.cpu_count()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} "
+          f"{os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+    line = f"  end to end (run + results + analysis + report): cold {cold:.1f} s"
+    if warm is not None:
+        line += f", warm rerun {warm:.1f} s ({_pct(warm, cold)} of cold)"
+    print(line)
 
 
 def xdist_check(args, out: Path, env: dict) -> None:
@@ -117,18 +165,29 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "reports" / "speed"))
     p.add_argument("--xdist", action="store_true", help="also compare serial and pytest-xdist verdicts")
+    p.add_argument("--analyze", nargs="+", metavar="RUN_DIR", help="only print the figures of these runs "
+                   "(cold, then warm): their durations from meta.json, without report rendering")
     args = p.parse_args(argv)
     out = Path(args.out)
+    env = dict(os.environ)
+    if args.analyze:
+        runs = [Path(d) for d in args.analyze[:2]]
+        loaded = [_load(d) for d in runs]
+        walls = [end_to_end(meta) for meta, _ in loaded]
+        summary(args, walls[0], walls[1] if len(walls) > 1 else None)
+        for label, (meta, records), wall in zip(("cold", "warm"), loaded, walls):
+            print_breakdown(f"{label} run {meta.get('run_id', '')}", wall, *breakdown(meta, records, 0.0))
+        return 0
     shutil.rmtree(out, ignore_errors=True)
     cache = out / "cache"
-    env = {**os.environ, "BNCONFORM_CACHE_DIR": str(cache)}  # a private, initially empty compilation cache
-    cold, _ = bnconform_run(args, out / "cold", env)
-    warm, run_dir = bnconform_run(args, out / "warm", env)
-    meta, records = _load(run_dir)
-    report_seconds, proc = _run([sys.executable, "-m", "conformance", "report", str(run_dir), "--out",
-                                 str(out / "report.html")], env)
-    rows, totals = breakdown(meta, records, report_seconds)
-    print_breakdown(rows, totals, cold, warm, args)
+    env["BNCONFORM_CACHE_DIR"] = str(cache)  # a private, initially empty compilation cache
+    cold, cold_dir = bnconform_run(args, out / "cold", env)
+    warm, warm_dir = bnconform_run(args, out / "warm", env)
+    summary(args, cold, warm)
+    for label, wall, run_dir in (("cold", cold, cold_dir), ("warm", warm, warm_dir)):
+        meta, records = _load(run_dir)
+        rendering = report_seconds(run_dir, out / f"report-{label}.html", env)
+        print_breakdown(f"{label} run", wall, *breakdown(meta, records, rendering))
     if args.xdist:
         xdist_check(args, out, env)
     return 0

@@ -52,7 +52,8 @@ def _cmd_run(args) -> int:
         raise UsageError("bnconform run: timeouts must be positive")
     opts = RunOptions(frameworks=args.frameworks, tier=args.tier, paths=args.paths, out=args.out, jobs=args.jobs,
                       case_timeout=args.case_timeout, adapter_timeout=args.adapter_timeout,
-                      registry=args.registry, strict=args.strict, report=not args.no_report)
+                      registry=args.registry, strict=args.strict, report=not args.no_report,
+                      case_ids=tuple(args.case or ()), keyword=args.keyword)
     baseline_paths = {}
     for kind in ("save_baseline", "compare_baseline"):
         name = getattr(args, kind)
@@ -86,28 +87,40 @@ def _cmd_run(args) -> int:
 
 def _baselines(run_dir, paths, args, fail_on, baseline, status: int) -> int:
     """After a run: compare it with a kept baseline (gate), then keep it as a baseline if asked."""
-    from rich.console import Console
-
     from . import diff as diffmod
     from . import results
-    from .diffview import baseline_json, print_terminal
+    from .diffview import baseline_json, print_terminal, render_html
+    from .progress import console as progress_console
 
-    console = Console(width=160)
+    console = progress_console()
     rs = results.load([run_dir])
+    reasons: list[str] = []
     if baseline is not None:
         try:
             d = diffmod.diff(baseline, rs)
         except diffmod.DiffRefused as e:
             raise UsageError(f"bnconform run: cannot compare with baseline {args.compare_baseline!r}: {e}") from None
-        print_terminal(d, console)
         reasons = diffmod.gate(d, fail_on)
-        console.print(f"baseline {args.compare_baseline}: " + (f"FAIL ({', '.join(reasons)})" if reasons else "pass"),
-                      highlight=False)
+        page = run_dir.parent.parent / f"baseline-{args.compare_baseline}.html"
+        label = f"baseline {args.compare_baseline}"
+        html = render_html(d, f"{label} ({paths['compare_baseline']})", str(run_dir), reasons,
+                           f"This run against {label}")
+        try:
+            results.write_atomic(page, html)
+        except OSError as e:
+            raise UsageError(f"bnconform run: cannot write {page}: {e.strerror or e}") from None
+        print_terminal(d, console, page=str(page))
+        console.print(f"diff page: {page}", highlight=False, markup=False)
+        console.print(f"{label}: " + (f"FAIL ({', '.join(reasons)}; {diffmod.REGRESSION_MEANS})" if reasons
+                                      else "pass"), highlight=False, markup=False)
         if reasons:
             status = max(status, 1)
     if "save_baseline" in paths:
         path = results.write_atomic(paths["save_baseline"], baseline_json(rs, args.save_baseline))
         console.print(f"baseline saved: {path}", highlight=False, markup=False)
+    if status == 1 and baseline is not None and not reasons:  # say why, when the gate alone would pass
+        console.print("exit status 1: this run has failing or erroring checks of its own (listed above), "
+                      "although it is no worse than the baseline", highlight=False, markup=False)
     return status
 
 
@@ -135,7 +148,8 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_port(args) -> int:
-    from .port import port
+    from .port import PortError, port
+    from .state import StateError
 
     momentum, given = None, False
     if args.momentum is not None:
@@ -145,7 +159,73 @@ def _cmd_port(args) -> int:
                 momentum = float(args.momentum)
             except ValueError:
                 raise UsageError(f"bnconform port: --momentum must be a number or 'none', not {args.momentum!r}")
-    print(port(args.source, args.target, momentum=momentum, eps=args.eps, momentum_given=given).text())
+    shape = _int_tuple(args.batch_shape, "--batch-shape") if args.batch_shape else None
+    if (args.out or args.map) and not args.state:
+        raise UsageError("bnconform port: --out and --map need --state (the trained state file to convert)")
+    if args.state and not args.out:
+        raise UsageError("bnconform port: --state needs --out (the file to write the converted state to)")
+    try:
+        result = port(args.source, args.target, momentum=momentum, eps=args.eps, momentum_given=given,
+                      layout=args.layout, batch_shape=shape, steps=args.steps, dtype=args.dtype,
+                      snippet=not args.state)
+        if args.state:
+            return _convert_state(args, result, shape)
+    except (PortError, StateError) as e:
+        raise UsageError(f"bnconform port: {e}") from None
+    print(result.text())
+    return 0
+
+
+def _int_tuple(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in text.replace("x", ",").split(","))
+    except ValueError:
+        raise UsageError(f"bnconform port: {option} must be integers like 32,8,4,4, not {text!r}") from None
+
+
+def _convert_state(args, result, shape) -> int:
+    """`port --state IN --out OUT`: every BatchNorm layer of IN converted to the target's names and written."""
+    from .state import History, StateError, convert_model, read_model, write_model
+
+    mapping = {}
+    for item in args.map or []:
+        src, sep, dst = item.partition("=")
+        if not sep or not src or not dst:
+            raise StateError(f"--map takes SOURCE_LAYER=TARGET_LAYER, not {item!r}")
+        mapping[src] = dst
+    layers = read_model(args.state, result.source)
+    per_layer, n = {}, None
+    for item in args.n or []:
+        layer, sep, value = item.rpartition("=")
+        try:
+            value = int(value)
+        except ValueError:
+            raise StateError(f"--n takes N or LAYER=N (an integer), not {item!r}") from None
+        if sep:
+            per_layer[layer] = value
+        else:
+            n = value
+    if n is None and shape is not None:
+        n = int(np.prod(shape)) // shape[1]
+    unknown = sorted(set(per_layer) - set(layers))
+    if unknown:
+        raise StateError(f"--n names layers the state does not have: {', '.join(unknown)}; it has {', '.join(layers)}")
+    history = {name: History(n=per_layer.get(name, n), steps=args.steps, initial_var=args.initial_var,
+                             n_varied=args.n_varied) for name in layers}
+    converted = convert_model(layers, result.source, result.target, result.alpha, history, args.purpose, mapping)
+    kind = write_model(args.out, converted, result.target)
+    print(f"converted {len(converted.layers)} BatchNorm layer(s) of {args.state} ({result.source}) for "
+          f"{result.target}: {args.out} ({kind})")
+    for note in converted.notes:
+        print(f"  {note}")
+    from .port import native_config
+
+    rank = len(shape) if shape else 4
+    for C in sorted({int(np.asarray(st["mean"]).shape[0]) for st in converted.layers.values()}):
+        cfg = native_config(result.target, result.alpha, result.eps, C, rank, args.dtype, result.layout)
+        print(f"  target hyperparameters for {C} channels: {', '.join(f'{k}={v!r}' for k, v in cfg.items())}")
+    if not converted.exact:
+        print("  the running-variance correction is APPROXIMATE (see above)")
     return 0
 
 
@@ -155,12 +235,14 @@ def _cmd_conventions(args) -> int:
     from .cases import CASES
     from .catalogue import select
     from .infer import BY_CASE_KNOB, EVAL_GRADIENT_CASE, table
+    from .install import hint as install_hint
     from .worker import AdapterRun, Pool, WorkerConfig
 
     specs = select(args.frameworks)
     missing = [s for s in specs if not s.available()]
     for s in missing:
-        print(f"skip {s.name}: {', '.join(s.missing())} not installed ({s.install})", file=sys.stderr)
+        print(f"skip {s.name}: {', '.join(s.missing())} not installed ({install_hint(s.install)})",
+              file=sys.stderr)
     cases = [c.id for c in CASES.values() if c.knob in BY_CASE_KNOB or c.knob == "eps"] + [EVAL_GRADIENT_CASE]
     records: list[dict] = []
     jobs = args.jobs or os.cpu_count() or 1
@@ -182,7 +264,6 @@ def _cmd_conventions(args) -> int:
 
 def _print_table(t: dict) -> None:
     try:
-        from rich.console import Console
         from rich.table import Table
     except ImportError:  # plain text when rich is absent
         print(t["title"])
@@ -194,17 +275,18 @@ def _print_table(t: dict) -> None:
         table.add_column(c, overflow="fold")
     for row in t["rows"]:
         table.add_row(*[str(c) for c in row])
-    Console(width=max(160, len(t["columns"]) * 16)).print(table)
+    from .progress import console
+
+    console().print(table)
 
 
 def _cmd_diff(args) -> int:
     from pathlib import Path
 
-    from rich.console import Console
-
     from . import diff as diffmod
     from . import results
     from .diffview import print_terminal, render_html
+    from .progress import console as progress_console
 
     try:
         fail_on = diffmod.parse_fail_on(args.fail_on or [])
@@ -216,8 +298,8 @@ def _cmd_diff(args) -> int:
     except (results.ResultsError, diffmod.DiffRefused) as e:
         raise UsageError(f"bnconform diff: {e}") from None
     reasons = diffmod.gate(d, fail_on, drift_floor=args.drift_floor)
-    console = Console(width=160)
-    print_terminal(d, console)
+    console = progress_console()
+    print_terminal(d, console, page=args.html)
     if args.html:
         out = Path(args.html)
         if out.is_dir():
@@ -229,7 +311,8 @@ def _cmd_diff(args) -> int:
             raise UsageError(f"bnconform diff: cannot write {out}: {e.strerror or e}") from None
         console.print(f"diff page: {out}", highlight=False, markup=False)
     if reasons:
-        console.print(f"gate: FAIL ({', '.join(reasons)})", highlight=False)
+        console.print(f"gate: FAIL ({', '.join(reasons)}; {diffmod.REGRESSION_MEANS})", highlight=False,
+                      markup=False)
         return 1
     console.print("gate: pass", highlight=False)
     return 0
@@ -348,6 +431,25 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--momentum", help="source's momentum in its own native form ('none': cumulative average); "
                                        "default: the source's default")
     pt.add_argument("--eps", type=float, help="eps (default: the source's default)")
+    pt.add_argument("--layout", choices=["channels_first", "channels_last"],
+                    help="the target model's data layout (default: its framework's convention, stated in the output)")
+    pt.add_argument("--batch-shape", help="one training batch as N,C[,spatial...] (default: the demo 32,8,4,4)")
+    pt.add_argument("--steps", type=int, help="training steps the state went through (default: 3 for the sizes; "
+                                              "unknown for --purpose training, which is then approximate)")
+    pt.add_argument("--dtype", default="float32", help="the model's dtype (default: float32)")
+    pt.add_argument("--state", help="trained state to convert: .npz, torch .pt state_dict, Keras .weights.h5, "
+                                    "flax .msgpack or an orbax checkpoint directory")
+    pt.add_argument("--out", help="where to write the converted state (.npz or the target's own container)")
+    pt.add_argument("--purpose", choices=["inference", "training"], default="inference",
+                    help="inference: copy the statistics (the target infers as the source); training: the state "
+                         "the target would hold after the same training (exact estimator correction)")
+    pt.add_argument("--n", action="append", metavar="[LAYER=]N",
+                    help="elements per channel in each training step of LAYER (N x H x W at that layer), or of every "
+                         "layer; repeatable (default: from --batch-shape)")
+    pt.add_argument("--initial-var", type=float, default=1.0, help="initial running variance R0 (default 1)")
+    pt.add_argument("--n-varied", action="store_true", help="n was not the same in every step: the correction "
+                                                             "is approximate and says so")
+    pt.add_argument("--map", action="append", metavar="SRC=DST", help="rename a layer (repeatable)")
     pt.set_defaults(func=_cmd_port)
     df = sub.add_parser("diff", help="compare two result sets (e.g. two framework versions): regressions, "
                                      "fixes, drift, convention changes; exit status is a CI gate")
@@ -400,12 +502,117 @@ def build_parser() -> argparse.ArgumentParser:
     im.add_argument("--registry", help="registry directory or TOML file (default: the bundled registry)")
     im.add_argument("--no-report", action="store_true", help="write results only")
     im.set_defaults(func=_cmd_import)
+    _first_ten_minutes(p, sub)
     return p
+
+
+# -- what a new user meets first: --version, help on a bare `bnconform`, a description and examples per
+# subcommand, and run's -k / --case
+DESCRIPTIONS = {
+    "run": ("Run the conformance suite: every selected adapter in its own worker process, each check compared "
+            "with the float64 oracle against a derived bound. Writes OUT/runs/<run-id>/ (records.jsonl, "
+            "meta.json) and the report OUT/index.html; exit 0 when every check passes or is a registered "
+            "deviation, 1 when one fails or errors, 2 on bad input, 130 when interrupted.",
+            ["bnconform run                                  # default tier, every installed core framework",
+             "bnconform run --tier smoke --frameworks torch  # seconds",
+             "bnconform run --frameworks keras.jax -k 'f64 and not T2E'",
+             "bnconform run --frameworks torch --case f32-4x3-ax1-T2E-a0.1-eps1e-05-rstats-s0",
+             "bnconform run --save-baseline main   # later: --compare-baseline main"]),
+    "report": ("Render results (directories, records.jsonl files, or trees of them) into one self-contained "
+               "HTML file, merging them (e.g. the reports/results/<env>/ that tox envs wrote).",
+               ["bnconform report reports/results --out reports/index.html"]),
+    "diff": ("Compare two result sets (two framework versions, or a run and the same run with another "
+             "registry): regressions, newly registered deviations, fixes, drift, convention changes. Exit 1 "
+             "when the gate fails: always on regressions (checks that fail or error in NEW and did not in OLD).",
+             ["bnconform diff reports/upgrade/upgrade-jax-old reports/upgrade/upgrade-jax-new --html diff.html",
+              "bnconform diff OLD NEW --fail-on drift:10x --fail-on convention"]),
+    "port": ("Map BatchNorm hyperparameters from one framework to another, say what no hyperparameter "
+             "removes (with its size on a demo problem) and print a runnable snippet for the target.",
+             ["bnconform port --from torch --to keras", "bnconform port --from keras --to torch --momentum 0.99"]),
+    "conventions": ("Run the discriminating cases on every installed adapter and print the convention each "
+                    "declares next to the one its outputs imply.",
+                    ["bnconform conventions --frameworks torch,keras.*"]),
+    "export": ("Write a tier's cases (inputs, expected configuration) and a runner for an outside runtime "
+               "(TensorFlow.js under Node, MATLAB) into a folder; run it there, then `bnconform import` the folder.",
+               ["bnconform export --runner node --tier smoke --out /tmp/tfjs",
+                "bnconform import /tmp/tfjs --out reports"]),
+    "import": ("Validate an exported folder's observations (after its runner ran) and turn them into results and "
+               "the report, exactly as for an in-process adapter.",
+               ["bnconform import /tmp/tfjs --out reports"]),
+    "cases": ("List the case table of a tier: id, tier, what the case discriminates.",
+              ["bnconform cases --tier smoke"]),
+    "oracle": ("Print the oracle's answer (torch's convention) for cases.",
+               ["bnconform oracle f32-4x3-ax1-T2E-a0.1-eps1e-05-rstats-s0"]),
+}
+TIERS_HELP = ("tiers: smoke (seconds: one case per knob), default (the CI matrix: every convention knob with a "
+              "discriminating case, minutes), nightly (larger shapes, more seeds; not in CI)")
+
+
+def _version_text() -> str:
+    """bnconform's version and where it runs from, and the installed framework distributions (read from
+    package metadata: nothing is imported)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .install import ROOT, from_checkout
+
+    try:
+        own = version("bnconform")
+    except PackageNotFoundError:
+        own = "unknown"
+    where = f"checkout {ROOT}" if from_checkout() else "installed package"
+    lines = [f"bnconform {own} ({where}; Python {platform.python_version()})"]
+    found = []
+    for dist in ("numpy", "torch", "tensorflow", "tensorflow-cpu", "tf-keras", "keras", "jax", "jaxlib", "flax",
+                 "equinox", "dm-haiku", "onnx", "onnxruntime", "paddlepaddle", "mlx", "tinygrad", "mindspore"):
+        try:
+            found.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            continue
+    lines.append("frameworks: " + (", ".join(found) if found else "none installed"))
+    return "\n".join(lines)
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version_text())
+        parser.exit(0)
+
+
+def _first_ten_minutes(p: argparse.ArgumentParser, sub) -> None:
+    p.add_argument("--version", action=_VersionAction,
+                   help="print bnconform's version and the installed frameworks' versions, then exit")
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = ("start with:\n  bnconform run --tier smoke      # seconds: is everything installed and sane?\n"
+                "  bnconform run                   # the default tier; the report: reports/index.html\n"
+                "  bnconform COMMAND --help        # each command's options and examples\n" + TIERS_HELP)
+    sub.required = False
+    for name, parser in sub.choices.items():
+        text, examples = DESCRIPTIONS.get(name, ("", []))
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        if text:
+            parser.description = text
+        if examples:
+            parser.epilog = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+    run = sub.choices["run"]
+    run.epilog += "\n" + TIERS_HELP
+    run.add_argument("-k", dest="keyword", metavar="EXPR",
+                     help="only the cases whose id matches EXPR: words are substrings (globs with * ? [), "
+                          "combined with and, or, not, e.g. -k 'f64 and not T2E'")
+    run.add_argument("--case", action="append", metavar="ID",
+                     help="exactly this case (any tier; repeatable); `bnconform cases` lists the ids")
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:  # a bare `bnconform`: the help, not an error
+            parser.print_help()
+            return 0
         return args.func(args)
     except UsageError as e:
         print(str(e), file=sys.stderr)

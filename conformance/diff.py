@@ -1,7 +1,9 @@
 """Compare two result sets (an OLD and a NEW run, e.g. two versions of a framework) and say what changed.
 
 Categories, per check (adapter, case, quantity):
-  regressions   passed (pass / xpass) before, fails or errors now
+  regressions   fails or errors now and did not before, whatever it was (pass, xfail, skip, characterized, or
+                not run at all): a failure in NEW can never pass the gate unnoticed, e.g. an xfail that became
+                a fail because NEW ran with another (or an emptied) registry
   registered    passed before, fails now as a registered deviation (xfail): a behaviour change that the
                 registry accepts (an entry whose `versions` cover NEW), listed but not gated on by default
   fixes         failed, errored or was a registered deviation before, passes now
@@ -11,7 +13,8 @@ Categories, per check (adapter, case, quantity):
                 the runs' metadata)
   new, missing  checks only in one of the runs
   other         any other verdict change (skip -> pass, xfail -> error, ...)
-plus the environment (framework versions, and any other installed package) that changed. Every change carries a
+plus the environment (framework versions, and any other installed package) that changed, and the context
+that explains many changes at once: the two runs' selections, tiers and registries (`Diff.context`). Every change carries a
 sentence saying what changed in words (verdicts, error/bound ratios, the registry entry, a skip's reason);
 `summarize()` groups them per adapter and cause ("32 checks ... registered deviation X ..."). `gate()` turns
 the categories a user asks for into reasons to fail (the exit status of `bnconform diff` in CI).
@@ -58,6 +61,7 @@ class Diff:
     packages: list[tuple[str, str, str]] = field(default_factory=list)  # other installed packages that differ
     declared: list[tuple[str, str, str, str]] = field(default_factory=list)  # (adapter, knob, old, new)
     counts: dict[str, dict[str, int]] = field(default_factory=dict)  # "old"/"new" -> verdict -> count
+    context: list[str] = field(default_factory=list)  # how the runs differ: selection, tier, registry
 
     def of(self, category: str) -> list[Change]:
         return [c for c in self.changes if c.category == category]
@@ -161,12 +165,58 @@ def diff(old, new, drift_factor: float = 10.0, drift_floor: float = 1e-3) -> Dif
     if oi and ni:  # both runs list their packages (a baseline does not)
         d.packages = [(k, oi.get(k, "—"), ni.get(k, "—")) for k in sorted(set(oi) | set(ni))
                       if oi.get(k) != ni.get(k) and k not in shown]
+    d.context = _context(old, new)
     od, nd = _declared(old.metas), _declared(new.metas)
     for name in sorted(set(od) & set(nd)):
         for knob in sorted(set(od[name]) | set(nd[name])):
             if od[name].get(knob) != nd[name].get(knob):
                 d.declared.append((name, knob, str(od[name].get(knob)), str(nd[name].get(knob))))
     return d
+
+
+def _flag(metas, key: str) -> str:
+    vals = sorted({str(m.get(key) if key in m else (m.get("flags") or {}).get(key)) for m in metas} - {"None"})
+    return ", ".join(vals)
+
+
+def _entries(records) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in records:
+        if r.get("registry"):
+            out[r["registry"]["id"]] = out.get(r["registry"]["id"], 0) + 1
+    return out
+
+
+def _names(ids: dict[str, int], limit: int = 4) -> str:
+    names = sorted(ids)
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _context(old, new) -> list[str]:
+    """Sentences on how the two runs differ besides the frameworks: what was selected, the tier, the registry."""
+    out = []
+    for key, what in (("selection", "selection"), ("tier", "tier")):
+        a, b = _flag(old.metas, key), _flag(new.metas, key)
+        if a and b and a != b:
+            out.append(f"the {what} differs: OLD {a!r}, NEW {b!r}")
+    oa, na = {r["adapter"] for r in old.records}, {r["adapter"] for r in new.records}
+    if oa - na:
+        out.append(f"adapters only in OLD: {', '.join(sorted(oa - na))}")
+    if na - oa:
+        out.append(f"adapters only in NEW: {', '.join(sorted(na - oa))}")
+    a, b = _flag(old.metas, "registry"), _flag(new.metas, "registry")
+    if a != b:
+        out.append(f"the registry differs: OLD {a or 'the bundled one'}, NEW {b or 'the bundled one'}")
+    oe, ne = _entries(old.records), _entries(new.records)
+    gone = {k: v for k, v in oe.items() if k not in ne}
+    added = {k: v for k, v in ne.items() if k not in oe}
+    if gone:
+        out.append(f"{len(gone)} registry entr{'y' if len(gone) == 1 else 'ies'} matched {sum(gone.values())} checks "
+                   f"in OLD and none in NEW: {_names(gone)}")
+    if added:
+        out.append(f"{len(added)} registry entr{'y' if len(added) == 1 else 'ies'} matched {sum(added.values())} "
+                   f"checks in NEW and none in OLD: {_names(added)}")
+    return out
 
 
 def _why(rec) -> str:
@@ -188,11 +238,22 @@ def _classify(o: dict | None, n: dict | None, drift_factor: float, drift_floor: 
     after = n and _phrase(n["verdict"], ch.new_ratio, ch.new_note)
     if o is None:
         ch.category, ch.sentence = "new", f"new check: {after}"
+        if n["verdict"] in FAILING:  # not in OLD and failing: a regression all the same
+            ch.category, ch.detail = "regression", (n.get("diagnosis") or {}).get("summary") or ""
+            ch.sentence = f"new check (not run in OLD), {n['verdict']} in {nv}: {after}" + _why(n)
     elif n is None:
         ch.category, ch.sentence = "missing", f"no longer run (was {before})"
-    elif o["verdict"] in PASSING and n["verdict"] in FAILING:
+    elif n["verdict"] in FAILING and o["verdict"] not in FAILING:
         ch.category, ch.detail = "regression", (n.get("diagnosis") or {}).get("summary") or ""
-        ch.sentence = f"passed in {ov}, {n['verdict']} in {nv}: {before} -> {after}" + _why(n)
+        if o["verdict"] in PASSING:
+            ch.sentence = f"passed in {ov}, {n['verdict']} in {nv}: {before} -> {after}" + _why(n)
+        else:
+            ch.entry = o.get("registry")
+            was = (f"the registered deviation {ch.entry['id']} ({before})" if o["verdict"] == "xfail" and ch.entry
+                   else before)
+            ch.sentence = f"was {was} in {ov}, {n['verdict']} in {nv}: {after}" + _why(n)
+            if o["verdict"] == "xfail" and not n.get("registry"):
+                ch.sentence += "; no registry entry matched it in NEW"
     elif o["verdict"] in PASSING and n["verdict"] == "xfail":
         ch.category, ch.entry = "registered", n.get("registry")
         ch.sentence = (f"passed in {ov} ({before}); in {nv} it fails as the registered deviation "
@@ -242,6 +303,7 @@ def _convention_changes(before: dict, after: dict) -> list[Change]:
     return changes
 
 
+REGRESSION_MEANS = "a regression is a check that fails or errors in NEW and did not in OLD"
 GATES = ("regression", "registered", "fix", "drift", "convention", "new", "missing", "other")
 _NOUNS = {"registered": ("newly registered deviation", "newly registered deviations"), "fix": ("fix", "fixes")}
 
@@ -344,6 +406,8 @@ def _group_key(c: Change) -> tuple:
                 c.old_note if c.old == "skip" else "")
     if c.category == "convention":
         return (c.category, c.adapter, c.check_id)
+    if c.category == "regression":
+        return (c.category, c.adapter, "pass" if c.old in PASSING else c.old, entry, c.new)
     return (c.category, c.adapter, entry, c.new)
 
 
@@ -363,7 +427,11 @@ def summarize(d: Diff) -> list[Group]:
         g.detail, g.link = entry.get("reason", ""), entry.get("link", "")
         if g.category == "regression":
             g.detail = first.detail
-            g.sentence = f"{checks} passed in {ov} and {first.new} in {nv}: {_where(cs)}{_ratios(cs)}"
+            was = {None: "were not run", "pass": "passed", "xpass": "passed", "skip": "were skipped"}.get(
+                first.old, f"were {first.old}" + (f" (registered deviation {entry['id']})" if entry.get("id") else ""))
+            g.sentence = f"{checks} {was} in {ov} and {first.new} in {nv}: {_where(cs)}{_ratios(cs)}"
+            if first.old == "xfail" and entry.get("id"):
+                g.detail = g.detail or f"registry entry {entry['id']} no longer applies in NEW"
         elif g.category == "registered":
             g.sentence = (f"{checks} passed in {ov} and fail in {nv} as the registered deviation "
                           f"{entry.get('id', '?')}: {_where(cs)}{_ratios(cs)}")

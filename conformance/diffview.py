@@ -17,7 +17,8 @@ from . import results
 from .diff import Diff, summarize
 
 CATEGORIES = (
-    ("regression", "Regressions", "passed in OLD, fail or error in NEW"),
+    ("regression", "Regressions", "fail or error in NEW and did not in OLD (whatever they were: passing, "
+                                  "a registered deviation, skipped, not run)"),
     ("registered", "Newly registered deviations",
      "passed in OLD, fail in NEW as a registered known deviation (xfail): a change the registry accepts"),
     ("fix", "Fixes", "failed, errored or was a registered deviation in OLD, passes in NEW"),
@@ -35,9 +36,12 @@ def summary_line(d: Diff) -> str:
     return ", ".join(parts) if parts else "no differences"
 
 
-def print_terminal(d: Diff, console, limit: int = 25) -> None:
+def print_terminal(d: Diff, console, limit: int = 25, page: str | None = None) -> None:
+    """The diff on a terminal; `page`: where the HTML page with every change is (None: none is written)."""
     from rich.table import Table
 
+    for line in d.context:
+        console.print(f"note: {line}", highlight=False, markup=False)
     if d.environment:
         t = Table(title="Environment", title_justify="left")
         for c in ("package", "OLD", "NEW"):
@@ -70,7 +74,8 @@ def print_terminal(d: Diff, console, limit: int = 25) -> None:
         for c in items[:limit]:
             t.add_row(c.adapter, c.case, c.quantity, c.sentence)
         if len(items) > limit:
-            t.add_row("…", f"{len(items) - limit} more (see the HTML page)", "", "")
+            t.add_row("…", f"{len(items) - limit} more " + (f"(all in {page})" if page else
+                                                             "(--html PAGE lists all)"), "", "")
         console.print(t)
     if d.declared:
         t = Table(title="Declared conventions that changed", title_justify="left")
@@ -91,7 +96,7 @@ def render_html(d: Diff, old_label: str, new_label: str, gate_reasons: list[str]
     return env.get_template("diff.html.j2").render(
         title=title, old=old_label, new=new_label, summary=summary_line(d), sections=sections,
         groups=summarize(d), titles=titles, packages=d.packages,
-        environment=d.environment, declared=d.declared, gate=gate_reasons, counts=d.counts,
+        environment=d.environment, declared=d.declared, gate=gate_reasons, counts=d.counts, context=d.context,
         verdicts=("pass", "fail", "error", "xfail", "xpass", "characterized", "skip"))
 
 
@@ -117,13 +122,16 @@ def baseline_json(rs, name: str) -> str:
         entry = {k: r.get(k) for k in KEPT}
         ratio = (r.get("metrics") or {}).get("ratio")
         entry["ratio"] = ratio
+        if r.get("registry"):  # which entry matched: a diff states registry differences between the runs
+            entry["registry"] = {k: r["registry"].get(k) for k in ("id", "reason", "link")}
         ev = r.get("evidence")
         if ev and ev.get("knob"):
             entry["evidence"] = {"knob": ev["knob"], "inferred": ev.get("inferred")}
         checks.append(entry)
     doc = {"baseline_schema": BASELINE_SCHEMA, "name": name, "created": datetime.now(timezone.utc).isoformat(),
            "input_checksum": meta.get("input_checksum"), "tier": meta.get("tier"),
-           "versions": meta.get("versions", {}), "checks": checks}
+           "versions": meta.get("versions", {}), "selection": meta.get("selection"),
+           "registry": (meta.get("flags") or {}).get("registry"), "checks": checks}
     return json.dumps(results.sanitize(doc), indent=0, sort_keys=True) + "\n"
 
 
@@ -143,7 +151,8 @@ def load_baseline(path: Path) -> Baseline:
         rec["metrics"] = None if c.get("ratio") is None else {"ratio": c["ratio"]}
         rec["evidence"] = c.get("evidence")
         records.append(rec)
-    meta = {"input_checksum": doc.get("input_checksum"), "versions": doc.get("versions", {}), "tier": doc.get("tier")}
+    meta = {"input_checksum": doc.get("input_checksum"), "versions": doc.get("versions", {}), "tier": doc.get("tier"),
+            "selection": doc.get("selection"), "flags": {"registry": doc.get("registry")}}
     return Baseline(records, [meta], sources=[str(path)])
 
 

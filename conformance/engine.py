@@ -114,6 +114,19 @@ def _sample(name: str, arr: np.ndarray) -> list[float]:
     return [float(v) if np.isfinite(v) else repr(float(v)) for v in np.asarray(flat).reshape(-1)[:16]]
 
 
+STEPPED = ("running_mean", "running_var")  # per step, channel 0: the report's running-statistics plot
+MAX_STEPS = 64
+
+
+def _steps(name: str, expected: np.ndarray, observed: np.ndarray) -> dict | None:
+    """Channel 0 of a running statistic after every step of a multi-step case (None otherwise)."""
+    e, o = np.asarray(expected, dtype=np.float64), np.asarray(observed, dtype=np.float64)
+    if name not in STEPPED or e.ndim != 2 or e.shape[0] < 2 or o.shape != e.shape:
+        return None
+    pick = lambda a: [float(v) if np.isfinite(v) else repr(float(v)) for v in a[:MAX_STEPS, 0]]  # noqa: E731
+    return {"expected": pick(e), "observed": pick(o)}
+
+
 def records_for(adapter, case: Case, verdict: str, reason: str, version: str = "", device: str = "",
                 message: str = "", path: str | None = None) -> list[dict]:
     """The same verdict for every quantity of a case (skips, errors, registry skips)."""
@@ -216,6 +229,9 @@ class _Context:
         rec["metrics"] = cmp.as_dict()
         rec["tolerance"] = {"formula": bound.formula, **bound.params, "ill_posed": bound.ill_posed}
         rec["values"] = {"expected": _sample(q, trace[q]), "observed": _sample(q, obs.values[q])}
+        steps = _steps(q, trace[q], obs.values[q])
+        if steps:
+            rec["values"]["steps"] = steps
         rec["channel_stats"] = _channel_stats(trace, problem, cmp)
         characterization = f"characterization case: {case.note}" if case.characterize else bound.ill_posed
         rec["characterization"] = characterization

@@ -7,6 +7,18 @@ def _g(v) -> str:
     return f"{v:.6g}" if isinstance(v, (int, float)) else str(v)
 
 
+def _full(v) -> str:
+    """Every digit: values that differ in the 9th digit must not print alike."""
+    return repr(float(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def _error(m: dict):
+    try:
+        return abs(float(m["observed"]) - float(m["expected"]))
+    except (TypeError, ValueError, KeyError):
+        return "?"
+
+
 def failure(rec: dict, case) -> str:
     m, tol = rec["metrics"] or {}, rec["tolerance"] or {}
     verdict = rec["verdict"]
@@ -23,12 +35,13 @@ def failure(rec: dict, case) -> str:
         total = max(m.get("total", 0), 1)
         lines += [
             f"  Mismatched elements: {m['mismatched']} / {m['total']} ({100.0 * m['mismatched'] / total:.1f}%)",
-            f"  Greatest absolute difference: {_g(m['max_abs'])} at index {tuple(m['worst_index'] or ())} "
-            f"(up to {_g(m['allowed'])} allowed there)",
+            f"  Observed/bound ratio: {_g(m['ratio'])} (a check passes at <= 1)",
+            f"  Worst element (largest error/bound) at index {tuple(m['worst_index'] or ())}: observed "
+            f"{_full(m['observed'])}, expected {_full(m['expected'])}, error {_full(_error(m))}, allowed "
+            f"{_full(m['allowed'])}",
+            f"  Greatest absolute difference: {_full(m['max_abs'])}",
             f"  Greatest relative difference: {_g(m['max_rel'])}",
             f"  Greatest difference in ulp ({rec['dtype']}): {_g(m['max_ulp'])}",
-            f"  Observed/bound ratio: {_g(m['ratio'])} (a check passes at <= 1)",
-            f"  At the worst element: observed {_g(m['observed'])}, expected {_g(m['expected'])}",
         ]
     cs = rec.get("channel_stats")
     if cs:
@@ -50,9 +63,9 @@ def failure(rec: dict, case) -> str:
     d = rec.get("diagnosis")
     if d:
         lines.append(f"  Diagnosis: {d.get('summary', d)}")
-    if rec.get("repro"):
-        lines.append("  Reproduce (paste into Python):")
-        lines += ["    " + ln for ln in rec["repro"].splitlines()]
+    if rec.get("repro"):  # flush-left, so that it pastes; it prints the verdict, error, bound and ratio
+        lines.append("  Reproduce (paste into Python started in the repository root):")
+        lines += rec["repro"].splitlines()
     if rec.get("nodeid"):
         lines.append(f"  pytest node: {rec['nodeid']}")
     return "\n".join(lines)

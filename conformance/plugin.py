@@ -99,6 +99,7 @@ def pytest_generate_tests(metafunc):
     from . import paths as paths_mod
     from .cases import case_by_id, cases_for_tier
     from .engine import applicable
+    from .install import hint as install_hint
 
     config = metafunc.config
     tier = config.getoption("--bn-tier")
@@ -113,7 +114,8 @@ def pytest_generate_tests(metafunc):
     for s in selection:
         missing = s.missing()
         if missing:
-            params.append(pytest.param(("missing", s.name, f"{', '.join(missing)} not installed; {s.install}"),
+            why = f"{', '.join(missing)} not installed; {install_hint(s.install)}"
+            params.append(pytest.param(("missing", s.name, why),
                                        id=f"{s.name}/not-installed"))
             continue
         for item in paths_mod.items(declared[s.name], config.getoption("--bn-paths"), tier, cases):
@@ -251,8 +253,8 @@ class BNSession:
 
     def _driving(self, adapter: str) -> bool:
         """Whether a thread that may still deliver this adapter's records is alive (in-process: always)."""
-        threads = [t for pool in self.pools for run, t in zip(pool.runs, pool.threads) if run.adapter_name == adapter]
-        return not threads or any(t.is_alive() for t in threads)
+        pools = [pool for pool in self.pools if any(run.adapter_name == adapter for run in pool.runs)]
+        return not pools or any(pool.delivering(adapter) for pool in pools)
 
     def close(self) -> None:
         for pool in self.pools:
@@ -345,7 +347,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if bn.stale is None:
         tr.write_line("stale registry entries: not checked (the selection ran only part of the collected checks)")
     for e in bn.stale or []:
-        tr.write_line(f"stale registry entry {e.id} ({e.source}): matched no check. {e.reason}")
+        tr.write_line(f"stale registry entry {e.id} ({e.source}): covers checks of this session but matched none "
+                      f"(another entry matched them first). {e.reason}")
     if bn.results_path:
         tr.write_line(f"results written to {bn.results_path}")
 
@@ -359,7 +362,9 @@ def _stale(bn):
         if r.get("registry"):
             hits[r["registry"]["id"]] = hits.get(r["registry"]["id"], 0) + 1
     selected = {adapter: next(iter(vers.values()), "0") for adapter, vers in bn.versions.items()}
-    return bn.registry.stale(selected, hits, _paths_run(bn.records.values()))
+    from .runner import evaluated
+
+    return bn.registry.stale(selected, hits, _paths_run(bn.records.values()), evaluated(bn.records.values()))
 
 
 def _paths_run(records) -> dict[str, set[str]]:
@@ -393,7 +398,9 @@ def _stale_merged(bn, path):
     for r in records:
         if r.get("registry"):
             hits[r["registry"]["id"]] = hits.get(r["registry"]["id"], 0) + 1
-    return bn.registry.stale(adapters, hits, _paths_run(records))
+    from .runner import evaluated
+
+    return bn.registry.stale(adapters, hits, _paths_run(records), evaluated(records))
 
 
 def _flags(config) -> dict:

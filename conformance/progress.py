@@ -115,5 +115,27 @@ class PlainProgress(_Base):
                       f"{_tally(self.counts[adapter])} ({took:.1f} s)")
 
 
+def console() -> Console:
+    """The terminal's width on a terminal; in logs and pipes $COLUMNS, else 160 (no wrapping at 80 columns)."""
+    import os
+
+    c = Console()
+    if c.is_terminal:
+        return c
+    try:
+        width = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        width = 0
+    return Console(width=width if width >= 40 else 160)
+
+
+def elapsed(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m < 60 else f"{m // 60} h {m % 60:02d} min"
+
+
 def make(console: Console):
     return RichProgress(console) if console.is_terminal else PlainProgress(console)

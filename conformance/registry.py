@@ -11,11 +11,14 @@
     reason = "why it deviates, in words a user understands"
     link = "https://github.com/..."         # upstream issue or source line ("" when none exists)
     action = "xfail"                        # xfail: run, expect the failure; skip: do not run (crash, hang)
+    model = { debias_hidden_init = "initial_stats" }  # optional: what the framework computes instead, as
+                                            # reference.Convention changes; `port` sizes the deviation with it
 
 A check matched by an xfail entry that fails is `xfail`; one that passes is `xpass` (the deviation is gone:
-remove the entry; `--strict` makes it fail). Entries that match no check of the selected adapters (on the paths
-that ran) are stale and reported; `--strict` fails on them too. An entry for a path that did not run is not
-stale: it was not checked.
+remove the entry; `--strict` makes it fail). An entry is stale when a check the run evaluated is one it
+covers (adapter, version, case, quantity, path) and yet the check did not carry it (another entry matched
+first): reported, and `--strict` fails on it. An entry none of whose checks the run evaluated (another tier,
+a path that did not run, a skipped case) is "not checked by this run", never stale.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from packaging.version import InvalidVersion, Version
 
 DEFAULT_DIR = Path(__file__).parent / "registry"
 REQUIRED = ("id", "adapter", "cases", "quantities", "reason", "action")
-OPTIONAL = ("versions", "link", "paths", "except_cases")
+OPTIONAL = ("versions", "link", "paths", "except_cases", "model")
 ACTIONS = ("xfail", "skip")
 
 
@@ -50,6 +53,7 @@ class Entry:
     paths: tuple[str, ...] = ("*",)  # execution paths it concerns (globs)
     except_cases: tuple[str, ...] = ()  # case ids it does not concern (globs)
     source: str = ""  # file it came from
+    model: dict = field(default_factory=dict, compare=False)  # Convention changes that reproduce it
     hits: int = field(default=0, compare=False)
 
     def applies_to(self, adapter: str, version: str) -> bool:
@@ -105,12 +109,21 @@ def _parse_entry(raw: dict, where: str, source: str) -> Entry:
             SpecifierSet(versions)
         except InvalidSpecifier:
             raise RegistryError(f"{where}: 'versions' = {versions!r} is not a PEP 440 specifier") from None
+    model = raw.get("model", {})
+    if not isinstance(model, dict):
+        raise RegistryError(f"{where}: 'model' must be a table of Convention knobs")
+    from reference import Convention
+
+    knobs = Convention().knobs()
+    bad = sorted(set(model) - set(knobs))
+    if bad:
+        raise RegistryError(f"{where}: 'model' names unknown Convention knob(s) {', '.join(bad)}")
     return Entry(id=raw["id"], adapter=raw["adapter"], cases=_as_globs(raw["cases"], where, "cases"),
                  quantities=_as_globs(raw["quantities"], where, "quantities"), reason=raw["reason"].strip(),
                  action=raw["action"], versions=versions, link=raw.get("link", ""),
                  paths=_as_globs(raw.get("paths", "*"), where, "paths"),
                  except_cases=_as_globs(raw["except_cases"], where, "except_cases") if "except_cases" in raw else (),
-                 source=source)
+                 source=source, model=model)
 
 
 class Registry:
@@ -163,15 +176,33 @@ class Registry:
         return next((e for e in self.entries if e.matches(adapter, version, case_id, quantity, path)), None)
 
     def stale(self, selected: dict[str, str], hits: dict[str, int] | None = None,
-              paths_run: dict[str, set[str]] | None = None) -> list[Entry]:
+              paths_run: dict[str, set[str]] | None = None,
+              checks: list[tuple] | None = None) -> list[Entry]:
         """Entries for a selected adapter (name -> version) that matched no check.
         `hits` overrides the in-process counters (counts merged from worker processes); `paths_run` (adapter ->
-        paths that ran; default: eager only) keeps an entry for a path that did not run from being called stale."""
+        paths that ran; default: eager only) keeps an entry for a path that did not run from being called stale.
+        With `checks` (the (adapter, case, quantity, path) the run evaluated), only entries covering one of them
+        count: the others were not checked by this run (`unchecked`)."""
+        covered = None if checks is None else self._covered(selected, checks)
         out = []
         for e in self.entries:
             relevant = any(e.applies_to(a, v) and any(e.on_path(p) for p in (paths_run or {}).get(a, {"eager"}))
                            for a, v in selected.items())
             count = hits.get(e.id, 0) if hits is not None else e.hits
-            if relevant and count == 0:
+            if relevant and count == 0 and (covered is None or e.id in covered):
                 out.append(e)
+        return out
+
+    def unchecked(self, selected: dict[str, str], checks: list[tuple[str, str, str]]) -> list[Entry]:
+        """Entries for a selected adapter none of whose checks the run evaluated (e.g. the smoke tier has no
+        float64 case for a float64 deviation): neither confirmed nor stale."""
+        covered = self._covered(selected, checks)
+        return [e for e in self.entries if e.id not in covered and any(e.applies_to(a, v) for a, v in selected.items())]
+
+    def _covered(self, selected: dict[str, str], checks) -> set[str]:
+        out: set[str] = set()
+        for adapter, case, quantity, *path in set(checks):
+            version = selected.get(adapter, "0")
+            out.update(e.id for e in self.entries
+                       if e.id not in out and e.matches(adapter, version, case, quantity, *(path or ["eager"])))
         return out

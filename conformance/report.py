@@ -4,16 +4,27 @@ and filtering; no network, no browser-side library), rendered with jinja2 from c
 `build` turns a ResultSet into the template's context (everything ordered deterministically: records by check
 id); `render` returns the HTML; `write` replaces the output file atomically, so a failed render leaves no
 partial report behind.
+
+The first screen leads with the why: the key findings (deviations grouped by cause, most severe first, each
+with its size and a link) and the convention differences between frameworks, then the matrix. What only a
+click shows (a finding's body, the table of every check, a case's values side by side) is rendered here as
+HTML too, but kept as gzip'd JSON inside the page (`<script type="application/octet-stream">`, base64) and
+inserted when opened (the browser's DecompressionStream; no library): the report of a default run over every
+adapter stays ~2 MB and opens at once. `expand(html)` inlines those parts again (tests, grep).
 """
 from __future__ import annotations
 
+import base64
+import gzip
 import hashlib
 import json
+import math
 import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import jinja2
+from markupsafe import Markup
 
 from reference import QUANTITIES
 
@@ -26,7 +37,11 @@ TEMPLATES = Path(__file__).parent / "templates"
 SEVERITY = ("error", "fail", "xpass", "xfail", "characterized", "pass", "skip")
 VERDICT_ORDER = ("pass", "fail", "error", "xfail", "xpass", "characterized", "skip")
 DETAILED = ("fail", "error", "xfail", "xpass", "characterized")
+FINDING_ORDER = ("fail", "error", "xpass", "xfail", "characterized")  # the findings' order: most severe first
 MAX_VALUES = 8
+KEY_FINDINGS = 8  # groups on the first screen
+KEY_TEXT = 150  # characters of a group's reason shown there
+LAZY = ("finding-list", "findings", "checks", "cross", "steps", "skips")  # the parts kept compressed in the page, inserted when opened
 
 
 def mode_of(case_id: str) -> str:
@@ -139,6 +154,7 @@ def _adapters(records, metas):
             "skips": sorted(((reason, sorted(items)) for reason, items in skips.items()), key=lambda t: -len(t[1])),
             "deviations": [{**d, "verdicts": sorted(d["verdicts"].items())} for _, d in sorted(deviations.items())],
             "planned": a.get("planned"), "done": len(recs), "paths": paths,
+            "warnings": a.get("warnings") or [], "log": a.get("log") or None,
         })
     known = {a["name"] for a in out}
     return out, [e for lst in stale.values() for e in lst], known
@@ -214,7 +230,7 @@ def _ordered(d: dict, keys, raw: bool = False) -> list[tuple[str, object]]:
 
 def _checks(records):
     rows, details = [], []
-    for r in records:
+    for r in records:  # records arrive ordered by check id; findings are sorted by severity below
         m = r.get("metrics") or {}
         ratio = results.number(m.get("ratio")) if m else None
         row = {"id": r["check_id"], "adapter": label(r), "path": r.get("path", "eager"), "case": r["case"],
@@ -227,8 +243,143 @@ def _checks(records):
                "registry": r.get("registry")}
         rows.append(row)
         if row["detailed"]:
-            details.append({**row, **_detail(r)})
+            details.append({**row, **_detail(r), "path": r.get("path") or "eager"})
+    details.sort(key=lambda d: (FINDING_ORDER.index(d["verdict"]), -d["ratio_sort"], d["id"]))
     return rows, details
+
+
+def _cause(r: dict) -> tuple[str, str, str]:
+    """(key, what, link) of a finding: its registry entry, else its diagnosis, else its reason."""
+    reg = r.get("registry") or {}
+    if reg.get("id"):
+        return "reg:" + reg["id"], f"{reg['id']}: {reg.get('reason', '')}", reg.get("link") or ""
+    diag = r.get("diagnosis")
+    summary = diag.get("summary") if isinstance(diag, dict) else (str(diag) if diag else "")
+    if summary:  # one group per explanation: the quantity it starts with and its ratios differ per check
+        general = re.sub(r"\s*\([^()]*\d[^()]*\)", "", summary)
+        general = general[len(r["quantity"]) + 1:] if general.startswith(r["quantity"] + " ") else general
+        return "diag:" + general, general, ""
+    reason = (r.get("characterization") or r.get("reason") or "").splitlines()
+    text = reason[0][:240] if reason else "outside the bound, no diagnosis fits"
+    if r["verdict"] == "error":
+        text = re.sub(r"0x[0-9a-f]+|\d+(\.\d+)? s\b", "…", text)  # group errors that differ in addresses/times
+    return "why:" + text, text, ""
+
+
+def _key_findings(records) -> list[dict]:
+    """Findings grouped by verdict and cause (one registry entry, diagnosis or error, whichever adapters it
+    concerns), most severe first, then most checks: the first screen."""
+    groups: dict[tuple, dict] = {}
+    for r in records:
+        if r["verdict"] not in DETAILED:
+            continue
+        key, what, link = _cause(r)
+        g = groups.setdefault((r["verdict"], key), {
+            "verdict": r["verdict"], "adapters": set(), "what": what, "link": link, "n": 0, "cases": set(),
+            "quantities": set(), "ratio": None, "anchor": anchor(r["check_id"]), "anchor_ratio": -2.0})
+        g["n"] += 1
+        g["adapters"].add(label(r))  # adapter@path off the eager path
+        g["cases"].add(r["case"])
+        g["quantities"].add(r["quantity"])
+        ratio = results.number((r.get("metrics") or {}).get("ratio"))
+        if ratio is not None and (g["ratio"] is None or ratio > g["ratio"]):
+            g["ratio"] = ratio
+        if (ratio if ratio is not None else -1.0) > g["anchor_ratio"]:  # link the largest of the group
+            g["anchor"], g["anchor_ratio"] = anchor(r["check_id"]), ratio if ratio is not None else -1.0
+    for g in groups.values():
+        g["adapter"] = ", ".join(sorted(g.pop("adapters")))
+    out = sorted(groups.values(), key=lambda g: (FINDING_ORDER.index(g["verdict"]), -g["n"],
+                                                 -(g["ratio"] or 0.0), g["adapter"], g["what"]))
+    for g in out:
+        g["full"] = g["what"]
+        if len(g["what"]) > KEY_TEXT:  # the first screen gets the gist; the finding has the whole reason
+            g["what"] = g["what"][:KEY_TEXT].rsplit(" ", 1)[0] + " …"
+        quantities = [q for q in QUANTITIES if q in g["quantities"]] + sorted(g["quantities"] - set(QUANTITIES))
+        size = (f"error/bound up to {fmt(g['ratio'], 3)}" if g["ratio"] is not None and math.isfinite(g["ratio"])
+                else "shape, dtype or NaN/Inf mismatch" if g["ratio"] is not None else "")
+        g["size"] = size
+        g["where"] = (f"{g['n']} check{'s' if g['n'] != 1 else ''}: {', '.join(quantities[:5])}"
+                      f"{', ...' if len(quantities) > 5 else ''} in {len(g['cases'])} case"
+                      f"{'s' if len(g['cases']) != 1 else ''}")
+        for k in ("cases", "quantities", "anchor_ratio"):
+            del g[k]
+    return out
+
+
+def _convention_differences(tables: list[dict]) -> list[dict]:
+    """Each framework whose own defaults give other numbers than the reference's, and why (the defaults-hazard
+    tables), and every declared convention the outputs contradict (the conventions table)."""
+    out = []
+    for t in tables:
+        cols = t["columns"]
+        if t["id"].startswith("defaults-") and "why it differs" in cols:
+            why_at = cols.index("why it differs")
+            sizes = [i for i, c in enumerate(cols) if c.startswith(("running_var[0]", "y[0]"))]
+            for row in t["rows"]:
+                why = row[why_at]["text"]
+                if why in ("reference", "same conventions"):
+                    continue
+                size = "; ".join(f"{cols[i]} {row[i]['text']}" for i in sizes if "%" in row[i]["text"])
+                out.append({"adapter": row[0]["text"], "why": why, "size": size, "anchor": t["anchor"]})
+        elif t["id"] == "conventions" and t.get("disagreements"):
+            out += [{"adapter": line.split(":", 1)[0], "why": line.split(":", 1)[1].strip(), "size": "declared "
+                     "≠ observed", "anchor": t["anchor"]} for line in t["disagreements"]]
+    return out
+
+
+def _ratio_plots(records) -> dict[str, Markup]:
+    """Per adapter: how its checks' error/bound ratios spread (checks with a ratio: pass, fail, xfail, ...)."""
+    by_adapter: dict[str, list[float]] = defaultdict(list)
+    for r in records:
+        ratio = results.number((r.get("metrics") or {}).get("ratio"))
+        if ratio is not None:
+            by_adapter[r["adapter"]].append(ratio)
+    return {a: svg.ratio_distribution(v) for a, v in by_adapter.items()}
+
+
+def _step_plots(records) -> list[dict]:
+    """Multi-step cases: each adapter's running statistic (channel 0) after every step, with the oracle's."""
+    by_case: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in records:
+        steps = (r.get("values") or {}).get("steps")
+        if steps:
+            by_case[(r["case"], r["quantity"])].append(r)
+    out = []
+    for (case_id, q), recs in sorted(by_case.items()):
+        recs.sort(key=label)
+        oracles: dict[tuple, list[str]] = {}
+        for r in recs:
+            oracles.setdefault(tuple(map(str, r["values"]["steps"]["expected"])), []).append(label(r))
+        series = [{"label": "oracle" if len(oracles) == 1 else f"oracle ({', '.join(who)})", "oracle": True,
+                   "values": [results.number(v) for v in exp]} for exp, who in oracles.items()]
+        series += [{"label": label(r), "oracle": False, "verdict": r["verdict"],
+                    "values": [results.number(v) for v in r["values"]["steps"]["observed"]]} for r in recs]
+        case = CASES.get(case_id)
+        out.append({"case": case_id, "quantity": q, "note": case.note if case else "",
+                    "svg": svg.step_lines(series, title=f"{q}[0] after each step")})
+    return out
+
+
+def _pack(obj) -> str:
+    """JSON, gzip'd (no timestamp: the same report bit for bit) and base64: compact data inside the page."""
+    raw = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return base64.b64encode(gzip.compress(raw, compresslevel=9, mtime=0)).decode("ascii")
+
+
+def unpack(text: str):
+    return json.loads(gzip.decompress(base64.b64decode(text)).decode("utf-8"))
+
+
+def expand(html: str) -> str:
+    """The report with its lazily inserted parts (finding bodies, the checks table, the cross-framework cases)
+    appended as plain HTML: what a reader sees after opening everything."""
+    parts = [html]
+    for name in LAZY:
+        m = re.search(rf'<script type="application/octet-stream" id="data-{re.escape(name)}">([^<]*)</script>', html)
+        if m:
+            data = unpack(m.group(1).strip())
+            parts += [data] if isinstance(data, str) else data.values() if isinstance(data, dict) else data
+    return "\n".join(parts)
 
 
 def _cross(records):
@@ -298,7 +449,8 @@ def _tables(tables):
     for t in tables:
         out.append({"id": str(t["id"]), "anchor": "t-" + re.sub(r"[^A-Za-z0-9_-]", "_", str(t["id"])),
                     "title": t["title"], "description": t.get("description", ""), "columns": t["columns"],
-                    "rows": [[_table_cell(c) for c in row] for row in t["rows"]]})
+                    "rows": [[_table_cell(c) for c in row] for row in t["rows"]],
+                    "disagreements": list(t.get("disagreements") or [])})
     return out
 
 
@@ -330,13 +482,21 @@ def build(rs: results.ResultSet) -> dict:
     rows, details = _checks(records)
     runs = _runs(rs.metas)
     interrupted = [r["run_id"] for r in runs if r["status"] not in ("complete", "")]
+    tables = _tables(_analysis_tables(rs))
+    ratio_plots = _ratio_plots(records)
+    for a in adapters:
+        a["ratio_plot"] = ratio_plots.get(a["name"], "")
     # the run's tier (a record's "tier" is its case's, and the default tier includes the smoke cases)
     tiers = sorted({r["tier"] for r in runs if r["tier"]}) or sorted({r.get("tier", "") for r in records})
     return {
         "title": "bnconform report",
         "counts": [(v, counts[v]) for v in VERDICT_ORDER],
         "total": len(records),
-        "status": "failing" if counts["fail"] or counts["error"] else "passing",
+        "status": ("failing" if counts["fail"] or counts["error"] else "incomplete" if interrupted else "passing"),
+        "key_findings": _key_findings(records)[:KEY_FINDINGS],
+        "n_key_findings": len(_key_findings(records)),
+        "conventions": _convention_differences(tables),
+        "step_plots": _step_plots(records),
         "n_adapters": len({r["adapter"] for r in records}),
         "n_cases": len({r["case"] for r in records}),
         "tiers": ", ".join(t for t in tiers if t),
@@ -350,7 +510,7 @@ def build(rs: results.ResultSet) -> dict:
         "runs": runs,
         "interrupted": interrupted,
         "warnings": rs.warnings,
-        "tables": _tables(_analysis_tables(rs)),
+        "tables": tables,
         "verdicts": VERDICT_ORDER,
         "modes": sorted({row["mode"] for row in rows}),
         "quantities": [q for q in QUANTITIES if any(row["quantity"] == q for row in rows)],
@@ -368,7 +528,19 @@ def _env() -> jinja2.Environment:
 
 
 def render(rs: results.ResultSet) -> str:
-    return _env().get_template("report.html.j2").render(**build(rs))
+    env = _env()
+    ctx = build(rs)
+    part = env.get_template("parts.html.j2").module
+    ctx["data"] = {
+        "findings": _pack({d["anchor"]: str(part.finding_body(d)) for d in ctx["details"]}),
+        "checks": _pack([str(part.check_row(c)) for c in ctx["checks"]]),
+        "cross": _pack({c["id"]: str(part.cross_case(c)) for c in ctx["cross"]}),
+        "steps": _pack([str(part.step_plot(p)) for p in ctx["step_plots"]]),
+        "finding-list": _pack(str(part.finding_list(ctx["details"]))),
+        "skips": _pack({f"{a['anchor']}-{i}": ", ".join(items) for a in ctx["adapters"]
+                        for i, (_, items) in enumerate(a["skips"], 1)}),
+    }
+    return env.get_template("report.html.j2").render(**ctx)
 
 
 def write(rs: results.ResultSet, path: str | Path) -> Path:

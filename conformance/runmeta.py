@@ -16,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 from .engine import SCHEMA_VERSION, applicable
+from .install import hint as install_hint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +82,8 @@ def adapter_info(spec, cases) -> dict:
     """An adapter's entry in meta.json: availability, install hint, declared convention, precision."""
     missing = spec.missing()
     info = {"name": spec.name, "family": spec.family, "available": not missing, "missing": missing,
-            "install": spec.install, "api": None, "framework": None, "version": None, "convention": None,
+            "install": install_hint(spec.install), "api": None, "framework": None, "version": None,
+            "convention": None,
             "source": None, "precision": {}, "planned": sum(len(applicable(c)) for c in cases)}
     if missing:
         return info

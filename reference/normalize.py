@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import blocked
+from . import blocked, fused
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,9 @@ def forward(x, gamma, beta, norm: Normalizer):
     r = reciprocal_std(norm.s2, norm.eps, norm.eps_placement)
     if not blocked.applies(x, gamma, beta, norm.m, r):
         return gamma * (x - norm.m) * r + beta
+    dims = fused.layout(x, _channel_axis(x, gamma, beta, norm.m, r), gamma, beta, norm.m, r)
+    if dims:  # one pass in a compiled kernel (reference/fused.py), the same bits
+        return fused.forward(x, gamma, beta, norm.m, r, dims)
     # A large array: the same operations in the same order, one cache-sized block at a time, in place in y
     # (reference/blocked.py), so the same bits without four x-sized temporaries.
     y = np.empty(x.shape)
@@ -79,6 +82,14 @@ def backward(x, dy, gamma, norm: Normalizer, axes: tuple[int, ...], n: int):
     """(dx, dgamma, dbeta) with dgamma/dbeta keeping the reduced axes (keepdims)."""
     dy = np.broadcast_to(dy, np.broadcast_shapes(np.shape(dy), np.shape(x)))
     r = reciprocal_std(norm.s2, norm.eps, norm.eps_placement)
+    operands = (gamma, norm.m, norm.mu, norm.s2, r)
+    kept = [k for k in range(x.ndim) if k not in axes]
+    dims = None
+    if len(kept) == 1 and dy.flags.c_contiguous and dy.dtype == np.float64 and dy.shape == np.shape(x):
+        axis = kept[0]
+        dims = fused.layout(x, axis, *operands)
+    if dims:  # two passes in compiled kernels (reference/fused.py), the same bits
+        return fused.backward(x, dy, gamma, norm, r, axis, n, dims)
     xm = x - norm.m
     dgamma = np.sum(dy * xm * r, axis=axes, keepdims=True)
     dbeta = np.sum(dy, axis=axes, keepdims=True)
@@ -89,3 +100,15 @@ def backward(x, dy, gamma, norm: Normalizer, axes: tuple[int, ...], n: int):
         rp = reciprocal_std_derivative(norm.s2, norm.eps, norm.eps_placement)
         dx = dx + gamma * rp * norm.c * (2.0 / n) * (x - norm.mu) * np.sum(dy * xm, axis=axes, keepdims=True)
     return dx, dgamma, dbeta
+
+
+def _channel_axis(x, *per_channel) -> int:
+    """The axis along which the per-channel operands (kept with keepdims) vary; 1 when none does (scalars, or
+    one channel)."""
+    for a in per_channel:
+        shape = np.shape(a)
+        if len(shape) == np.ndim(x):
+            varying = [k for k, n in enumerate(shape) if n != 1]
+            if len(varying) == 1:
+                return varying[0]
+    return 1 if np.ndim(x) > 1 else 0

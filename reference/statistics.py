@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import blocked
+from . import blocked, fused
 from .dtypes import round_to
 
 
@@ -28,10 +28,14 @@ def moments(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     Corrected two-pass (Chan, Golub & LeVeque 1983; Bjorck): the second pass subtracts the rounding error
     left in the mean, so the variance's relative error is ~n*u independent of the mean's magnitude.
     Works unchanged on complex input (complex-step differentiation passes through here). Large float64
-    arrays make the same three passes one cache-sized block at a time (`_moments_blocked`).
+    arrays make the same three passes in fused kernels (reference/fused.py, with numba: the same bits), or
+    else one cache-sized block at a time (`_moments_blocked`).
     """
     axes = reduce_axes(x.ndim, axis)
     n = x.size // x.shape[axis]
+    dims = fused.layout(x, axis)
+    if dims:
+        return fused.moments(x, axis, dims)
     if blocked.applies(x):
         return _moments_blocked(x, axis, axes, n)
     mean = np.mean(x, axis=axes)

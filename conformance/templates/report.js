@@ -4,6 +4,48 @@
   var $ = function (sel, root) { return (root || document).querySelector(sel); };
   var $$ = function (sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); };
 
+  /* -- lazy parts: finding bodies, the checks table, the cross-framework cases are gzip'd JSON in the page
+     (<script type="application/octet-stream" id="data-NAME">, base64), inserted when first opened */
+  var packs = {};
+  function unpack(name) {
+    if (!packs[name]) {
+      var el = document.getElementById("data-" + name);
+      if (!el) { packs[name] = Promise.resolve(null); }
+      else if (typeof DecompressionStream === "undefined") {
+        packs[name] = Promise.reject(new Error("this browser cannot decompress the report's data (DecompressionStream: Chrome 80+, Firefox 113+, Safari 16.4+)"));
+      } else {
+        var bin = atob(el.textContent.trim()), bytes = new Uint8Array(bin.length);
+        for (var i = 0; i < bin.length; i += 1) { bytes[i] = bin.charCodeAt(i); }
+        var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+        packs[name] = new Response(stream).text().then(JSON.parse);
+      }
+    }
+    return packs[name];
+  }
+  function fill(el, name, pick) {  /* el gets its HTML from data NAME once; returns a promise */
+    if (el.getAttribute("data-filled")) { return Promise.resolve(el); }
+    return unpack(name).then(function (data) {
+      if (!el.getAttribute("data-filled")) {
+        el.innerHTML = data ? pick(data) : "";
+        el.setAttribute("data-filled", "1");
+        bindCopy(el);
+      }
+      return el;
+    }, function (err) {
+      el.innerHTML = "<p class=\"banner warn\"></p>";
+      el.firstChild.textContent = String(err.message || err);
+    });
+  }
+  function fillFinding(d) {
+    return fill($(".body", d), "findings", function (m) { return m[d.id] || ""; });
+  }
+  function fillChecks() {
+    return fill($("#checks-table tbody"), "checks", function (rows) { return rows.join(""); });
+  }
+  function fillCase(div) {
+    return fill(div, "cross", function (m) { return m[div.getAttribute("data-case")] || ""; });
+  }
+
   /* -- sortable tables: click a header; cells may carry data-sort (numbers sort numerically) */
   function key(cell) {
     if (!cell) { return ""; }
@@ -66,7 +108,7 @@
       var k = keep(tr); tr.hidden = !k; total += 1; if (k) { shown += 1; }
     });
     var findings = $$("#findings > details.finding:not([hidden])").length;
-    fc.textContent = findings + " finding(s) and " + shown + " of " + total + " checks match";
+    fc.textContent = findings + " finding(s)" + (total ? " and " + shown + " of " + total + " checks match" : " match");
   }
   $$("#check-filters input, #check-filters select").forEach(function (el) {
     el.addEventListener("input", filterChecks); el.addEventListener("change", filterChecks);
@@ -81,9 +123,8 @@
       fm.value = tr.getAttribute("data-mode");
       fq.value = td.getAttribute("data-q") || "";
       $$("#check-filters input[name=verdict]").forEach(function (cb) { cb.checked = true; });
-      filterChecks();
       $("#all-checks").open = true;
-      $("#checks").scrollIntoView();
+      fillChecks().then(function () { filterChecks(); $("#all-checks").scrollIntoView(); });
     });
   });
 
@@ -91,24 +132,70 @@
   var xs = $("#xcase");
   if (xs) {
     xs.addEventListener("change", function () {
-      $$(".xcase").forEach(function (d) { d.hidden = d.getAttribute("data-case") !== xs.value; });
+      $$(".xcase").forEach(function (d) {
+        d.hidden = d.getAttribute("data-case") !== xs.value;
+        if (!d.hidden) { fillCase(d); }
+      });
     });
+    var first = $(".xcase:not([hidden])");
+    if (first && "IntersectionObserver" in window) {  /* the first case when the section comes into view */
+      var seen = new IntersectionObserver(function (entries) {
+        if (entries.some(function (e) { return e.isIntersecting; })) { seen.disconnect(); fillCase(first); }
+      });
+      seen.observe($("#cross"));
+    } else if (first) { fillCase(first); }
   }
+
+  /* -- the per-step plots when their section comes into view */
+  var plots = $("#steps .plots");
+  if (plots) {
+    var drawPlots = function () { fill(plots, "steps", function (figs) { return figs.join(""); }); };
+    if ("IntersectionObserver" in window) {
+      var watch = new IntersectionObserver(function (entries) {
+        if (entries.some(function (e) { return e.isIntersecting; })) { watch.disconnect(); drawPlots(); }
+      });
+      watch.observe(plots);
+    } else { drawPlots(); }
+  }
+
+  /* -- the findings' list is read from the page's data once the page is shown; opening a finding inserts its
+     body, opening a skip reason its checks */
+  var listed = fill($("#findings"), "finding-list", function (html) { return html; }).then(function () {
+    $$("#findings > details.finding").forEach(function (d) {
+      d.addEventListener("toggle", function () { if (d.open) { fillFinding(d); } });
+    });
+    if (fc) { filterChecks(); }
+  });
+  $$("details.lazy-ids").forEach(function (d) {
+    d.addEventListener("toggle", function () {
+      var div = $(".ids", d);
+      if (d.open) { fill(div, "skips", function (m) { return escapeHtml(m[div.getAttribute("data-key")] || ""); }); }
+    });
+  });
+  function escapeHtml(text) { var p = document.createElement("p"); p.textContent = text; return p.innerHTML; }
+  var all = $("#all-checks");
+  if (all) { all.addEventListener("toggle", function () { if (all.open) { fillChecks().then(filterChecks); } }); }
 
   /* -- links to a finding open it */
   function openTarget() {
     var id = decodeURIComponent(location.hash.slice(1));
     var el = id && document.getElementById(id);
-    if (el && el.tagName === "DETAILS") { el.hidden = false; el.open = true; el.scrollIntoView(); }
+    if (el && el.tagName === "DETAILS") {
+      el.hidden = false; el.open = true;
+      fillFinding(el).then(function () { el.scrollIntoView(); });
+      el.scrollIntoView();
+    }
   }
-  window.addEventListener("hashchange", openTarget);
-  openTarget();
+  window.addEventListener("hashchange", function () { listed.then(openTarget); });
+  listed.then(openTarget);
 
-  /* -- copy a repro snippet */
-  $$("button.copy").forEach(function (b) {
-    b.addEventListener("click", function () {
-      var text = document.getElementById(b.getAttribute("data-for")).textContent;
-      if (navigator.clipboard) { navigator.clipboard.writeText(text).then(function () { b.textContent = "copied"; }); }
+  /* -- copy a repro snippet (bound as finding bodies are inserted) */
+  function bindCopy(root) {
+    $$("button.copy", root).forEach(function (b) {
+      b.addEventListener("click", function () {
+        var text = document.getElementById(b.getAttribute("data-for")).textContent;
+        if (navigator.clipboard) { navigator.clipboard.writeText(text).then(function () { b.textContent = "copied"; }); }
+      });
     });
-  });
+  }
 })();

@@ -13,7 +13,8 @@ import threading
 import numpy as np
 import pytest
 
-from adapters import load, select
+from adapters import load
+from conformance.catalogue import select
 from conformance import tolerance
 from conformance.inputs import materialize
 from conformance.port import port, port_case
@@ -44,7 +45,7 @@ def _port(source, target):
     conv = load(source).convention
     momentum = conv.canonical_to_native(0.1) if conv.default_momentum is None else None
     eps = 1e-5 if conv.default_eps is None else None
-    return port(source, target, momentum=momentum, eps=eps)
+    return port(source, target, momentum=momentum, eps=eps, layout="channels_first", snippet=False)
 
 
 def _source_case(name):

@@ -6,6 +6,11 @@ conformance.catalogue), so the runner and the pytest plugin drive them in worker
   fake.killer          the oracle, except that on the case named by BNCONFORM_FAKE_KILL it SIGKILLs its own
                        process, and on the case named by BNCONFORM_FAKE_HANG it sleeps forever
   fake.absent          needs a module that does not exist: "not installed", skipped with its install hint
+  fake.family.oracle, fake.family.killer
+                       the oracle and the killer sharing one worker process (process "fake-family"); each
+                       writes the pid it was set up in to $BNCONFORM_FAKE_PIDS/<name>.<pid> when that is set
+  fake.noisy           the oracle, logging like a framework: C-level lines on stderr and stdout at import and
+                       on every case, and a FutureWarning per case
   torch.nn.BatchNorm[misdeclared]  the real torch module declared with a biased running variance: real
                        failures from a real framework
 """
@@ -33,6 +38,33 @@ class SelfKilling(OracleAdapter):
         return super().run(p)
 
 
+class FamilyMember(SelfKilling):
+    """Kills or hangs on the named cases only when its name ends in "killer"; records where it was set up."""
+
+    def setup(self):
+        where = os.environ.get("BNCONFORM_FAKE_PIDS")
+        if where:
+            open(os.path.join(where, f"{self.name}.{os.getpid()}"), "w").close()
+
+    def run(self, p):
+        return super().run(p) if self.name.endswith("killer") else OracleAdapter.run(self, p)
+
+
+class Noisy(OracleAdapter):
+    NOISE = "I0000 00:00:1 port.cc:153] oneDNN custom operations are on (fake framework log line)"
+
+    def setup(self):
+        os.write(2, (self.NOISE + "\n").encode())  # below Python, as TensorFlow's C++ logging writes
+        super().setup()
+
+    def run(self, p):
+        import warnings
+
+        os.write(1, b"fake framework: a line on stdout\n")
+        warnings.warn("fake.noisy: this argument is deprecated", FutureWarning, stacklevel=1)
+        return super().run(p)
+
+
 class MisdeclaredTorch(TorchModule):
     """The real module with a wrong declaration (biased running variance): its checks fail for real."""
 
@@ -46,8 +78,13 @@ SPECS = (
     AdapterSpec("fake.wrong_var", HERE, "OracleAdapter", ("numpy",), _NUMPY, "fake",
                 {"name": "fake.wrong_var", "scale_running_var": 1.5}, False),
     AdapterSpec("fake.killer", HERE, "SelfKilling", ("numpy",), _NUMPY, "fake", {"name": "fake.killer"}, False),
+    AdapterSpec("fake.noisy", HERE, "Noisy", ("numpy",), _NUMPY, "fake", {"name": "fake.noisy"}, False),
     AdapterSpec("fake.absent", HERE, "OracleAdapter", ("bnconform_no_such_framework",),
                 "pip install bnconform-no-such-framework", "fake", {"name": "fake.absent"}, False),
+    AdapterSpec("fake.family.oracle", HERE, "FamilyMember", ("numpy",), _NUMPY, "fake", {"name": "fake.family.oracle"},
+                False, process="fake-family"),
+    AdapterSpec("fake.family.killer", HERE, "FamilyMember", ("numpy",), _NUMPY, "fake", {"name": "fake.family.killer"},
+                False, process="fake-family"),
     AdapterSpec("torch.nn.BatchNorm[misdeclared]", HERE, "MisdeclaredTorch", ("torch",),
                 'pip install "bnconform[torch]"', "fake", {}, False),
 )

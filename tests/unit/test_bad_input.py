@@ -158,15 +158,23 @@ def negative_jobs(good, tmp):
     return ["run", "--frameworks", "fake.oracle", "--jobs", "-1", "--out", tmp / "out"], "--jobs must be >= 0"
 
 
-def no_subcommand(good, tmp):
-    return [], "the following arguments are required: command"
+def unknown_case(good, tmp):
+    return ["run", "--frameworks", "fake.oracle", "--case", "no-such-case", "--out", tmp / "out"], "no case with id"
+
+
+def bad_keyword(good, tmp):
+    return ["run", "--frameworks", "fake.oracle", "-k", "f64 and (", "--out", tmp / "out"], "-k 'f64 and ('"
+
+
+def keyword_matching_nothing(good, tmp):
+    return ["run", "--frameworks", "fake.oracle", "-k", "no-such-text", "--out", tmp / "out"], "matches no case"
 
 
 CORPUS = [corrupt_line, not_utf8, missing_file, unreadable_dir_entry, wrong_schema_version, wrong_meta_schema_version,
           mixed_schema_versions, mismatched_checksums, empty_file, empty_dir, not_a_record, unknown_verdict,
           bad_analysis, report_out_not_writable, report_out_is_a_directory, run_out_not_writable, unknown_framework,
           unknown_tier, nothing_installed, registry_syntax_error, registry_missing_reason, negative_jobs,
-          no_subcommand]
+          unknown_case, bad_keyword, keyword_matching_nothing]
 
 
 @pytest.mark.parametrize("make", CORPUS, ids=[f.__name__ for f in CORPUS])

@@ -146,6 +146,11 @@ def test_baseline_saved_then_gated(tmp_path):
     wrong = bnconform("run", "--frameworks", "fake.wrong_var", "--tier", "smoke", "--out", out, "--no-report",
                       "--compare-baseline", "main")
     assert wrong.returncode == 1 and "new check" in wrong.stdout  # other adapter: its checks are new ones
+    # its failing new checks are regressions (not in OLD, failing in NEW): the gate says so and why, and the
+    # page it names exists
+    assert "baseline main: FAIL (" in wrong.stdout and "did not in OLD" in wrong.stdout
+    page = out / "baseline-main.html"
+    assert f"diff page: {page}" in wrong.stdout.replace("\n", "") and "Regressions" in page.read_text()
     (out / "baselines" / "broken.json").write_text("{")
     r = bnconform(*args, "--compare-baseline", "broken")
     assert r.returncode == 2 and "not a readable baseline" in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -250,3 +255,43 @@ def test_a_change_on_one_execution_path_names_the_path():
     (group,) = [g for g in summarize(d) if g.category == "regression"]
     assert group.adapter == "torch.nn.BatchNorm@fold-eval"
     assert gate(d, parse_fail_on([]))
+
+
+# -- the gate cannot pass failures (issue 18): whatever a check was in OLD, failing in NEW gates
+def test_xfail_to_fail_with_an_emptied_registry_gates_and_says_why():
+    o = RS([rec("y", "xfail", 900.0, registry=ENTRY), rec("dx", "xfail", 80.0, registry=ENTRY),
+            rec("dgamma", "pass", 0.1)])
+    n = RS([rec("y", "fail", 900.0), rec("dx", "fail", 80.0), rec("dgamma", "pass", 0.1)],
+           [{"input_checksum": "abc", "versions": {"torch": "1"}, "flags": {"registry": "/tmp/empty"}}])
+    d = diff(o, n)
+    assert [c.category for c in d.changes] == ["regression", "regression"]
+    assert gate(d, parse_fail_on([])) == ["2 regressions"]
+    assert all("registered deviation x-float64-in-float32" in c.sentence and "no registry entry matched it in NEW"
+               in c.sentence for c in d.changes)
+    assert "the registry differs: OLD the bundled one, NEW /tmp/empty" in d.context
+    assert any("matched 2 checks in OLD and none in NEW: x-float64-in-float32" in line for line in d.context)
+    (g,) = summarize(d)
+    assert g.sentence.startswith("2 checks were xfail (registered deviation x-float64-in-float32) in 1 and fail in 1")
+
+
+@pytest.mark.parametrize("old", ["skip", "characterized", "xfail", None])
+def test_any_new_failure_gates_whatever_it_was(old):
+    same = rec("z", "pass", 0.1)
+    o = RS([same] + ([] if old is None else [rec("y", old, 0.5 if old == "characterized" else None)]))
+    n = RS([same, rec("y", "error")])
+    d = diff(o, n)
+    assert [c.category for c in d.changes] == ["regression"], d.changes
+    assert gate(d, parse_fail_on([])) == ["1 regression"]
+
+
+def test_failing_in_both_runs_is_not_a_regression():
+    d = diff(RS([rec("y", "fail", 3.0)]), RS([rec("y", "error")]))
+    assert gate(d, parse_fail_on([])) == [] and [c.category for c in d.changes] == ["other"]
+
+
+def test_selection_differences_are_stated():
+    o = RS([rec("y", "pass", 0.1, adapter="a")], [{"input_checksum": "abc", "selection": "torch", "tier": "smoke"}])
+    n = RS([rec("y", "pass", 0.1, adapter="a"), rec("y", "pass", 0.1, adapter="b")],
+           [{"input_checksum": "abc", "selection": "all", "tier": "smoke"}])
+    ctx = diff(o, n).context
+    assert "the selection differs: OLD 'torch', NEW 'all'" in ctx and "adapters only in NEW: b" in ctx

@@ -86,11 +86,27 @@ action = "xfail"
 def test_stale_entry_is_reported_and_fails_under_strict(suite):
     reg = _registry(suite, """
 [[deviation]]
+id = "first"
+adapter = "torch.nn.functional.batch_norm"
+cases = "*"
+quantities = "y"
+reason = "an entry that takes every y check first"
+action = "xfail"
+
+[[deviation]]
 id = "matches-nothing"
+adapter = "torch.nn.functional.batch_norm"
+cases = "*"
+quantities = "y"
+reason = "covers the same checks, matched by none (the first entry wins)"
+action = "xfail"
+
+[[deviation]]
+id = "other-tier"
 adapter = "torch.nn.functional.batch_norm"
 cases = "no-such-case-*"
 quantities = "*"
-reason = "an entry whose deviation was fixed upstream"
+reason = "no case of this tier is one it covers: not checked, never stale"
 action = "xfail"
 """)
     args = ("--bn-frameworks", "torch.nn.functional.batch_norm", "--bn-tier", "smoke", "--bn-registry", reg,
@@ -98,4 +114,5 @@ action = "xfail"
     lenient = suite.runpytest_subprocess(*args)
     assert lenient.ret == 0
     lenient.stdout.fnmatch_lines(["*stale registry entry matches-nothing*"])
+    assert "stale registry entry other-tier" not in lenient.stdout.str()
     assert suite.runpytest_subprocess(*args, "--bn-strict").ret == 1

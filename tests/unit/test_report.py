@@ -30,8 +30,18 @@ def records():
     return out
 
 
-def _html(records, tables=(), metas=()):
+def _page(records, tables=(), metas=()):
     return report.render(results.ResultSet(sorted(records, key=lambda r: r["check_id"]), list(metas), list(tables)))
+
+
+def _html(records, tables=(), metas=()):
+    """The page with its lazily inserted parts (finding bodies, checks table, cross-framework cases) inlined."""
+    return report.expand(_page(records, tables, metas))
+
+
+def _data(html, name):
+    m = re.search(rf'<script type="application/octet-stream" id="data-{name}">([^<]*)</script>', html)
+    return report.unpack(m.group(1))
 
 
 def test_self_contained(records):
@@ -66,9 +76,10 @@ def test_analysis_tables_become_sections(records):
 
 
 def test_cross_framework_view_lists_oracle_and_each_adapter(records):
-    html = _html(records)
+    html = _page(records)
     section = html[html.index('<section id="cross">'):html.index('<section id="runs">')]
-    block = section[section.index(f'data-case="{SMALL_N}"'):]
+    assert f'data-case="{SMALL_N}" data-lazy="cross"' in section  # filled from the page's data when chosen
+    block = _data(html, "cross")[SMALL_N]
     assert "oracle" in block and "fake.oracle" in block and "fake.wrong_var" in block
 
 
@@ -107,3 +118,77 @@ def test_nonfinite_values_render(records):
     recs = json.loads(json.dumps([results.sanitize(r) for r in records]))
     recs[0]["metrics"] = {**(recs[0]["metrics"] or {}), "ratio": "inf"}
     assert "inf" in _html(recs)
+
+
+# -- the report leads with the why (issue 18)
+def _records_with(records, changes):
+    out = [dict(r) for r in records]
+    for r in out:
+        for (adapter, quantity), patch in changes.items():
+            if r["adapter"] == adapter and r["quantity"] == quantity:
+                r.update(patch)
+    return out
+
+
+def test_first_screen_names_the_key_findings_most_severe_first(records):
+    reg = {"id": "planted-entry", "reason": "a registered planted deviation", "link": "https://example.invalid/1",
+           "action": "xfail", "versions": "", "source": "planted.toml"}
+    recs = _records_with(records, {})
+    for r in recs:  # one of the passing adapter's checks becomes a registered deviation (xfail)
+        if r["adapter"] == "fake.oracle" and r["quantity"] == "dx" and r["verdict"] == "pass":
+            r.update(verdict="xfail", registry=reg)
+    html = _page(recs)
+    assert html.index('<section id="key">') < html.index('<section id="matrix">')
+    key = html[html.index('<section id="key">'):html.index('<section id="matrix">')]
+    fail_at, xfail_at = key.index("running variance is 1.5 times the declared one"), key.index("planted-entry")
+    assert fail_at < xfail_at  # fail before xfail
+    assert "error/bound up to" in key and 'href="https://example.invalid/1"' in key
+    anchors = re.findall(r'href="#(c-[0-9a-f]+)"', key)
+    listed = _data(html, "finding-list")  # the findings' list, inserted as the page is shown
+    assert anchors and all(f'id="{a}"' in listed for a in anchors)  # each links to a finding
+    # the findings themselves: fail, then xfail
+    order = [m for m in re.findall(r'class="finding v-(\w+)"', listed)]
+    assert order == sorted(order, key=report.FINDING_ORDER.index)
+
+
+def test_finding_bodies_and_the_checks_table_are_inserted_when_opened(records):
+    html = _page(records)
+    assert '<div id="findings" data-lazy="finding-list">' in html and 'class="hist"' not in html
+    assert '<tbody data-lazy="checks"></tbody>' in html
+    listed = _data(html, "finding-list")
+    assert '<div class="body" data-lazy="findings"></div>' in listed
+    bodies = _data(html, "findings")
+    assert set(bodies) == set(re.findall(r'<details class="finding v-\w+" id="(c-[0-9a-f]+)"', listed))
+    assert all('class="hist"' in b for b in bodies.values() if "Metrics" in b)
+    assert len(_data(html, "checks")) == len(records)
+
+
+def test_an_interrupted_run_without_failures_is_labelled_incomplete(records):
+    passing = [r for r in records if r["adapter"] == "fake.oracle"]
+    meta = {"run_id": "r", "status": "interrupted", "tier": "smoke", "adapters": []}
+    html = _page(passing, metas=[meta])
+    summary = html[html.index('id="summary"'):html.index("</p>", html.index('id="summary"'))]
+    assert "incomplete" in summary and "passing" not in summary
+    assert "passing" in _page(passing, metas=[{**meta, "status": "complete"}])
+
+
+def test_paths_are_shown_and_a_missing_path_is_eager(records):
+    recs = _records_with(records, {("fake.wrong_var", "running_var"): {"path": "compile"}})
+    html = _html(recs)
+    assert "fake.wrong_var@compile" in html and "fake.oracle@eager" not in html
+
+
+def test_running_statistics_per_step_and_ratio_distribution_are_plotted(records):
+    html = _page(records)
+    assert html.count('class="ratios"') == 2  # one per adapter card
+    assert '<section id="steps">' in html and '<div class="plots" data-lazy="steps">' in html
+    steps = "".join(_data(html, "steps"))
+    assert "<polyline" in steps and "stroke-dasharray" in steps  # the oracle dashed, each framework solid
+    # a multi-step case's running_var of both adapters: wrong_var's line leaves the oracle's
+    assert "running_var[0] after each step" in steps and "fake.wrong_var (fail)" in steps
+
+
+def test_ratio_distribution_marks_checks_outside_the_bound():
+    out = svg.ratio_distribution([0.0, 1e-3, 0.5, 3.0, float("inf")])
+    assert out.count('class="bad"') == 2 and out.count('class="ok"') == 3 and 'class="bound"' in out
+    assert svg.ratio_distribution([]) == ""

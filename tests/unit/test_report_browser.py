@@ -99,7 +99,39 @@ def test_report_in_chromium(sync_playwright, small_run):
         finally:
             browser.close()
     assert not errors, errors
-    assert all(u.startswith(("file:", "data:")) for u in requests), requests
+    assert all(u.startswith(("file:", "data:", "blob:")) for u in requests), requests
+
+
+def test_report_at_800px_and_anchors_below_the_sticky_bar(sync_playwright, small_run):
+    """A narrow window: nothing widens the page (wide tables scroll in their box), and a link to a finding
+    lands below the sticky filter bar, opened and filled."""
+    out, _ = small_run
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 800, "height": 900})
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto((out / "index.html").as_uri())
+            page.locator("#findings details.finding").first.wait_for()
+            page.locator("#all-checks > summary").click()
+            page.wait_for_function("document.querySelectorAll('#checks-table tbody tr').length > 0")
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
+            page.screenshot(path=str(SCREENSHOTS / "report-800-top.png"))
+            target = page.locator("#key table.key a[href^='#c-']").first.get_attribute("href")
+            page.locator(f"#key table.key a[href='{target}']").first.click()
+            finding = page.locator(target)
+            finding.locator(".content").wait_for()
+            page.wait_for_timeout(200)
+            assert finding.evaluate("e => e.open")
+            bar = page.locator("#check-filters").bounding_box()
+            box = finding.bounding_box()
+            assert box["y"] >= bar["y"] + bar["height"] - 1, (box, bar)
+            page.screenshot(path=str(SCREENSHOTS / "report-800-finding.png"))
+        finally:
+            browser.close()
+    assert not errors, errors
 
 
 def _visible(page, selector):
@@ -107,6 +139,15 @@ def _visible(page, selector):
 
 
 def _check_page(page, out):
+    page.locator("#findings details.finding").first.wait_for()  # the list is read from the page's data
+    # -- the first screen leads with the why: the key findings, most severe first, each linking to a check
+    key = page.locator("#key")
+    assert key.is_visible() and key.bounding_box()["y"] < 1000  # within the first screen at 1400 x 1000
+    first_key = page.locator("#key table.key tr").first
+    assert "fail" in first_key.locator(".badge").inner_text() and FAILING in first_key.inner_text()
+    assert "error/bound up to" in first_key.inner_text()
+    page.screenshot(path=str(SCREENSHOTS / "report-top.png"))
+
     # -- summary and matrix
     assert "failing" in page.locator("#summary").inner_text()
     rows = page.locator("#matrix-table tbody tr")
@@ -116,7 +157,6 @@ def _check_page(page, out):
     assert page.locator("#matrix-table td.cell.v-error").count() > 0
     assert "pip install bnconform-no-such-framework" in page.locator("#matrix-table tr.missing").first.inner_text()
     page.screenshot(path=str(SCREENSHOTS / "report.png"), full_page=True)
-    page.screenshot(path=str(SCREENSHOTS / "report-top.png"))
 
     # -- a failing check expands
     finding = page.locator(f'details.finding.v-fail[data-adapter="{FAILING}"]').first
@@ -124,6 +164,7 @@ def _check_page(page, out):
     assert not finding.locator("svg.hist").is_visible()
     finding.locator(":scope > summary").click()
     assert finding.evaluate("e => e.open")
+    finding.locator("svg.hist").wait_for()  # the body is inserted from the page's compressed data
     assert finding.locator("svg.hist").is_visible()
     body = finding.inner_text()
     assert "Worst element" in body.title() or "WORST ELEMENT" in body
@@ -167,15 +208,22 @@ def _check_page(page, out):
     # -- a matrix cell lists its checks in the (opened) checks table
     page.locator(f'#matrix-table tr[data-adapter="{FAILING}"] td.cell[data-q="running_var"]').first.click()
     assert page.locator("#all-checks").evaluate("e => e.open")
+    page.wait_for_function("document.querySelectorAll('#checks-table tbody tr:not([hidden])').length > 0")
     rows = _visible(page, "#checks-table tbody tr")
     assert rows and {r.get_attribute("data-quantity") for r in rows} == {"running_var"}
     assert {r.get_attribute("data-adapter") for r in rows} == {FAILING}
 
     # -- cross-framework view: choose the second case
     page.select_option("#xcase", SMOKE[1].id)
+    page.locator(f'.xcase[data-case="{SMOKE[1].id}"] tr.oracle').first.wait_for()
     assert page.locator(f'.xcase[data-case="{SMOKE[1].id}"]').is_visible()
     assert not page.locator(f'.xcase[data-case="{SMOKE[0].id}"]').is_visible()
     assert page.locator(f'.xcase[data-case="{SMOKE[1].id}"] tr.oracle').count() > 0
+
+    # -- the per-step plots are drawn when their section comes into view
+    page.locator("#steps").scroll_into_view_if_needed()
+    page.locator("#steps svg.steps").first.wait_for()
+    assert page.locator("#steps svg.steps polyline").count() >= 2
 
     # -- the analysis.json table is a section
     assert page.locator("#t-defaults-hazard table.analysis-table tbody tr").count() == 2

@@ -33,12 +33,23 @@ def test_failing_check_prints_a_snippet_that_reproduces_it():
     adapter = MisdeclaredTorch()
     adapter.setup()
     rec = {r["quantity"]: r for r in evaluate(adapter, SMALL_N)}["running_var"]
-    assert rec["verdict"] == "fail" and rec["repro"] and rec["repro"] in rec["message"].replace("\n    ", "\n")
+    # flush-left in the message: the lines paste as they are
+    assert rec["verdict"] == "fail" and rec["repro"] and "\n" + rec["repro"] + "\n" in rec["message"] + "\n"
     out = subprocess.run([sys.executable, "-c", rec["repro"]], capture_output=True, text=True, cwd=ROOT,
                          timeout=120)
     assert out.returncode == 0, out.stderr
+    m = rec["metrics"]
+    assert "verdict: fail" in out.stdout
     printed = float(re.search(r"max abs error ([0-9.eE+-]+)", out.stdout).group(1))
-    assert printed == pytest.approx(rec["metrics"]["max_abs"], rel=1e-12)
+    assert printed == pytest.approx(m["max_abs"], rel=1e-12)
+    ratio = float(re.search(r"error/bound ([0-9.eE+-]+)", out.stdout).group(1))
+    assert ratio == pytest.approx(m["ratio"], rel=1e-12)
+    # one worst element everywhere: the record's, the message's and the snippet's
+    index = str(tuple(m["worst_index"]))
+    assert f"at index {index}" in out.stdout and f"at index {index}:" in rec["message"]
+    # full precision: observed and expected as repr, so values that differ late do not print alike
+    assert f"observed {m['observed']!r}, expected {m['expected']!r}" in rec["message"]
+    assert f"| observed {m['observed']!r} | expected {m['expected']!r}" in out.stdout
 
 
 @pytest.mark.parametrize("name", ["torch.nn.BatchNorm", "torch.nn.functional.batch_norm"])

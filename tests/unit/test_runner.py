@@ -66,22 +66,41 @@ def test_failing_check_exits_1_and_threads_are_capped(tmp_path):
     assert flags["jobs"] == 2 and flags["threads_per_worker"] == max(1, (os.cpu_count() or 1) // 2)
 
 
-@pytest.mark.parametrize("entry, effect", [
-    ('id = "gone"\nadapter = "fake.oracle"\ncases = "*"\nquantities = "y"\n', "xpass"),
-    ('id = "nothing"\nadapter = "fake.oracle"\ncases = "no-such-case"\nquantities = "*"\n', "stale"),
+def _entry(ident, adapter, cases, quantities):
+    return (f'[[deviation]]\nid = "{ident}"\nadapter = "{adapter}"\ncases = "{cases}"\nquantities = "{quantities}"\n'
+            'reason = "a deviation fixed upstream"\naction = "xfail"\n')
+
+
+@pytest.mark.parametrize("adapter, entries, effect", [
+    ("fake.oracle", [("gone", "fake.oracle", "*", "y")], "xpass"),
+    # running_var of fake.wrong_var fails: the first entry takes it, the second covers it and never matches
+    ("fake.wrong_var", [("first", "fake.wrong_var", "*", "running_var"),
+                        ("shadowed", "fake.wrong_var", "*", "running_var")], "stale"),
 ], ids=["xpass", "stale"])
-def test_xpass_and_stale_entries_fail_only_under_strict(tmp_path, entry, effect):
+def test_xpass_and_stale_entries_fail_only_under_strict(tmp_path, adapter, entries, effect):
     reg = tmp_path / "reg.toml"
-    reg.write_text(f'[[deviation]]\n{entry}reason = "a deviation fixed upstream"\naction = "xfail"\n')
-    args = ("run", "--frameworks", "fake.oracle", "--tier", "smoke", "--registry", reg, "--no-report")
+    reg.write_text("".join(_entry(*e) for e in entries))
+    args = ("run", "--frameworks", adapter, "--tier", "smoke", "--registry", reg, "--no-report")
     lenient = bnconform(*args, "--out", tmp_path / "a")
-    assert lenient.returncode == 0, lenient.stderr
+    assert lenient.returncode == 0, lenient.stdout + lenient.stderr
     if effect == "xpass":
         assert "xpass" in {x["verdict"] for x in _records(tmp_path / "a")}
     else:
-        assert "stale registry entry nothing" in lenient.stdout
-        assert [e["id"] for e in _meta(tmp_path / "a")["stale_registry"]] == ["nothing"]
+        assert "stale registry entry shadowed" in lenient.stdout
+        assert [e["id"] for e in _meta(tmp_path / "a")["stale_registry"]] == ["shadowed"]
     assert bnconform(*args, "--strict", "--out", tmp_path / "b").returncode == 1
+
+
+def test_an_entry_the_tier_cannot_check_is_not_stale(tmp_path):
+    """The smoke tier has no case an entry covers: "not checked by this run", and --strict still passes."""
+    reg = tmp_path / "reg.toml"
+    reg.write_text(_entry("other-tier", "fake.oracle", "no-such-case-*", "*"))
+    r = bnconform("run", "--frameworks", "fake.oracle", "--tier", "smoke", "--registry", reg, "--no-report",
+                  "--strict", "--out", tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "stale" not in r.stdout and "not checked by this run" in r.stdout
+    meta = _meta(tmp_path)
+    assert meta["stale_registry"] == [] and meta["unchecked_registry"] == ["other-tier"]
 
 
 def test_killed_worker_costs_only_its_case(tmp_path):
@@ -102,6 +121,30 @@ def test_killed_worker_costs_only_its_case(tmp_path):
     assert "worker restarted" in r.stdout
     html = (tmp_path / "index.html").read_text()
     assert "SIGKILL" in html and 'id="matrix-table"' in html
+
+
+def test_a_family_shares_one_worker_and_a_crash_restarts_it(tmp_path):
+    """Two adapters of one process key run in ONE worker process (one import); when the second kills that
+    process on one case, only that case's checks are errors: the process restarts, the adapter is set up
+    again and resumes, and the first adapter's results (finished in the old process) are complete."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    r = bnconform("run", "--frameworks", "fake.family.oracle,fake.family.killer", "--tier", "smoke", "--jobs", "1",
+                  "--out", tmp_path / "out", "--no-report", BNCONFORM_FAKE_KILL=KILL_CASE,
+                  BNCONFORM_FAKE_PIDS=str(pids))
+    assert r.returncode == 1, r.stderr
+    setups = sorted(p.name for p in pids.iterdir())
+    oracle = [p.split(".")[-1] for p in setups if p.startswith("fake.family.oracle.")]
+    killer = [p.split(".")[-1] for p in setups if p.startswith("fake.family.killer.")]
+    assert len(oracle) == 1 and len(killer) == 2, setups  # the killer set up again after the crash
+    assert oracle[0] in killer  # ... first in the process the oracle had used
+    recs = _records(tmp_path / "out")
+    errors = {(x["adapter"], x["case"]) for x in recs if x["verdict"] == "error"}
+    assert errors == {("fake.family.killer", KILL_CASE)}
+    for name in ("fake.family.oracle", "fake.family.killer"):
+        assert len([x for x in recs if x["adapter"] == name]) == sum(_checks(c) for c in SMOKE)
+    timing = {a["name"]: a["timing"] for a in _meta(tmp_path / "out")["adapters"]}
+    assert all(t["startup_seconds"] > 0 for t in timing.values())
 
 
 def test_hung_worker_times_out_and_the_run_goes_on(tmp_path):
@@ -185,3 +228,46 @@ def test_a_driver_bug_is_one_line_not_a_traceback():
     pool = Pool([Broken()], jobs=1)
     assert pool.wait() is False
     assert pool.failures == ["broken: ValueError: on_records failed"]
+
+
+def test_pool_keeps_a_family_on_its_process_and_spreads_families_over_slots():
+    """The scheduling rule (conformance.worker.Pool): a slot keeps taking runs of the key its process has; a
+    slot needing a new process takes the largest family no other slot is running."""
+    import threading
+
+    from conformance.worker import Pool
+
+    class Run:
+        def __init__(self, name, key):
+            self.adapter_name, self.key, self.stopped = name, key, threading.Event()
+
+    runs = [Run("onnx.a", "onnx"), Run("tf.a", "tf"), Run("jax.a", "jax"), Run("tf.b", "tf"), Run("jax.b", "jax"),
+            Run("jax.c", "jax"), Run("keras.torch", "keras.torch")]
+    pool = Pool(runs, jobs=2)
+    taken = [pool._take(0, None).adapter_name, pool._take(1, None).adapter_name]
+    assert taken == ["jax.a", "tf.a"]  # the largest family first; the second slot a family nobody runs
+    assert pool._take(0, "jax").adapter_name == "jax.b" and pool._take(1, "tf").adapter_name == "tf.b"
+    assert pool._take(1, "tf").adapter_name == "onnx.a"  # tf done: a family slot 0 is not running
+    assert pool._take(0, "jax").adapter_name == "jax.c"
+    assert [pool._take(0, "jax").adapter_name, pool._take(0, "keras.torch")] == ["keras.torch", None]
+    # a family running in another slot: a second process only while two of its runs or more are left
+    pool = Pool([Run("tf.a", "tf"), Run("tf.b", "tf"), Run("tf.c", "tf")], jobs=2)
+    assert [pool._take(0, None).adapter_name, pool._take(1, None).adapter_name] == ["tf.a", "tf.b"]
+    assert pool._take(1, None) is None and pool._take(0, "tf").adapter_name == "tf.c"
+
+
+def test_compiled_code_caches_go_under_the_results_directory_unless_chosen(monkeypatch, tmp_path):
+    from conformance.worker import persistent_caches
+
+    for var in ("BNCONFORM_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TF_XLA_FLAGS"):
+        monkeypatch.delenv(var, raising=False)
+    persistent_caches(str(tmp_path / ".cache"))
+    assert os.environ["BNCONFORM_CACHE_DIR"] == str(tmp_path / ".cache")  # JAX: adapters/jax_common.cache_dir
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".cache" / "inductor")
+    assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_persistent_cache_directory={tmp_path / '.cache' / 'xla'}"
+    monkeypatch.setenv("BNCONFORM_CACHE_DIR", "/mine")
+    monkeypatch.setenv("TF_XLA_FLAGS", "--tf_xla_persistent_cache_directory=/mine/xla")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    persistent_caches(str(tmp_path / ".cache"))
+    assert os.environ["BNCONFORM_CACHE_DIR"] == "/mine" and os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/mine/inductor"
+    assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/mine/xla"

@@ -1,0 +1,164 @@
+"""The numba kernels behind reference/fused.py (imported only when a large array needs them: importing numba
+costs a worker start-up a noticeable fraction of a second). See fused.py for what they compute and why their
+results are the plain path's bits."""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+@njit(cache=True, inline="always")
+def _term(x, dy, i, m, r, kind):
+    if kind == 0:
+        return x[i]
+    if kind == 1:
+        return x[i] - m
+    if kind == 2:
+        d = x[i] - m
+        return d * d
+    p = dy[i] * (x[i] - m)
+    return p if kind == 3 else p * r
+
+@njit(cache=True)
+def _leaf(x, dy, lo, n, m, r, kind):
+    """NumPy's pairwise sum for n <= 128 terms from lo: eight accumulators, then the rest one by one."""
+    if n < 8:
+        res = -0.0
+        for i in range(lo, lo + n):
+            res += _term(x, dy, i, m, r, kind)
+        return res
+    r0, r1 = _term(x, dy, lo, m, r, kind), _term(x, dy, lo + 1, m, r, kind)
+    r2, r3 = _term(x, dy, lo + 2, m, r, kind), _term(x, dy, lo + 3, m, r, kind)
+    r4, r5 = _term(x, dy, lo + 4, m, r, kind), _term(x, dy, lo + 5, m, r, kind)
+    r6, r7 = _term(x, dy, lo + 6, m, r, kind), _term(x, dy, lo + 7, m, r, kind)
+    top = n - n % 8
+    i = 8
+    while i < top:
+        j = lo + i
+        r0 += _term(x, dy, j, m, r, kind)
+        r1 += _term(x, dy, j + 1, m, r, kind)
+        r2 += _term(x, dy, j + 2, m, r, kind)
+        r3 += _term(x, dy, j + 3, m, r, kind)
+        r4 += _term(x, dy, j + 4, m, r, kind)
+        r5 += _term(x, dy, j + 5, m, r, kind)
+        r6 += _term(x, dy, j + 6, m, r, kind)
+        r7 += _term(x, dy, j + 7, m, r, kind)
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += _term(x, dy, lo + i, m, r, kind)
+        i += 1
+    return res
+
+@njit(cache=True)
+def new_stack():
+    """Scratch for `pairwise`'s explicit recursion stack (64 levels: n < 2**64), allocated once per kernel
+    call rather than once per row."""
+    return np.empty(64, np.int64), np.empty(64, np.int64), np.empty(64), np.zeros(64, np.bool_)
+
+@njit(cache=True)
+def pairwise(x, dy, lo, n, m, r, kind, stack):
+    """NumPy's pairwise sum of the n terms from lo, in NumPy's order: halves of n // 2 rounded down to a
+    multiple of 8, recursively, down to blocks of at most 128 (PW_BLOCKSIZE). The recursion runs on an
+    explicit stack: a cached recursive function segfaults when loaded from numba's on-disk cache
+    (https://github.com/numba/numba/issues/6061, open; seen here with numba 0.68)."""
+    if n <= 128:
+        return _leaf(x, dy, lo, n, m, r, kind)
+    stack_lo, stack_n, stack_left, has_left = stack  # stack_left: a left half's sum, once known
+    top = 0
+    stack_lo[0], stack_n[0], has_left[0] = lo, n, False
+    while True:
+        cl, cn = stack_lo[top], stack_n[top]
+        if cn > 128:  # descend into the left half
+            half = cn // 2
+            half -= half % 8
+            top += 1
+            stack_lo[top], stack_n[top], has_left[top] = cl, half, False
+            continue
+        value = _leaf(x, dy, cl, cn, m, r, kind)
+        while True:  # hand the value up: a left half waits for its right one, a right half completes
+            top -= 1
+            if top < 0:
+                return value
+            pl, pn = stack_lo[top], stack_n[top]
+            half = pn // 2
+            half -= half % 8
+            if not has_left[top]:
+                has_left[top], stack_left[top] = True, value
+                top += 1
+                stack_lo[top], stack_n[top], has_left[top] = pl + half, pn - half, False
+                break
+            value = stack_left[top] + value
+
+@njit(cache=True, parallel=True)
+def channel_sums(x, dy, L, C, T, m, r, kind):
+    """Per channel, NumPy's sum of the terms `kind` over every axis but the channel axis: rows of T
+    pairwise, added in memory order to an accumulator starting at 0.0 (T = 1: element by element).
+    Channels are independent, so they go to the threads; each channel's order stays NumPy's."""
+    out = np.zeros(C)
+    if T == 1:
+        for k in range(L * C):
+            c = k % C
+            out[c] += _term(x, dy, k, m[c], r[c], kind)
+        return out
+    for c in prange(C):
+        stack = new_stack()
+        acc = 0.0
+        for l in range(L):
+            acc += pairwise(x, dy, (l * C + c) * T, T, m[c], r[c], kind, stack)
+        out[c] = acc
+    return out
+
+@njit(cache=True, parallel=True)
+def backward_sums(x, dy, L, C, T, m, r):
+    """Per channel: sum(dy * (x - m) * r), sum(dy), sum(dy * (x - m)), one row at a time (its second and
+    third reads come from the cache)."""
+    dgamma, dbeta, dyxm = np.zeros(C), np.zeros(C), np.zeros(C)
+    if T == 1:
+        for k in range(L * C):
+            c = k % C
+            dgamma[c] += _term(x, dy, k, m[c], r[c], 4)
+            dbeta[c] += dy[k]
+            dyxm[c] += _term(x, dy, k, m[c], r[c], 3)
+        return dgamma, dbeta, dyxm
+    for c in prange(C):
+        stack = new_stack()
+        a1 = a2 = a3 = 0.0
+        for l in range(L):
+            base = (l * C + c) * T
+            a1 += pairwise(x, dy, base, T, m[c], r[c], 4, stack)
+            a2 += pairwise(dy, dy, base, T, m[c], r[c], 0, stack)
+            a3 += pairwise(x, dy, base, T, m[c], r[c], 3, stack)
+        dgamma[c], dbeta[c], dyxm[c] = a1, a2, a3
+    return dgamma, dbeta, dyxm
+
+# The elementwise passes stay on one thread: called once per large block, a parallel region would wait on
+# every call for a second thread, which on a shared machine may not be scheduled for milliseconds.
+@njit(cache=True)
+def forward(x, y, lo, hi, C, T, g, m, r, b):
+    """y = gamma * (x - m) * r + beta on the flat range [lo, hi), as NumPy evaluates it left to right."""
+    i = lo
+    while i < hi:
+        c = (i // T) % C
+        end = min(hi, (i // T + 1) * T)
+        gc, mc, rc, bc = g[c], m[c], r[c], b[c]
+        for j in range(i, end):
+            y[j] = ((gc * (x[j] - mc)) * rc) + bc
+        i = end
+
+@njit(cache=True)
+def backward_dx(x, dy, dx, lo, hi, C, T, gr, k1, use_mean, k2, mu, s, use_var):
+    """dx = gamma*r*dy [- gamma*r*a*mean(dy)] [+ gamma*r'*c*(2/n)*(x - mu)*sum(dy*(x - m))] on [lo, hi),
+    with the per-channel factors gr, k1 = gamma*r*a*mean(dy), k2 = gamma*r'*c*(2/n) formed by NumPy."""
+    i = lo
+    while i < hi:
+        c = (i // T) % C
+        end = min(hi, (i // T + 1) * T)
+        grc, k1c, k2c, muc, sc = gr[c], k1[c], k2[c], mu[c], s[c]
+        for j in range(i, end):
+            v = grc * dy[j]
+            if use_mean:
+                v = v - k1c
+            if use_var:
+                v = v + (k2c * (x[j] - muc)) * sc
+            dx[j] = v
+        i = end
