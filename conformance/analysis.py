@@ -43,6 +43,11 @@ def _rel(a, b) -> float:
     return float(np.max(np.abs(a - b))) / scale
 
 
+def _signed_change(value: float, reference: float) -> float:
+    """The change of the value shown relative to the reference's, with its sign."""
+    return (value - reference) / abs(reference) if reference != 0 else (0.0 if value == 0 else float("inf"))
+
+
 def _numbers(values: list) -> list[float]:
     return [float(v) if not isinstance(v, str) else float(v.strip("'")) for v in values]
 
@@ -119,12 +124,18 @@ def equivalence(records: list[dict], conventions: dict | None = None) -> list[di
                     row.append("—")
                     continue
                 diff = _rel(_numbers(mine["values"]["observed"]), _numbers(theirs["values"]["observed"]))
+                why = explain(problem, ref_conv, conv, q) if (conv and ref_conv and name != ref) else []
                 if mine["verdict"] not in ("pass", "characterized") or theirs["verdict"] not in ("pass",
                                                                                                 "characterized"):
-                    row.append(f"{diff:.2g} — unexplained: {mine['adapter']} {mine['verdict']}"
-                               if mine["verdict"] not in ("pass", "characterized") else f"{diff:.2g}")
+                    # a declared knob that explains the main difference is said, with the verdict beside it
+                    if why:
+                        row.append(f"{diff:.2g} ({'; '.join(why)}; {mine['verdict']} beyond that)"
+                                   if mine["verdict"] not in ("pass", "characterized") else
+                                   f"{diff:.2g} ({'; '.join(why)})")
+                    else:
+                        row.append(f"{diff:.2g} — unexplained: {mine['adapter']} {mine['verdict']}"
+                                   if mine["verdict"] not in ("pass", "characterized") else f"{diff:.2g}")
                     continue
-                why = explain(problem, ref_conv, conv, q) if (conv and ref_conv and name != ref) else []
                 if why:
                     row.append(f"{diff:.2g} ({'; '.join(why)})")
                 elif diff == 0 or diff <= rounding:
@@ -171,7 +182,8 @@ def defaults_hazard(records: list[dict], conventions: dict | None = None) -> lis
                     cells.append("—")
                     continue
                 mine = _numbers(rec["values"]["observed"])
-                d = _rel(mine, _numbers(base["values"]["observed"])) if base and base.get("values") else float("nan")
+                d = _signed_change(mine[0], _numbers(base["values"]["observed"])[0]) if base and base.get(
+                    "values") else float("nan")
                 cells.append(f"{mine[0]:.5g} ({d:+.1%} vs {ref.split('.')[0]})" if name != ref else f"{mine[0]:.5g}")
             why = sorted({w for q in ("running_mean", "running_var", "y") for w in
                           (explain(problem, ref_conv, conv, q) if name != ref and ref_conv else [])})

@@ -346,6 +346,21 @@ def _cmd_diff(args) -> int:
     return 0
 
 
+def _cmd_explain(args) -> int:
+    from .explain import ExplainError, explain, read_array
+
+    try:
+        arrays = {k: read_array(getattr(args, k), k.replace("_", "-")) for k in (
+            "x", "y", "gamma", "beta", "init_mean", "init_var", "running_mean", "running_var", "batch_mean",
+            "batch_var", "dx", "dy") if getattr(args, k) is not None}
+        out = explain(axis=args.axis, mode=args.mode, eps=args.eps, momentum=args.momentum, digits=args.digits,
+                      dtype=args.dtype, **arrays)
+    except ExplainError as e:
+        raise UsageError(str(e))
+    print(out["text"])
+    return 0 if out["explained"] else 1
+
+
 def _cmd_export(args) -> int:
     from .export import ExportError, export
 
@@ -507,6 +522,25 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--jobs", type=JOBS, default=0, help="worker processes at a time (default: CPU count)")
     cv.add_argument("--registry", default=None, help="registry dir or file")
     cv.set_defaults(func=_cmd_conventions)
+    xpl = sub.add_parser("explain", help="say what a BatchNorm computation was, from its input and output "
+                                        "(exit 1 when nothing explains them)")
+    for name, text in (("x", "the input (required)"), ("y", "the output (required)"), ("gamma", "scale (C,)"),
+                       ("beta", "shift (C,)"), ("init-mean", "running mean before the step (C,)"),
+                       ("init-var", "running variance before the step (C,)"),
+                       ("running-mean", "running mean after the step"), ("running-var", "running variance after"),
+                       ("batch-mean", "returned batch mean"), ("batch-var", "returned batch variance"),
+                       ("dx", "gradient of the input"), ("dy", "gradient fed to the output (with --dx)")):
+        xpl.add_argument(f"--{name}", required=name in ("x", "y"),
+                        help=f"{text}: .npy, .npz[:key], .csv or inline text like [[1, 2], [3, 4]]")
+    xpl.add_argument("--axis", type=int, default=1, help="channel axis (default 1)")
+    xpl.add_argument("--mode", default="train", choices=("train", "eval"), help="train (batch statistics) or eval")
+    xpl.add_argument("--eps", type=float, default=1e-5, help="the eps you passed (default 1e-5)")
+    xpl.add_argument("--momentum", type=float, default=0.1, help="weight on the new batch you passed (default 0.1)")
+    xpl.add_argument("--digits", type=int, default=None,
+                    help="decimals your numbers were printed with (default: full precision of --dtype)")
+    xpl.add_argument("--dtype", default="float32", choices=("float64", "float32", "float16", "bfloat16"),
+                    help="the precision you computed in (default float32)")
+    xpl.set_defaults(func=_cmd_explain)
     ex = sub.add_parser("export", help="write a tier's cases and a runner for an outside runtime (TensorFlow.js "
                                        "under Node, MATLAB) into a folder; see docs/exchange.md")
     ex.add_argument("--runner", required=True, choices=["node", "matlab", "json"])

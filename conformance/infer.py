@@ -161,6 +161,10 @@ def evidence(adapter, case, problem, obs) -> dict | None:
     approximate = False
     if knob.tightest_first and fitting:
         inferred = fitting[0]
+        # settings that predict the same numbers here cannot be told apart (flax's clamped E[x^2] - E[x]^2
+        # equals the unclamped one unless a variance goes negative): the declared one is not contradicted
+        if declared in fitting and ratios[declared] == ratios[inferred]:
+            inferred = declared
     elif declared in fitting:
         inferred = declared
     elif fitting:
@@ -171,7 +175,7 @@ def evidence(adapter, case, problem, obs) -> dict | None:
         approximate = inferred is not None
     out.update(knob=knob.name, declared=declared, inferred=inferred, approximate=approximate,
                candidates={k: (None if v is None else float(v)) for k, v in ratios.items()})
-    out["agrees"] = inferred is None or inferred == declared
+    out["agrees"] = None if inferred is None else inferred == declared  # not identified is not agreement
     if knob.case_knob == "momentum_form":
         alpha = _fit_alpha(problem, obs)
         out["alpha_observed"] = alpha
@@ -197,7 +201,7 @@ def table(records: list[dict], meta_adapters: dict | None = None) -> dict:
         if ev["knob"] in row:
             continue
         approx = "≈ " if ev.get("approximate") else ""
-        if ev["inferred"] is None:
+        if ev["inferred"] is None or ev.get("agrees") is None:
             text = f"{ev['declared']} / not identified"
         elif ev.get("agrees"):
             text = f"{approx}{ev['inferred']} ✓"
@@ -213,5 +217,7 @@ def table(records: list[dict], meta_adapters: dict | None = None) -> dict:
     rows = [[name] + [row.get(c, "—") for c in used] for name, row in sorted(cells.items())]
     return {"id": "conventions", "title": "Conventions: declared vs inferred",
             "description": "Each cell: what the framework was observed to do on the knob's discriminating case "
-                           "(✓ = as declared). A ✗ is a finding; '—' means the adapter cannot run that case.",
+                           "(✓ = as declared). A ✗ is a finding; 'not identified' means the observation does not "
+                           "decide (neither agreement nor disagreement); '—' means the adapter cannot run that "
+                           "case.",
             "columns": ["adapter"] + used, "rows": rows, "disagreements": disagreements}

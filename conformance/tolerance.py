@@ -112,13 +112,14 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
             bms.append(d_mu + max(u_o, u_s) * np.abs(mu))
             bfac = n / (n - 1) if (convention.batch_var_estimator == "unbiased" and n > 1) else 1.0
             bvs.append(bfac * d_v + max(u_o, u_s) * bfac * np.abs(v))
-            if problem.track_running_stats:
-                w = trace.weights[t]
-                rm_new, rv_new = trace["running_mean"][t], trace["running_var"][t]
-                d_rm = ((1 - w) * d_rm + w * d_mu + 4 * u_c * ((1 - w) * np.abs(rm_prev) + w * np.abs(mu))
-                        + u_s * np.abs(rm_new))
-                d_rv = ((1 - w) * d_rv + w * run_fac * d_v
-                        + 4 * u_c * ((1 - w) * np.abs(rv_prev) + w * run_fac * np.abs(v)) + u_s * np.abs(rv_new))
+        # (an inference step updates the statistics only under a diagnosis hypothesis: forgot eval())
+        if problem.track_running_stats and (mode == "train" or trace.weights[t] != 0.0):
+            w = trace.weights[t]
+            rm_new, rv_new = trace["running_mean"][t], trace["running_var"][t]
+            d_rm = ((1 - w) * d_rm + w * d_mu + 4 * u_c * ((1 - w) * np.abs(rm_prev) + w * np.abs(mu))
+                    + u_s * np.abs(rm_new))
+            d_rv = ((1 - w) * d_rv + w * run_fac * d_v
+                    + 4 * u_c * ((1 - w) * np.abs(rv_prev) + w * run_fac * np.abs(v)) + u_s * np.abs(rv_new))
         rm_prev, rv_prev = trace["running_mean"][t], trace["running_var"][t]
         rms.append(d_rm.copy())
         rvs.append(d_rv.copy())

@@ -77,6 +77,13 @@ class Convention:
     # order loses the mean's -2/n^2 term.
     variance_mean_detached: bool = False
     cumulative_offset: int = 0  # cumulative average divides by (count + offset)
+    # -- fitted deviations: conformance.diagnose estimates these from an observation (continuous parameters)
+    step_weights: tuple[float, ...] | None = None  # weight on the new batch at training update 1, 2, ... (the
+    # last one repeats); overrides `averaging`
+    running_var_factor: float | None = None  # the running variance takes factor * biased batch variance
+    eval_statistics: Literal["running", "batch", "train"] = "running"  # what an inference step does: use the
+    # running statistics; use the batch statistics; or behave as a training step (forgot eval())
+    broadcast_axis: int | None = None  # the per-channel vectors are applied along this axis (a broadcast bug)
 
     def with_(self, **changes) -> "Convention":
         return replace(self, **changes)

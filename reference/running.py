@@ -38,6 +38,8 @@ class RunningState:
 
 
 def running_var_input(var_biased, n: int, convention: Convention):
+    if convention.running_var_factor is not None:
+        return convention.running_var_factor * var_biased
     return unbiased(var_biased, n) if convention.running_var == "unbiased" else var_biased
 
 
@@ -49,6 +51,10 @@ def update(state: RunningState, mu, var_biased, n: int, alpha: float | None, con
     hm, hv = state.hidden_mean, state.hidden_var
     if convention.first_step == "replace" and state.count == 0:
         mean, var = b_mean, b_var
+    elif convention.step_weights is not None:
+        w = _fitted_weight(convention.step_weights, count)
+        mean = (1.0 - w) * state.mean + w * b_mean
+        var = (1.0 - w) * state.var + w * b_var
     elif convention.averaging == "cumulative" or alpha is None:
         w = 1.0 / (count + convention.cumulative_offset)
         mean = (1.0 - w) * state.mean + w * b_mean
@@ -75,6 +81,8 @@ def step_weight(state: RunningState, alpha: float | None, convention: Convention
     count = state.count + 1
     if convention.first_step == "replace" and state.count == 0:
         return 1.0
+    if convention.step_weights is not None:
+        return _fitted_weight(convention.step_weights, count)
     if convention.averaging == "cumulative" or alpha is None:
         return 1.0 / (count + convention.cumulative_offset)
     if convention.averaging == "debiased_ema":
@@ -82,3 +90,7 @@ def step_weight(state: RunningState, alpha: float | None, convention: Convention
         with np.errstate(divide="ignore", invalid="ignore"):
             return float(np.float64(alpha) / (1.0 - (1.0 - alpha) ** count))
     return alpha
+
+
+def _fitted_weight(weights: tuple[float, ...], count: int) -> float:
+    return float(weights[min(count, len(weights)) - 1])

@@ -57,7 +57,7 @@ def _normalizer(x, axis, n, mode, state_before, conv, eps, track, blend, stats):
     def ch(vec):
         return to_channels(vec, ndim, axis)
 
-    if mode == "eval" and track:
+    if mode == "eval" and track:  # ("batch": an inference step normalized with its batch statistics)
         return nz.Normalizer(ch(state_before.mean), ch(state_before.var), mu, 0.0, 0.0, eps, conv.eps_placement)
     a = 1.0 if conv.grad_through_mean else 0.0
     c = 1.0 if conv.grad_through_var else 0.0
@@ -109,20 +109,25 @@ def simulate(problem: Problem, convention: Convention, compute_dtype: str | None
         stats = (to_channels(mu_c, ndim, axis), to_channels(v_c, ndim, axis))
         before = state
         w = 0.0
+        if mode not in ("train", "eval"):
+            raise ValueError(f"unknown mode {mode!r}")
+        reported = mode == "train"
+        if mode == "eval" and convention.eval_statistics != "running":  # inference that acts as training
+            mode = "train" if convention.eval_statistics == "train" else "batch"
         if mode == "train":
             if track:
                 w = step_weight(state, alpha, convention)
                 state = update(state, mu_c, v_c, n, alpha, convention)
-            bmeans.append(mu_c)
-            bvars.append(unbiased(v_c, n) if convention.batch_var_estimator == "unbiased" else v_c)
-        elif mode != "eval":
-            raise ValueError(f"unknown mode {mode!r}")
+            if reported:
+                bmeans.append(mu_c)
+                bvars.append(unbiased(v_c, n) if convention.batch_var_estimator == "unbiased" else v_c)
         blend = None
         if mode == "train" and track and convention.train_normalizer == "running":
             vfac = (n / (n - 1) if n > 1 else np.inf) if convention.running_var == "unbiased" else 1.0
             blend = (state.mean - w * mu_c, state.var - w * vfac * v_c, w, vfac)
         norm = _normalizer(x, axis, n, mode, before, convention, eps, track, blend, stats)
-        ys.append(nz.forward(x, gamma, beta, norm))
+        ys.append(nz.forward(x, gamma, beta, norm) if convention.broadcast_axis is None else
+                  _misbroadcast_forward(x, problem, norm, axis, convention.broadcast_axis))
         rmeans.append(state.mean)
         rvars.append(state.var)
         counts.append(state.count)
@@ -135,7 +140,11 @@ def simulate(problem: Problem, convention: Convention, compute_dtype: str | None
         last = (x, mode, before, blend, norm)
 
     x, mode, before, blend, norm = last
-    dx, dgamma, dbeta = nz.backward(x, problem.dy, gamma, norm, axes, n)
+    if convention.broadcast_axis is None:
+        dx, dgamma, dbeta = nz.backward(x, problem.dy, gamma, norm, axes, n)
+    else:
+        dx, dgamma, dbeta = _misbroadcast_backward(x, problem, norm, axis, convention, mode, before, eps, track,
+                                                   blend)
     q = {
         "y": ys[0][None] if len(ys) == 1 else np.stack(ys),  # one step: no copy of a large y
         "running_mean": np.stack(rmeans),
@@ -165,7 +174,9 @@ def simulate(problem: Problem, convention: Convention, compute_dtype: str | None
                                nb.mu, nb.a, nb.c, nb.eps, nb.eps_placement)
         return nz.backward(xb, problem.dy, gb, nb, b_axes, n)[0]
 
-    if second_order:
+    if second_order and convention.broadcast_axis is not None:  # not modelled: an observed one cannot fit
+        q["d2x"], q["d2gamma"] = np.full(x.shape, np.nan), np.full(C, np.nan)
+    elif second_order:
         q["d2x"], q["d2gamma"] = _second_order(x, problem.gamma_or_ones(), problem.v, axis, last_step_dx)
     not_applicable = {}
     if not track:
@@ -235,3 +246,54 @@ def _directional(products, axis: int, channels: np.ndarray) -> np.ndarray:
         per_channel = np.imag(np.sum(products[bad], axis=reduce))  # (bad perturbations, C)
         out[bad] = per_channel[np.arange(per_channel.shape[0]), channels[bad]]
     return out
+
+
+def _misbroadcast_forward(x, problem, norm, axis, baxis):
+    """y when every per-channel vector (centre, variance, gamma, beta) is applied along `baxis` instead of
+    the channel axis: the right per-channel numbers, broadcast the wrong way (NumPy's trailing-axis rule)."""
+    ndim, C = x.ndim, problem.channels
+    baxis = baxis % ndim
+    if baxis == axis or x.shape[baxis] != C:
+        raise ValueError(f"cannot broadcast {C} channel values along axis {baxis} of shape {x.shape}")
+
+    def along(v):
+        return to_channels(np.broadcast_to(v, to_channels(np.zeros(C), ndim, axis).shape).reshape(C), ndim, baxis)
+
+    m, s2 = along(np.asarray(norm.m)), along(np.asarray(norm.s2))
+    r = nz.reciprocal_std(s2, norm.eps, norm.eps_placement)
+    g = to_channels(problem.gamma_or_ones(), ndim, baxis)
+    b = to_channels(problem.beta_or_zeros(), ndim, baxis)
+    return g * (x - m) * r + b
+
+
+def _misbroadcast_backward(x, problem, norm, axis, conv, mode, before, eps, track, blend, max_size=4096):
+    """Gradients of <y, dy> under a broadcast bug: dgamma/dbeta in closed form (along the broadcast axis),
+    dx by complex step of the whole forward (statistics move with x in training); NaN (cannot fit) when the
+    input is too large for the size^2 complex step."""
+    ndim, C, n = x.ndim, problem.channels, problem.reduced_count
+    baxis = conv.broadcast_axis % ndim
+    baxes = reduce_axes(ndim, baxis)
+    dy = problem.dy
+    y0 = _misbroadcast_forward(x, problem, norm, axis, baxis)
+    g = to_channels(problem.gamma_or_ones(), ndim, baxis)
+    xhat = (y0 - to_channels(problem.beta_or_zeros(), ndim, baxis)) / g if problem.affine else y0
+    dgamma = np.sum(dy * xhat, axis=baxes)
+    dbeta = np.sum(dy * np.ones_like(x), axis=baxes)
+    if x.size > max_size:
+        return np.full(x.shape, np.nan), dgamma, dbeta
+    flat = x.reshape(-1)
+    dx = np.empty(x.size)
+    chunk = 256
+    for start in range(0, x.size, chunk):
+        idx = np.arange(start, min(x.size, start + chunk))
+        xb = np.repeat(flat[None].astype(np.complex128), len(idx), axis=0)
+        xb[np.arange(len(idx)), idx] += 1j * COMPLEX_STEP
+        xb = xb.reshape((len(idx),) + x.shape)
+        stats = _keepdims_moments(xb, tuple(a + 1 for a in reduce_axes(ndim, axis)))
+        nb = _normalizer(xb, axis + 1, n, mode, before, conv, eps, track, blend, stats)
+        ys = np.stack([_misbroadcast_forward(xb[i], problem, nz.Normalizer(
+            np.broadcast_to(nb.m, (len(idx),) + stats[0].shape[1:])[i], np.broadcast_to(
+                nb.s2, (len(idx),) + stats[0].shape[1:])[i], None, 0.0, 0.0, nb.eps, nb.eps_placement),
+            axis, baxis) for i in range(len(idx))])
+        dx[idx] = np.imag(np.sum(ys * dy, axis=tuple(range(1, ndim + 1)))) / COMPLEX_STEP
+    return dx.reshape(x.shape), dgamma, dbeta

@@ -152,3 +152,35 @@ assert not heavy, heavy
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_defaults_hazard_percentages_are_the_signed_change_of_the_value_shown():
+    case = CASES["f32-4x3x2x3-ax1-T3E-defaults-sc0.03-s0"]
+    recs = _records([OracleAdapter(name="torch.nn.BatchNorm"), FakeKeras(name="fake.keras")], [case])
+    t = defaults_hazard(recs, {"torch.nn.BatchNorm": TORCH, "fake.keras": KERAS})[0]
+    rows = {r[0]: r for r in t["rows"]}
+    col = t["columns"].index("running_var[0]")
+    ref, mine = float(rows["torch.nn.BatchNorm"][col]), rows["fake.keras"][col]
+    value, pct = float(mine.split(" (")[0]), mine.split(" (")[1].split("%")[0]
+    assert float(pct) == pytest.approx(100 * (value - ref) / abs(ref), abs=0.06)
+
+
+def test_not_identified_is_neither_agreement_nor_disagreement():
+    from conformance.infer import table
+
+    ev = {"case": "c", "knob": "running variance", "declared": "unbiased", "inferred": None, "agrees": None}
+    t = table([{"adapter": "a", "evidence": ev}])
+    (row,) = t["rows"]
+    assert "not identified" in row[1] and "✓" not in row[1] and "✗" not in row[1]
+    assert t["disagreements"] == []
+
+
+def test_equivalence_names_a_declared_knob_even_where_the_adapter_has_a_registered_deviation():
+    case = CASES["f32-4x3x2x3-ax1-T3E-a0.1-eps1e-05-rstats-s0"]
+    recs = _records([OracleAdapter(name="torch.nn.BatchNorm"), FakeKeras(name="fake.keras")], [case])
+    for r in recs:
+        if r["adapter"] == "fake.keras" and r["quantity"] == "running_var":
+            r["verdict"] = "xfail"
+    rows = {r[0]: r for r in equivalence(recs, {"torch.nn.BatchNorm": TORCH, "fake.keras": KERAS})[0]["rows"]}
+    cell = rows["fake.keras"][3]
+    assert "running var unbiased vs biased" in cell and "unexplained" not in cell

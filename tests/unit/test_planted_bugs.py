@@ -35,6 +35,7 @@ DIAGNOSIS = {
 
 REGISTRY = Registry.load()
 caught_by: dict[str, list[str]] = defaultdict(list)
+named: dict[str, set[str]] = defaultdict(set)
 
 
 def _verdicts(adapter, diagnose_failures=False):
@@ -50,7 +51,8 @@ def print_catch_table():
     yield
     print("\nplanted bug -> catching checks (case/quantity), first three:")
     for bug, hits in sorted(caught_by.items()):
-        print(f"  {bug:28s} {len(hits):4d} failing checks, e.g. {'; '.join(hits[:3])}")
+        print(f"  {bug:28s} {len(hits):4d} failing checks, e.g. {'; '.join(hits[:3])}; named "
+              f"{', '.join(sorted(named[bug]))}")
 
 
 @pytest.mark.parametrize("bug", sorted(BUGS))
@@ -58,6 +60,7 @@ def test_planted_bug_is_caught_and_diagnosed_by_name(bug):
     records = _verdicts(HandWrittenTorchBN(bug), diagnose_failures=True)
     failing = [r for r in records if r["verdict"] == "fail"]
     caught_by[bug] = [f"{r['case']}/{r['quantity']}" for r in failing]
+    named[bug] = {str(r["diagnosis"]["hypothesis"]) for r in failing}
     assert failing, f"planted bug {bug!r} ({BUGS[bug]}) passed the whole default tier"
     misnamed = [f"{r['case']}/{r['quantity']}: {r['diagnosis']['summary']}" for r in failing
                 if r["diagnosis"]["hypothesis"] != DIAGNOSIS[bug]]
