@@ -22,7 +22,7 @@ class AdapterSpec:
     kwargs: dict = field(default_factory=dict, hash=False, compare=False)
     core: bool = True  # part of the default frameworks ("all" extra)
     # Adapters naming the same process share one worker process (the family's imports paid once; see
-    # conformance/worker.py); empty: a process of its own (Keras 3 fixes its backend per process).
+    # conformance/execution/worker.py); empty: a process of its own (Keras 3 fixes its backend per process).
     process: str = ""
 
     def missing(self) -> list[str]:

@@ -40,7 +40,7 @@ class PathSpec:
     tier: str = "default"
     convention: Convention | None = None
     # the batch is split over devices along axis 0 (synchronized BatchNorm): the path also runs the cases with
-    # `shards` (conformance/paths.py), each device getting Problem.shards (empty: equal parts)
+    # `shards` (conformance/core/paths.py), each device getting Problem.shards (empty: equal parts)
     sharded: bool = False
 
 

@@ -2,7 +2,7 @@
 and the adapter that hands the engine what their runner observed.
 
 The runner (conformance/runners/) ran the case outside Python and wrote an observation file;
-`conformance.import_` reads and validates it and gives it to `ImportedAdapter`, whose `run()` returns it.
+`conformance.execution.import_` reads and validates it and gives it to `ImportedAdapter`, whose `run()` returns it.
 Everything else (oracle, bounds, verdicts, registry, diagnosis, report) is the engine's, exactly as for an
 in-process adapter. The conventions below are the suite's declarations, read in each runtime's own source or
 documentation; the runner reports only what it computed and its version.

@@ -43,7 +43,7 @@ def shapes(config) -> tuple[tuple[int, ...], ...]:
 
 def selected(config) -> list[str]:
     """Adapter names selected; the token "oracle" selects benchmarks/test_oracle_speed.py, no adapter."""
-    from conformance.catalogue import select
+    from conformance.core.catalogue import select
 
     tokens = [t.strip() for t in config.getoption("--bench-frameworks").split(",") if t.strip()]
     adapters = [t for t in tokens if t != "oracle"]

@@ -19,7 +19,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_cases(args) -> int:
-    from .cases import cases_for_tier
+    from .core.cases import cases_for_tier
 
     for case in cases_for_tier(args.tier):
         print(f"{case.id:60s} {case.tier:8s} {case.note}")
@@ -29,8 +29,8 @@ def _cmd_cases(args) -> int:
 def _cmd_oracle(args) -> int:
     from reference import Convention, simulate
 
-    from .cases import case_by_id, cases_for_tier
-    from .inputs import materialize
+    from .core.cases import case_by_id, cases_for_tier
+    from .core.inputs import materialize
 
     cases = [case_by_id(i) for i in args.case] if args.case else cases_for_tier(args.tier)
     np.set_printoptions(precision=6, suppress=False, linewidth=110, threshold=12, edgeitems=3)
@@ -45,7 +45,7 @@ def _cmd_oracle(args) -> int:
 
 
 def _cmd_run(args) -> int:
-    from .runner import RunError, RunOptions, run
+    from .execution.runner import RunError, RunOptions, run
 
     if args.fail_on and args.compare_baseline is None:
         raise UsageError("bnconform run: --fail-on gates a comparison: give --compare-baseline NAME too")
@@ -57,7 +57,7 @@ def _cmd_run(args) -> int:
     for kind in ("save_baseline", "compare_baseline"):
         name = getattr(args, kind)
         if name is not None:  # '' is a bad name, not an absent one
-            from .diffview import baseline_path
+            from .outputs.diffview import baseline_path
 
             try:
                 baseline_paths[kind] = baseline_path(args.out, name)
@@ -65,9 +65,9 @@ def _cmd_run(args) -> int:
                 raise UsageError(f"bnconform run: {e}") from None
     fail_on = None
     if "compare_baseline" in baseline_paths:
-        from . import diff as diffmod
-        from .diffview import load_baseline
-        from .results import ResultsError
+        from .outputs import diff as diffmod
+        from .outputs.diffview import load_baseline
+        from .outputs.results import ResultsError
 
         try:
             fail_on = diffmod.parse_fail_on(args.fail_on or [])
@@ -86,10 +86,10 @@ def _cmd_run(args) -> int:
 
 def _baselines(run_dir, paths, args, fail_on, baseline, status: int) -> int:
     """After a run: compare it with a kept baseline (gate), then keep it as a baseline if asked."""
-    from . import diff as diffmod
-    from . import results
-    from .diffview import baseline_json, print_terminal, render_html
-    from .progress import console as progress_console
+    from .outputs import diff as diffmod
+    from .outputs import results
+    from .outputs.diffview import baseline_json, print_terminal, render_html
+    from .execution.progress import console as progress_console
 
     console = progress_console()
     rs = results.load([run_dir], validate=False)  # just written through results.storable
@@ -126,7 +126,8 @@ def _baselines(run_dir, paths, args, fail_on, baseline, status: int) -> int:
 def _cmd_report(args) -> int:
     from pathlib import Path
 
-    from . import report, results
+    from .outputs import report
+    from .outputs import results
 
     try:
         rs = results.load(args.results)
@@ -147,10 +148,10 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_port(args) -> int:
-    from .port import PortError, port
-    from .state import StateError
+    from .explain.port import PortError, port
+    from .explain.state import StateError
 
-    from .validation import MOMENTUM, parsed
+    from .core.validation import MOMENTUM, parsed
 
     momentum, given = None, False
     if args.momentum is not None:
@@ -189,7 +190,7 @@ def _int_tuple(text: str, option: str) -> tuple[int, ...]:
 
 def _convert_state(args, result, shape) -> int:
     """`port --state IN --out OUT`: every BatchNorm layer of IN converted to the target's names and written."""
-    from .state import History, StateError, convert_model, read_model, write_model
+    from .explain.state import History, StateError, convert_model, read_model, write_model
 
     mapping = {}
     for item in args.map or []:
@@ -224,7 +225,7 @@ def _convert_state(args, result, shape) -> int:
           f"{result.target}: {args.out} ({kind})")
     for note in converted.notes:
         print(f"  {note}")
-    from .port import native_config
+    from .explain.port import native_config
 
     rank = len(shape) if shape else 4
     for C in sorted({int(np.asarray(st["mean"]).shape[0]) for st in converted.layers.values()}):
@@ -236,12 +237,12 @@ def _convert_state(args, result, shape) -> int:
 
 
 def _cmd_conventions(args) -> int:
-    from .cases import CASES
-    from .catalogue import select
-    from .infer import BY_CASE_KNOB, EVAL_GRADIENT_CASE, table
-    from .install import hint as install_hint
-    from .registry import Registry, RegistryError
-    from .worker import WORKER_THREADS, AdapterRun, Pool, WorkerConfig
+    from .core.cases import CASES
+    from .core.catalogue import select
+    from .explain.infer import BY_CASE_KNOB, EVAL_GRADIENT_CASE, table
+    from .core.install import hint as install_hint
+    from .core.registry import Registry, RegistryError
+    from .execution.worker import WORKER_THREADS, AdapterRun, Pool, WorkerConfig
 
     specs = select(args.frameworks)
     try:
@@ -279,7 +280,7 @@ def _cmd_conventions(args) -> int:
 
 def _first_errors(records: list[dict]) -> list[str]:
     """One line per adapter whose checks errored (setup failed, crashed, timed out): its row says nothing."""
-    from .textsafe import terminal
+    from .core.textsafe import terminal
 
     seen: dict[str, str] = {}
     for r in records:
@@ -299,11 +300,11 @@ def _print_table(t: dict) -> None:
     table = Table(title=t["title"], caption=t.get("description"), show_lines=False)
     for c in t["columns"]:
         table.add_column(c, overflow="fold")
-    from .textsafe import markup
+    from .core.textsafe import markup
 
     for row in t["rows"]:
         table.add_row(*[markup(str(c)) for c in row])
-    from .progress import console
+    from .execution.progress import console
 
     console().print(table)
 
@@ -311,10 +312,10 @@ def _print_table(t: dict) -> None:
 def _cmd_diff(args) -> int:
     from pathlib import Path
 
-    from . import diff as diffmod
-    from . import results
-    from .diffview import print_terminal, render_html
-    from .progress import console as progress_console
+    from .outputs import diff as diffmod
+    from .outputs import results
+    from .outputs.diffview import print_terminal, render_html
+    from .execution.progress import console as progress_console
 
     try:
         fail_on = diffmod.parse_fail_on(args.fail_on or [])
@@ -347,7 +348,7 @@ def _cmd_diff(args) -> int:
 
 
 def _cmd_explain(args) -> int:
-    from .explain import ExplainError, explain, read_array
+    from .explain.explain import ExplainError, explain, read_array
 
     try:
         arrays = {k: read_array(getattr(args, k), k.replace("_", "-")) for k in (
@@ -362,7 +363,7 @@ def _cmd_explain(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .export import ExportError, export
+    from .execution.export import ExportError, export
 
     try:
         path = export(args.runner, args.tier, args.out, args.case or None)
@@ -381,9 +382,9 @@ def _cmd_export(args) -> int:
 def _cmd_import(args) -> int:
     from collections import Counter
 
-    from . import exchange
-    from .import_ import load, write_results
-    from .registry import Registry, RegistryError
+    from .execution import exchange
+    from .execution.import_ import load, write_results
+    from .core.registry import Registry, RegistryError
 
     try:
         registry = Registry.load(args.registry)
@@ -417,7 +418,7 @@ def _cmd_import(args) -> int:
 def _cmd_fuzz(args) -> int:
     import math
 
-    from .fuzz import FuzzError, FuzzOptions, run
+    from .execution.fuzz import FuzzError, FuzzOptions, run
 
     for name in ("budget", "case_timeout"):
         value = getattr(args, name)
@@ -438,7 +439,7 @@ def _cmd_fuzz(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .validation import EPS, FACTOR, FLOOR, JOBS, SECONDS, STEPS, VARIANCE
+    from .core.validation import EPS, FACTOR, FLOOR, JOBS, SECONDS, STEPS, VARIANCE
 
     p = _Parser(prog="bnconform", description="Cross-framework BatchNorm conformance suite.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -639,7 +640,7 @@ def _version_text() -> str:
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    from .install import ROOT, from_checkout
+    from .core.install import ROOT, from_checkout
 
     try:
         own = version("bnconform")
@@ -730,6 +731,6 @@ def threading_is_main() -> bool:
 
 def _one_line(text: str) -> str:
     """A usage error as exactly one printable line (file contents and names can carry newlines and escapes)."""
-    from .textsafe import cap, terminal
+    from .core.textsafe import cap, terminal
 
     return cap(terminal(" ".join(text.split("\n"))), 2000)

@@ -15,7 +15,7 @@ every quantity. Momentum inside the oracle is always alpha, the weight on the ne
 
 What it deliberately does not do:
   - no framework's rounding: expected values are exact to float64 (corrected two-pass moments); the
-    error a framework may make is the tolerance model's business (conformance.tolerance), not the oracle's.
+    error a framework may make is the tolerance model's business (conformance.core.tolerance), not the oracle's.
     The one exception is `statistics.moments_in` / `simulate(..., compute_dtype=...)`, which reproduces
     a named variance algorithm in a narrow format on purpose, to predict and name what a framework using
     it returns;

@@ -77,7 +77,7 @@ class Convention:
     # order loses the mean's -2/n^2 term.
     variance_mean_detached: bool = False
     cumulative_offset: int = 0  # cumulative average divides by (count + offset)
-    # -- fitted deviations: conformance.diagnose estimates these from an observation (continuous parameters)
+    # -- fitted deviations: conformance.explain.diagnose estimates these from an observation (continuous parameters)
     step_weights: tuple[float, ...] | None = None  # weight on the new batch at training update 1, 2, ... (the
     # last one repeats); overrides `averaging`
     running_var_factor: float | None = None  # the running variance takes factor * biased batch variance

@@ -1,8 +1,8 @@
 """The conformance suite: one test per adapter x case x path x quantity (ids: adapter/case-id/quantity on the
 eager path, adapter@path/case-id/quantity on any other execution path).
 
-Which adapters and cases run is chosen by the bnconform pytest plugin's options (see conformance.plugin);
-the verdict itself comes from conformance.engine.evaluate, run in one worker process per adapter.
+Which adapters and cases run is chosen by the bnconform pytest plugin's options (see conformance.execution.plugin);
+the verdict itself comes from conformance.core.engine.evaluate, run in one worker process per adapter.
 """
 import pytest
 

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 
 from adapters import load
-from conformance.catalogue import select
-from conformance import tolerance
-from conformance.inputs import materialize
-from conformance.port import port, port_case
-from conformance.registry import Registry
-from conformance.worker import WorkerConfig, observe
+from conformance.core.catalogue import select
+from conformance.core import tolerance
+from conformance.core.inputs import materialize
+from conformance.explain.port import port, port_case
+from conformance.core.registry import Registry
+from conformance.execution.worker import WorkerConfig, observe
 from reference import simulate
 
 COMPARED = ("y", "running_mean", "running_var", "dx", "dgamma", "dbeta")

@@ -17,7 +17,7 @@ def test_fuzz_finds_nothing_new(tmp_path):
     budget = os.environ.get("BNCONFORM_FUZZ_BUDGET")
     if not budget:
         pytest.skip("the fuzz tier runs when BNCONFORM_FUZZ_BUDGET is set (tox -e fuzz)")
-    from conformance.fuzz import FuzzOptions, run
+    from conformance.execution.fuzz import FuzzOptions, run
 
     seed = os.environ.get("BNCONFORM_FUZZ_SEED")
     lines: list[str] = []

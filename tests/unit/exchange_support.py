@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from conformance import exchange as ex
-from conformance.cases import case_by_id
-from conformance.engine import applicable
-from conformance.inputs import materialize
+from conformance.execution import exchange as ex
+from conformance.core.cases import case_by_id
+from conformance.core.engine import applicable
+from conformance.core.inputs import materialize
 from reference import SECOND_ORDER, round_to, simulate
 
 GRADS = ("dx", "dgamma", "dbeta", "d2x", "d2gamma")

@@ -1,5 +1,5 @@
 """Test-only adapters, registered through BNCONFORM_EXTRA_ADAPTERS=tests.unit.fake_catalogue (see
-conformance.catalogue), so the runner and the pytest plugin drive them in worker processes like real ones.
+conformance.core.catalogue), so the runner and the pytest plugin drive them in worker processes like real ones.
 
   fake.oracle          the oracle rounded to the case dtype: passes everything, needs no framework
   fake.wrong_var       running variance scaled by 1.5: its running_var checks fail

@@ -28,8 +28,8 @@ FROZEN_CASE = "f32-4x3x2x3-ax1-T2E-a0.1-eps1e-05-rstats-s0"
 
 def main(backend: str) -> dict:
     from adapters import load
-    from conformance.cases import CASES
-    from conformance.inputs import materialize
+    from conformance.core.cases import CASES
+    from conformance.core.inputs import materialize
     from reference import simulate
 
     adapter = load(f"keras.{backend}")

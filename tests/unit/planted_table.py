@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 from collections import Counter
 
-from conformance.cases import cases_for_tier
-from conformance.diagnose import diagnose
-from conformance.engine import evaluate
-from conformance.registry import Registry
+from conformance.core.cases import cases_for_tier
+from conformance.explain.diagnose import diagnose
+from conformance.core.engine import evaluate
+from conformance.core.registry import Registry
 
 
 def rows(kind: str):

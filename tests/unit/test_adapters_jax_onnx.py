@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from adapters import load, spec
-from conformance.cases import CASES
-from conformance.engine import evaluate
-from conformance.inputs import materialize
-from conformance.registry import Registry
-from conformance.tolerance import bounds
+from conformance.core.cases import CASES
+from conformance.core.engine import evaluate
+from conformance.core.inputs import materialize
+from conformance.core.registry import Registry
+from conformance.core.tolerance import bounds
 from reference import simulate
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from adapters import load
-from conformance.cases import CASES
-from conformance.inputs import materialize
+from conformance.core.cases import CASES
+from conformance.core.inputs import materialize
 
 ROOT = Path(__file__).resolve().parents[2]
 T2 = "f32-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0"  # alpha 0.1, eps 1e-5, training last
@@ -177,8 +177,8 @@ def test_tf_keras_trainable_false_means_inference(tf_adapters, name):
 def test_repro_of_a_registered_deviation_reproduces_it(tf_adapters):
     """The engine's repro snippet for tf.nn's registered second-order deviation runs in a fresh process and
     prints the error the check measured."""
-    from conformance.engine import evaluate
-    from conformance.registry import Registry
+    from conformance.core.engine import evaluate
+    from conformance.core.registry import Registry
 
     adapter = tf_adapters("tf.nn.batch_normalization")
     rec = {r["quantity"]: r for r in evaluate(adapter, CASES[T2], Registry.load())}["d2x"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.cases import CASES, TIERS, Case, _modes_code, cases_for_tier, discriminating_cases, parse_modes
+from conformance.core.cases import CASES, TIERS, Case, _modes_code, cases_for_tier, discriminating_cases, parse_modes
 
 # Knobs of reference.Convention and the case that separates their settings in the default tier.
 REQUIRED_KNOBS = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from conformance.runner import keyword_matches
+from conformance.execution.runner import keyword_matches
 
 from .clirun import ROOT, bnconform, run_dir
 
@@ -65,7 +65,7 @@ def test_keyword_expressions():
 
 
 def test_install_hint_from_a_checkout(tmp_path, monkeypatch):
-    from conformance.install import from_checkout, hint
+    from conformance.core.install import from_checkout, hint
 
     assert from_checkout()
     monkeypatch.chdir(ROOT)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from conformance.compare import compare
+from conformance.core.compare import compare
 
 
 def _cmp(exp, obs, bound=1e-6, q="y", dt="float32", obs_dt=None, axis=1):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance import inputs, regressions
-from conformance.cases import CASES, Case, cases_for_tier
-from conformance.engine import evaluate
-from conformance.registry import Registry
+from conformance.core import inputs, regressions
+from conformance.core.cases import CASES, Case, cases_for_tier
+from conformance.core.engine import evaluate
+from conformance.core.registry import Registry
 
 from .fakes import OracleAdapter
 

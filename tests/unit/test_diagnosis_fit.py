@@ -6,9 +6,9 @@ import re
 
 import numpy as np
 
-from conformance.cases import CASES
-from conformance.diagnose import NEAR, diagnose
-from conformance.engine import evaluate
+from conformance.core.cases import CASES
+from conformance.explain.diagnose import NEAR, diagnose
+from conformance.core.engine import evaluate
 from reference import round_to, simulate
 
 from .fakes import OracleAdapter

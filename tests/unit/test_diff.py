@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from conformance.diff import DiffRefused, diff, gate, parse_fail_on, summarize
+from conformance.outputs.diff import DiffRefused, diff, gate, parse_fail_on, summarize
 
 
 @dataclass
@@ -228,7 +228,7 @@ def test_other_installed_packages_that_differ_come_from_pip_freeze():
 
 
 def test_html_page_leads_with_the_grouped_changes_and_versions():
-    from conformance.diffview import render_html
+    from conformance.outputs.diffview import render_html
 
     o = RS([rec("y", "pass", 0.05)])
     n = RS([rec("y", "xfail", 2e6, version="2", registry=ENTRY)], [{"input_checksum": "abc", "versions": {"torch": "2"}}])

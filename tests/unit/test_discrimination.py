@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from adapters.base import Precision
-from conformance import tolerance
-from conformance.cases import discriminating_cases
-from conformance.inputs import materialize
+from conformance.core import tolerance
+from conformance.core.cases import discriminating_cases
+from conformance.core.inputs import materialize
 from reference import Convention, simulate
 
 BASE = Convention()

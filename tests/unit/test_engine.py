@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from conformance.cases import CASES, Case
-from conformance.engine import applicable, evaluate
-from conformance.registry import Registry
+from conformance.core.cases import CASES, Case
+from conformance.core.engine import applicable, evaluate
+from conformance.core.registry import Registry
 
 from .fakes import OracleAdapter
 
@@ -124,8 +124,8 @@ def test_diagnosis_is_for_unregistered_failures(tmp_path):
 
 
 def test_singles_only_diagnosis_never_builds_pairs(monkeypatch):
-    from conformance import diagnose as dg
-    from conformance import hypotheses
+    from conformance.explain.explain import diagnose as dg
+    from conformance.explain.explain import hypotheses
 
     monkeypatch.setattr(hypotheses, "combine", lambda a, b: (_ for _ in ()).throw(AssertionError("pair built")))
     recs = {r["quantity"]: r for r in evaluate(OracleAdapter(scale_running_var=1.01), WORKHORSE,

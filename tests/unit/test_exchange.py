@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from adapters.imported import TFJS
-from conformance import exchange as ex
-from conformance.cases import case_by_id
-from conformance.export import ExportError, export
-from conformance.import_ import load, write_results
-from conformance.inputs import materialize
-from conformance.registry import Registry
+from conformance.execution import exchange as ex
+from conformance.core.cases import case_by_id
+from conformance.execution.export import ExportError, export
+from conformance.execution.import_ import load, write_results
+from conformance.core.inputs import materialize
+from conformance.core.registry import Registry
 
 from .clirun import bnconform
 from .exchange_support import oracle_runner

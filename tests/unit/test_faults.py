@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from conformance.cases import cases_for_tier
-from conformance.engine import applicable
+from conformance.core.cases import cases_for_tier
+from conformance.core.engine import applicable
 
 from .clirun import bnconform, env, run_dir
 
@@ -80,7 +80,7 @@ def _left(pids: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def fault_runs(tmp_path_factory):
-    from conformance import results
+    from conformance.outputs import results
 
     root = tmp_path_factory.mktemp("faults")
     pids = root / "pids"

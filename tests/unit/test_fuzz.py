@@ -7,9 +7,10 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from conformance import fuzz, regressions
-from conformance.engine import applicable
-from conformance.inputs import DISTRIBUTIONS, materialize
+from conformance.execution import fuzz
+from conformance.core import regressions
+from conformance.core.engine import applicable
+from conformance.core.inputs import DISTRIBUTIONS, materialize
 
 from .fuzz_fakes import THRESHOLD
 
@@ -69,7 +70,7 @@ def test_control_adapter_yields_no_finding(monkeypatch):
 
 
 def test_a_crashing_adapter_is_an_error_outcome_and_the_worker_restarts(monkeypatch):
-    from conformance.cases import Case
+    from conformance.core.cases import Case
 
     victim = Case((4, 3), "float32", ("train",), seed=99, tier="fuzz")
     monkeypatch.setenv("BNCONFORM_EXTRA_ADAPTERS", EXTRA)
@@ -85,7 +86,7 @@ def test_a_crashing_adapter_is_an_error_outcome_and_the_worker_restarts(monkeypa
 
 
 def test_corpus_file_round_trip_and_validation(tmp_path):
-    from conformance.cases import Case
+    from conformance.core.cases import Case
 
     case = Case((5, 2, 3), "bfloat16", ("train", "eval", "train"), momentum=None, eps=1e-12, dist="inf",
                 loc=-1000.0, memory_format="contiguous", seed=12, tier="default", note="n")
@@ -113,7 +114,7 @@ def test_bad_fuzz_options_are_one_line_and_exit_2(args, capsys):
 def test_fuzz_command_end_to_end_writes_corpus_and_results(tmp_path):
     """`bnconform fuzz` on an adapter with an always-visible bug: exit status 1, the seed printed, a corpus file
     that loads back, and records that `bnconform report` renders."""
-    from conformance import results
+    from conformance.outputs import results
 
     from .clirun import bnconform
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.analysis import defaults_hazard, equivalence, explain
-from conformance.cases import CASES, cases_for_tier
-from conformance.engine import evaluate
-from conformance.infer import BY_CASE_KNOB, EVAL_GRADIENT_CASE, evidence, table
-from conformance.inputs import materialize
-from conformance.port import port_case, residuals_between
+from conformance.explain.analysis import defaults_hazard, equivalence, explain
+from conformance.core.cases import CASES, cases_for_tier
+from conformance.core.engine import evaluate
+from conformance.explain.infer import BY_CASE_KNOB, EVAL_GRADIENT_CASE, evidence, table
+from conformance.core.inputs import materialize
+from conformance.explain.port import port_case, residuals_between
 from reference import Convention
 
 from .fakes import OracleAdapter
@@ -135,14 +135,14 @@ FRAMEWORKS = ('torch', 'tensorflow', 'tensorflow_cpu', 'jax', 'jaxlib', 'keras',
               'dm_haiku', 'equinox', 'tf_keras')
 importlib.metadata.version = absent
 from adapters import SPECS, load
-from conformance.inputs import materialize
-from conformance.port import port_case
+from conformance.core.inputs import materialize
+from conformance.explain.port import port_case
 p = materialize(port_case(0.1, 1e-5))
 for s in SPECS:
     if s.core:
         a = load(s.name)
         assert a.snippet(p) and isinstance(a.native_config(p), dict) and a.precision(p), s.name
-from conformance.port import port
+from conformance.explain.port import port
 for src, dst in (("torch", "keras"), ("torch", "flax"), ("keras", "torch"), ("torch", "equinox"), ("torch", "onnx"),
                  ("tensorflow", "nnx"), ("jax", "tf_keras")):
     assert port(src, dst).text()  # advice, sizes, registered deviations and porting code, no framework
@@ -166,7 +166,7 @@ def test_defaults_hazard_percentages_are_the_signed_change_of_the_value_shown():
 
 
 def test_not_identified_is_neither_agreement_nor_disagreement():
-    from conformance.infer import table
+    from conformance.explain.infer import table
 
     ev = {"case": "c", "knob": "running variance", "declared": "unbiased", "inferred": None, "agrees": None}
     t = table([{"adapter": "a", "evidence": ev}])

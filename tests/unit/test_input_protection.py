@@ -6,10 +6,10 @@ import ctypes
 
 import numpy as np
 
-import conformance.engine as engine
-from conformance.cases import CASES
-from conformance.engine import evaluate
-from conformance.inputs import materialize
+import conformance.core.engine as engine
+from conformance.core.cases import CASES
+from conformance.core.engine import evaluate
+from conformance.core.inputs import materialize
 
 from .fakes import OracleAdapter
 

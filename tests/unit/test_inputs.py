@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conformance.cases import CASES, Case
-from conformance.inputs import checksum, materialize, standard, uniform
+from conformance.core.cases import CASES, Case
+from conformance.core.inputs import checksum, materialize, standard, uniform
 from reference.dtypes import is_representable
 
 # Computed once; a change here means every stored result's inputs changed: bump the results schema too.

@@ -9,11 +9,11 @@ import jsonschema
 import pytest
 
 from adapters.base import EAGER_PATH, PathSpec
-from conformance import paths
-from conformance.cases import cases_for_tier
-from conformance.engine import check_id
-from conformance.registry import Registry, _parse_entry
-from conformance.results import _parse_record
+from conformance.core import paths
+from conformance.core.cases import cases_for_tier
+from conformance.core.engine import check_id
+from conformance.core.registry import Registry, _parse_entry
+from conformance.outputs.results import _parse_record
 
 from .clirun import bnconform
 
@@ -94,8 +94,8 @@ def test_an_entry_for_a_path_that_did_not_run_is_not_stale():
 
 
 def test_version_1_records_read_as_eager():
-    from conformance.cases import CASES
-    from conformance.engine import records_for
+    from conformance.core.cases import CASES
+    from conformance.core.engine import records_for
 
     from .fakes import OracleAdapter
 
@@ -108,8 +108,8 @@ def test_version_1_records_read_as_eager():
 
 def test_records_with_a_path_and_facts_follow_the_schema():
     schema = json.loads((SCHEMAS / "record.schema.json").read_text())
-    from conformance.engine import records_for
-    from conformance.cases import CASES
+    from conformance.core.engine import records_for
+    from conformance.core.cases import CASES
 
     from .fakes import OracleAdapter
 
@@ -145,7 +145,7 @@ def test_sharded_cases_run_on_eager_and_sharded_paths_only():
 
 
 def test_shards_must_sum_to_the_batch():
-    from conformance.cases import Case
+    from conformance.core.cases import Case
 
     with pytest.raises(ValueError, match="sum to the batch size 8"):
         Case((8, 4), shards=(5, 2))

@@ -9,15 +9,15 @@ import pytest
 pytest.importorskip("torch")
 
 from adapters import load  # noqa: E402
-from conformance.cases import cases_for_tier  # noqa: E402
-from conformance.engine import evaluate  # noqa: E402
-from conformance.registry import Registry  # noqa: E402
+from conformance.core.cases import cases_for_tier  # noqa: E402
+from conformance.core.engine import evaluate  # noqa: E402
+from conformance.core.registry import Registry  # noqa: E402
 
-from conformance.diagnose import diagnose  # noqa: E402
+from conformance.explain.diagnose import diagnose  # noqa: E402
 
 from .planted import BUGS, HandWrittenTorchBN  # noqa: E402
 
-# The hypothesis (conformance.hypotheses) that names each planted bug.
+# The hypothesis (conformance.explain.hypotheses) that names each planted bug.
 DIAGNOSIS = {
     "momentum_flipped": "momentum_flipped",
     "biased_running_var": "running_var_biased",

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.cases import cases_for_tier
-from conformance.diagnose import diagnose
-from conformance.engine import evaluate
-from conformance.registry import Registry
+from conformance.core.cases import cases_for_tier
+from conformance.explain.diagnose import diagnose
+from conformance.core.engine import evaluate
+from conformance.core.registry import Registry
 
 from .planted_numpy import BUGS, HandWrittenNumpyBN
 

@@ -7,10 +7,10 @@ import pytest
 
 pytest.importorskip("torch")
 
-from conformance.cases import cases_for_tier  # noqa: E402
-from conformance.diagnose import diagnose  # noqa: E402
-from conformance.engine import evaluate  # noqa: E402
-from conformance.paths import cases_on  # noqa: E402
+from conformance.core.cases import cases_for_tier  # noqa: E402
+from conformance.explain.diagnose import diagnose  # noqa: E402
+from conformance.core.engine import evaluate  # noqa: E402
+from conformance.core.paths import cases_on  # noqa: E402
 
 from .planted_paths import PATH_BUGS, PlantedPath  # noqa: E402
 

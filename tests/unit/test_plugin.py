@@ -16,7 +16,7 @@ needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="torch is not installed"
 
 @pytest.fixture
 def suite(pytester, monkeypatch):
-    pytester.makeconftest('pytest_plugins = ["conformance.plugin"]\n')
+    pytester.makeconftest('pytest_plugins = ["conformance.execution.plugin"]\n')
     pytester.makepyfile(test_conformance=TEST)
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for var in [v for v in os.environ if v.startswith("BNCONFORM_")]:  # e.g. BNCONFORM_RESULTS from tox

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from adapters import SPECS
-from conformance.catalogue import resolve, select, siblings
-from conformance.catalogue import load as load_adapter
+from conformance.core.catalogue import resolve, select, siblings
+from conformance.core.catalogue import load as load_adapter
 from conformance.cli import main
-from conformance.port import port, residuals_between
+from conformance.explain.port import port, residuals_between
 from reference import simulate
 
 CORE = [s.name for s in SPECS if s.core]
@@ -115,7 +115,7 @@ def test_every_claim_about_options_is_confirmed_by_the_oracle():
 
 def test_claim_check_catches_a_refuted_claim(monkeypatch):
     """Planted: the search forgets the target's options (the old port): flax's variance claim is refuted."""
-    import conformance.port as port_module
+    import conformance.explain.port as port_module
 
     monkeypatch.setattr(port_module, "siblings", lambda name: [s for s in SPECS if s.name == name])
     assert any("flax.linen.two_pass removes" in b for b in _claims_hold("torch.nn.BatchNorm", "flax.linen"))
@@ -155,7 +155,7 @@ def test_residual_sizes_match_the_oracle_on_the_bessel_factor():
 
 
 # ---- bad input: one line, exit 2
-BAD = [  # the CLI's numbers are checked by conformance.validation (one place, one wording), port() again
+BAD = [  # the CLI's numbers are checked by conformance.core.validation (one place, one wording), port() again
     (["port", "--from", "torch", "--to", "caffe"], "unknown framework or adapter 'caffe'"),
     (["port", "--from", "torch", "--to", "keras", "--momentum", "nan"], "must be a finite number"),
     (["port", "--from", "torch", "--to", "keras", "--momentum", "inf"], "must be a finite number"),

@@ -5,7 +5,7 @@ torch model exported to ONNX Runtime. Every framework runs in its own child proc
 What is checked, against bounds from the error model (never a tuned tolerance):
   - inference outputs agree: each framework's output is within B of the float64 network evaluated exactly, so
     two frameworks differ by at most 2B; B propagates the first-order rounding error of every layer in float32
-    (dot products gamma_k sum|w||x|, BatchNorm's inference bound from conformance/tolerance.py, the pooling
+    (dot products gamma_k sum|w||x|, BatchNorm's inference bound from conformance/core/tolerance.py, the pooling
     average), times tolerance.SAFETY;
   - running statistics agree: the torch state converted with --purpose training equals what the target's own
     BatchNorm holds after training on the same BatchNorm inputs (recorded in torch), within the two frameworks'
@@ -27,10 +27,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conformance import tolerance
-from conformance.catalogue import load
+from conformance.core import tolerance
+from conformance.core.catalogue import load
 from conformance.cli import main as bnconform
-from conformance.state import History, convert_model, read_model
+from conformance.explain.state import History, convert_model, read_model
 from reference import Problem, simulate
 
 from . import port_journey as pj

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from conformance.registry import Registry, RegistryError
+from conformance.core.registry import Registry, RegistryError
 
 GOOD = '''
 [[deviation]]

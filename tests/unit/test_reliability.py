@@ -10,7 +10,8 @@ import shutil
 
 import pytest
 
-from conformance import results, textsafe
+from conformance.outputs import results
+from conformance.core import textsafe
 
 from .clirun import FAKES, bnconform, run_dir
 
@@ -39,8 +40,8 @@ def test_written_files_follow_the_umask(tmp_path, umask, mode):
 def test_run_directories_are_claimed_exclusively(tmp_path):
     import re
 
-    from conformance.runner import _claim_run_dir
-    from conformance.validation import schema
+    from conformance.execution.runner import _claim_run_dir
+    from conformance.core.validation import schema
 
     rid = "20260101T000000-smoke-0123abcd"
     dirs = [_claim_run_dir(tmp_path / "runs", rid) for _ in range(3)]
@@ -52,8 +53,8 @@ def test_run_directories_are_claimed_exclusively(tmp_path):
 def test_two_runs_in_the_same_second_never_share_a_directory(tmp_path, monkeypatch):
     """Same selection, same second: the same run id. The second run gets `<id>-2` and each directory holds
     exactly its own run's checks."""
-    from conformance import runmeta
-    from conformance.runner import RunOptions, run
+    from conformance.outputs import runmeta
+    from conformance.execution.runner import RunOptions, run
 
     monkeypatch.setenv("BNCONFORM_EXTRA_ADAPTERS", FAKES)
     monkeypatch.setattr(runmeta, "now", lambda: "2026-01-01T00:00:00Z")
@@ -70,7 +71,7 @@ def test_two_runs_in_the_same_second_never_share_a_directory(tmp_path, monkeypat
 def test_a_results_directory_has_one_writing_session(tmp_path):
     """Two pytest sessions with the same --bn-results: the second is refused (it used to delete the first
     one's files); once the first has finished, the directory is free again."""
-    from conformance.pytest_results import InUse, clean, lock
+    from conformance.execution.pytest_results import InUse, clean, lock
 
     (tmp_path / "records.jsonl").write_text("the first session's records\n")
     first = lock(tmp_path)
@@ -88,7 +89,7 @@ def test_the_plugin_refuses_a_directory_in_use(tmp_path):
     import subprocess
     import sys
 
-    from conformance.pytest_results import lock
+    from conformance.execution.pytest_results import lock
 
     from .clirun import ROOT, env
 
@@ -150,7 +151,7 @@ def test_capped_text_keeps_head_and_tail():
 
 def test_a_stored_nan_does_not_break_the_conventions_table():
     """infer.table once formatted the stored string "nan" with :.3g."""
-    from conformance.infer import table
+    from conformance.explain.infer import table
 
     ev = {"case": "c", "knob": "momentum form", "declared": "weight_on_new", "inferred": "weight_on_new",
           "agrees": True, "alpha_observed": "nan"}

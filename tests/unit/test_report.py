@@ -8,10 +8,10 @@ import re
 
 import pytest
 
-from conformance import report, results, svg
-from conformance.cases import case_by_id, cases_for_tier
-from conformance.compare import HIST_EDGES
-from conformance.engine import evaluate
+from conformance.outputs import report, results, svg
+from conformance.core.cases import case_by_id, cases_for_tier
+from conformance.core.compare import HIST_EDGES
+from conformance.core.engine import evaluate
 
 from .fakes import OracleAdapter
 

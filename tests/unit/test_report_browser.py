@@ -18,7 +18,7 @@ import shutil
 
 import pytest
 
-from conformance.cases import cases_for_tier
+from conformance.core.cases import cases_for_tier
 
 from .clirun import ROOT, bnconform, run_dir
 from .test_results import validate_dir

@@ -14,9 +14,9 @@ pytest.importorskip("torch")
 
 from adapters import load  # noqa: E402
 from adapters.torch_module import TorchModule  # noqa: E402
-from conformance.cases import CASES  # noqa: E402
-from conformance.engine import evaluate  # noqa: E402
-from conformance.inputs import materialize  # noqa: E402
+from conformance.core.cases import CASES  # noqa: E402
+from conformance.core.engine import evaluate  # noqa: E402
+from conformance.core.inputs import materialize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL_N = CASES["f32-4x3-ax1-T2E-a0.1-eps1e-05-rstats-s0"]

@@ -10,9 +10,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from conformance import results
-from conformance.cases import cases_for_tier
-from conformance.engine import SCHEMA_VERSION, evaluate
+from conformance.outputs import results
+from conformance.core.cases import cases_for_tier
+from conformance.core.engine import SCHEMA_VERSION, evaluate
 
 from .clirun import FAKES, ROOT, bnconform, run_dir
 from .fakes import OracleAdapter
@@ -70,7 +70,7 @@ def test_cli_output_validates(tmp_path):
                          ids=["oracle", "raises-nan", "raising", "dropping"])
 def test_engine_records_of_every_shape_validate(case_id, fake, tmp_path):
     """Records the engine makes for edge cases (characterized, n = 1, errors, skips, NaN) validate once written."""
-    from conformance.cases import case_by_id
+    from conformance.core.cases import case_by_id
 
     w = results.RecordWriter(tmp_path / "records.jsonl")
     w.write(evaluate(fake, case_by_id(case_id)))
@@ -89,7 +89,7 @@ def test_analysis_contract_validates_an_example():
 
 @pytest.fixture
 def suite(pytester, monkeypatch):
-    pytester.makeconftest('pytest_plugins = ["conformance.plugin"]\n')
+    pytester.makeconftest('pytest_plugins = ["conformance.execution.plugin"]\n')
     pytester.makepyfile(test_conformance=TEST)
     monkeypatch.setenv("PYTHONPATH", str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     for var in list(os.environ):

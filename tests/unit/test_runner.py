@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from conformance import results
-from conformance.cases import cases_for_tier
-from conformance.engine import applicable
+from conformance.outputs import results
+from conformance.core.cases import cases_for_tier
+from conformance.core.engine import applicable
 
 from .clirun import bnconform, env, run_dir
 
@@ -193,7 +193,7 @@ def test_pool_wait_turns_ctrl_c_into_a_clean_stop_and_waits_for_cleanup():
     KeyboardInterrupt inside Thread.join could declare a still-running thread finished on CPython 3.11)."""
     import threading
 
-    from conformance.worker import Pool
+    from conformance.execution.worker import Pool
 
     class SlowToStop:
         adapter_name = "slow"
@@ -216,7 +216,7 @@ def test_pool_wait_turns_ctrl_c_into_a_clean_stop_and_waits_for_cleanup():
 
 
 def test_a_driver_bug_is_one_line_not_a_traceback():
-    from conformance.worker import Pool
+    from conformance.execution.worker import Pool
 
     class Broken:
         adapter_name = "broken"
@@ -231,11 +231,11 @@ def test_a_driver_bug_is_one_line_not_a_traceback():
 
 
 def test_pool_keeps_a_family_on_its_process_and_spreads_families_over_slots():
-    """The scheduling rule (conformance.worker.Pool): a slot keeps taking runs of the key its process has; a
+    """The scheduling rule (conformance.execution.worker.Pool): a slot keeps taking runs of the key its process has; a
     slot needing a new process takes the largest family no other slot is running."""
     import threading
 
-    from conformance.worker import Pool
+    from conformance.execution.worker import Pool
 
     class Run:
         def __init__(self, name, key):
@@ -257,7 +257,7 @@ def test_pool_keeps_a_family_on_its_process_and_spreads_families_over_slots():
 
 
 def test_compiled_code_caches_go_under_the_results_directory_unless_chosen(monkeypatch, tmp_path):
-    from conformance.worker import persistent_caches
+    from conformance.execution.worker import persistent_caches
 
     for var in ("BNCONFORM_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TF_XLA_FLAGS"):
         monkeypatch.delenv(var, raising=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.exchange import RUNNER_DIR
+from conformance.execution.exchange import RUNNER_DIR
 
 from .clirun import bnconform
 

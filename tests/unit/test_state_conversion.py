@@ -1,4 +1,4 @@
-"""BatchNorm state conversion (conformance/state.py, adapters/state_io.py): the running-variance correction is
+"""BatchNorm state conversion (conformance/explain/state.py, adapters/state_io.py): the running-variance correction is
 exact against the oracle, says when it is approximate, and the files round-trip in each framework's names; and
 the porting code `bnconform port` prints runs as pasted, without bnconform."""
 from __future__ import annotations
@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from adapters import state_io
-from conformance.catalogue import load
+from conformance.core.catalogue import load
 from conformance.cli import main
-from conformance.port import port
-from conformance.state import History, StateError, convert_layer, convert_model, read_model, write_model
+from conformance.explain.port import port
+from conformance.explain.state import History, StateError, convert_layer, convert_model, read_model, write_model
 from reference import Problem, simulate
 
 ROOT = Path(__file__).resolve().parents[2]

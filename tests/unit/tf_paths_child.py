@@ -19,9 +19,9 @@ RUNS = (
 
 def main() -> dict:
     from adapters import load
-    from conformance.cases import CASES
-    from conformance.engine import evaluate
-    from conformance.registry import Registry
+    from conformance.core.cases import CASES
+    from conformance.core.engine import evaluate
+    from conformance.core.registry import Registry
 
     by_id, registry, adapters, out = CASES, Registry.load(), {}, {}
     for name, path, case_id in RUNS:

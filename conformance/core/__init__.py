@@ -1,0 +1,1 @@
+"""Verdict core: the case table, inputs, execution paths, the adapter catalogue, tolerance, comparison, the registry of known deviations, and the engine that makes verdicts (with their messages and repros)."""
