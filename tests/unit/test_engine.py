@@ -124,8 +124,8 @@ def test_diagnosis_is_for_unregistered_failures(tmp_path):
 
 
 def test_singles_only_diagnosis_never_builds_pairs(monkeypatch):
-    from conformance.explain.explain import diagnose as dg
-    from conformance.explain.explain import hypotheses
+    from conformance.explain import diagnose as dg
+    from conformance.explain import hypotheses
 
     monkeypatch.setattr(hypotheses, "combine", lambda a, b: (_ for _ in ()).throw(AssertionError("pair built")))
     recs = {r["quantity"]: r for r in evaluate(OracleAdapter(scale_running_var=1.01), WORKHORSE,
