@@ -50,8 +50,12 @@ def test_broken_tf_path_is_caught_on_its_path(bug):
     assert failing, f"{bug} ({TF_PATH_BUGS[bug][1]}) passed every check of path {path}"
     assert all(r["path"] == path and f"@{path}::" in r["check_id"] for r in failing)
     if DIAGNOSIS[bug]:
+        # The whole-case fit also names tf.nn's own registered second-order deviation (variance around
+        # stop_gradient(mean)) where a case has second order: the pair is the complete, right explanation.
+        known = {"variance_mean_detached"}
         misnamed = [f"{r['case']}/{r['quantity']}: {r['diagnosis']['summary']}" for r in failing
-                    if r["diagnosis"]["hypothesis"] != DIAGNOSIS[bug]]
+                    if DIAGNOSIS[bug] not in (r["diagnosis"]["hypothesis"] or "").split("+")
+                    or set((r["diagnosis"]["hypothesis"] or "").split("+")) - {DIAGNOSIS[bug]} - known]
         assert not misnamed, "\n".join(misnamed)
     control = _records(adapter, "eager")
     eager = [r for r in control if r["verdict"] in ("fail", "error")]
