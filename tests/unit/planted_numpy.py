@@ -168,6 +168,12 @@ class HandWrittenNumpyBN(Adapter):
             counts.append(count)
         return ys, means, vars_, counts
 
+    def unsupported(self, p: Problem) -> str | None:
+        if p.xs[-1].size > MAX_GRADIENT_SIZE:  # realistic sizes: checked on the real adapters, not on this one
+            return (f"the independent NumPy BatchNorm is written for small inputs (at most {MAX_GRADIENT_SIZE} "
+                    "elements: its complex-step gradients cost size^2, its diagnosis fits too)")
+        return super().unsupported(p)
+
     def run(self, p: Problem) -> Observation:
         obs = Observation(facts={"device": "cpu", "bug": self.bug or "none"})
         if p.reduced_count == 1 and "train" in p.modes:
