@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-
 from conformance.core.cases import CASES
 from conformance.explain.diagnose import NEAR, diagnose
 from conformance.core.engine import evaluate
