@@ -107,6 +107,7 @@ def test_blocked_metrics_are_the_whole_array_definition(monkeypatch, block, seed
         flat_e[5], flat_o[5] = np.inf, np.inf
         flat_e[6], flat_o[6] = np.nan, np.nan
         flat_e[7] = flat_o[7] = 5e-324
+        flat_e[0], flat_o[0] = 1e-310, 3e-310  # a float64 ulp in the subnormal range
     if seed % 5 == 0:
         bound = float(np.abs(rng.standard_normal()))
     got = compare("dx", exp, obs, bound, expected_dtype=fmt, observed_dtype=fmt, axis=0).as_dict()
@@ -120,3 +121,10 @@ def test_blocked_metrics_with_nonfinite_values_take_the_masked_route():
     obs = np.array([[1.5, np.inf, 3.0], [np.nan, 2.0, -np.inf]])
     c = compare("dx", exp, obs, 1.0, expected_dtype="float64", observed_dtype="float64", axis=1)
     assert c.ok and c.ratio == 0.5 and c.exact_matches == 5 and c.worst_index == (0, 0)
+
+
+def test_ulp_distance_in_float64s_subnormal_range():
+    """The float64 ulp of a subnormal value is 2**-1074 (not the smallest normal's 2**-1022)."""
+    exp, obs = np.array([1e-310, 1.0]), np.array([3e-310, 1.0])
+    c = compare("dx", exp, obs, 1.0, expected_dtype="float64", observed_dtype="float64", axis=0)
+    assert c.max_ulp == _whole_array("dx", exp, obs, 1.0, "float64")["max_ulp"] == (3e-310 - 1e-310) / 2.0**-1074
