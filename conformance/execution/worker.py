@@ -25,7 +25,7 @@ from pathlib import Path
 from ..core.textsafe import REASON_LIMIT, cap, capped_record
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-               "TF_NUM_INTEROP_THREADS", "BNCONFORM_THREADS")
+               "TF_NUM_INTEROP_THREADS", "NUMBA_NUM_THREADS", "BNCONFORM_THREADS")
 MAX_RESTARTS = 3
 # Every worker computes with one thread, whatever --jobs is: a framework's thread count changes how it splits
 # its reductions, so its rounding, so the error/bound ratios; results must not depend on how many adapters ran
