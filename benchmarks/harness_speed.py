@@ -61,9 +61,8 @@ class _Clock:
 
 def _instrument(clock: _Clock, monkey: list) -> None:
     """Wrap, in the engine's namespaces, what each phase calls (whatever the engine imports of them)."""
-    from conformance.core import engine, inputs, tolerance
-
     import reference
+    from conformance.core import engine, inputs, tolerance
 
     guard = getattr(engine, "InputGuard", None)
     targets = {
@@ -88,9 +87,9 @@ def _restore(monkey: list) -> None:
 
 
 def realistic_cases(selection: str):
-    from conformance.core.cases import cases_for_tier
-
     import numpy as np
+
+    from conformance.core.cases import cases_for_tier
 
     cases = [c for c in cases_for_tier("default") if int(np.prod(c.shape)) >= REALISTIC]
     if selection != "all":

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from reference import FORMATS, ulp
+from reference import FORMATS
 
 # Where the channel lives in each quantity's array, relative to the problem's channel axis.
 #   "step+axis": (steps, *x.shape)   "axis": x.shape   "last": (..., C)   None: no channel

@@ -121,7 +121,7 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
     d_rm = (u_s if u_s > u_o else 0.0) * np.abs(problem.running_mean)
     d_rv = (u_s if u_s > u_o else 0.0) * np.abs(problem.running_var)
     rm_prev, rv_prev = problem.running_mean.copy(), problem.running_var.copy()
-    ys, rms, rvs, bms, bvs, rho_var, kappa = [], [], [], [], [], [], []
+    rms, rvs, bms, bvs, rho_var, kappa = [], [], [], [], [], []
     last = {}
     for t, (x, mode) in enumerate(zip(problem.xs, convention.modes(problem))):
         mu, v = trace.step_mean[t], trace.step_var[t]
@@ -210,9 +210,12 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
     np.abs(term, out=term)
     sum_dy_xhat = total(term)  # sum |dy xhat|
     sum_dy = total(ady)
-    # (the term `d_xhat`: r (d_m + |x - m| d_s2 / 2 (s2 + eps)) + 2 u_c |xhat|, xhat = (x - m) r)
-    d_xhat = lambda x, m, r, d_m, rel_s2: r * (d_m + 0.5 * np.abs(x - m) * rel_s2) + 2 * u_c * np.abs((x - m) * r)  # noqa: E731
-    _elementwise(term, lambda x, ady, m, r, d_m, rel_s2: ady * d_xhat(x, m, r, d_m, rel_s2), x, ady, m, r, d_m, rel_s2)
+    def d_xhat(x, m, r, d_m, rel_s2):
+        """r (d_m + |x - m| d_s2 / 2 (s2 + eps)) + 2 u_c |xhat|, xhat = (x - m) r"""
+        return r * (d_m + 0.5 * np.abs(x - m) * rel_s2) + 2 * u_c * np.abs((x - m) * r)
+
+    _elementwise(term, lambda x, ady, m, r, d_m, rel_s2: ady * d_xhat(x, m, r, d_m, rel_s2),
+                 x, ady, m, r, d_m, rel_s2)
     sum_dy_dxhat = total(term)  # sum |dy| d_xhat
     mean_ady, mean_dy_xhat, mean_dy_dxhat = (keep(s_) / n for s_ in (sum_dy, sum_dy_xhat, sum_dy_dxhat))
     # A term the backward does not have (a or c = 0: inference) is left out, not multiplied by 0: with an

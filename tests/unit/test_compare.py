@@ -55,9 +55,8 @@ def test_ulp_metric_in_target_format():
 
 def _whole_array(quantity, expected, observed, bound, fmt):
     """The metrics as first written, one whole-array expression each (the specification of compare's pass)."""
-    from reference import ulp
-
     from conformance.core.compare import HIST_EDGES
+    from reference import ulp
 
     finite = np.isfinite(expected)
     bound = np.broadcast_to(np.asarray(bound, dtype=np.float64), expected.shape)
@@ -69,10 +68,10 @@ def _whole_array(quantity, expected, observed, bound, fmt):
     nonzero = err[err > 0]
     hist = np.histogram(np.log10(nonzero), bins=HIST_EDGES)[0].tolist() if nonzero.size else [0] * 22
     worst = tuple(int(i) for i in np.unravel_index(int(np.argmax(ratio)), expected.shape))
-    return dict(ratio=float(np.max(ratio)), max_abs=float(np.max(err)), max_rel=float(np.max(rel)),
-                max_ulp=float(np.max(ulps)), mismatched=int(np.count_nonzero(ratio > 1.0)), worst_index=list(worst),
-                expected=float(expected[worst]), observed=float(observed[worst]), allowed=float(bound[worst]),
-                error_hist=hist, exact_matches=int(np.count_nonzero(err == 0)))
+    return {"ratio": float(np.max(ratio)), "max_abs": float(np.max(err)), "max_rel": float(np.max(rel)),
+            "max_ulp": float(np.max(ulps)), "mismatched": int(np.count_nonzero(ratio > 1.0)),
+            "worst_index": list(worst), "expected": float(expected[worst]), "observed": float(observed[worst]),
+            "allowed": float(bound[worst]), "error_hist": hist, "exact_matches": int(np.count_nonzero(err == 0))}
 
 
 def _same(a, b) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import conformance.core.engine as engine
+from conformance.core import engine
 from conformance.core.cases import CASES
 from conformance.core.engine import Shared, evaluate
 from reference import Convention

@@ -79,7 +79,7 @@ def test_the_numba_kernels_give_the_numpy_streams_bits(monkeypatch):
     """Large requests come from compiled kernels (conformance/core/inputs_kernels.py): the same values as the
     NumPy code, bit for bit, at sizes around the block size and not multiples of it."""
     pytest.importorskip("numba")
-    import conformance.core.inputs as inputs
+    from conformance.core import inputs
 
     for size in (1, 5, (1 << 15) + 3, 70001):
         monkeypatch.setattr(inputs, "FAST", 1 << 62)  # NumPy
@@ -91,7 +91,7 @@ def test_the_numba_kernels_give_the_numpy_streams_bits(monkeypatch):
 
 
 def test_without_numba_large_inputs_take_the_numpy_path(monkeypatch):
-    import conformance.core.inputs as inputs
+    from conformance.core import inputs
 
     monkeypatch.setattr(inputs, "_kernels", False)
     assert inputs._fast(1 << 20) is None
