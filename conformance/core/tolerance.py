@@ -57,11 +57,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reference import FORMATS, Convention, Problem, Trace, to_channels, unit_roundoff
+from reference import FORMATS, Convention, Problem, Trace, blocked, to_channels, unit_roundoff
 from reference.statistics import reduce_axes
 
 SAFETY = 2.0
 ILL_POSED = 0.1
+BLOCK = blocked.BLOCK_ELEMENTS  # elements per block of the elementwise bounds (see `_elementwise`)
+
+
+def _elementwise(out: np.ndarray, fn, *operands) -> np.ndarray:
+    """out[...] = fn(*operands), evaluated one cache-sized block at a time (reference/blocked.py): operands are
+    x-shaped arrays or per-channel ones kept with keepdims. Every element goes through the same operations in the
+    same order as the whole-array expression, so the same bits, without an x-sized temporary per operation."""
+    for b in blocked.blocks(out.shape, BLOCK):
+        out[b] = fn(*(blocked.part(a, b) for a in operands))
+    return out
 
 
 @dataclass(frozen=True)
@@ -94,11 +104,24 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
     def ch(vec):
         return to_channels(vec, nd, axis)
 
+    def underflow(name: str) -> float:
+        """Absolute rounding error of results in the subnormal range: the returned format's and the arithmetic's."""
+        returned = {"running_mean": precision.stats, "running_var": precision.stats,
+                    "dgamma": precision.params, "dbeta": precision.params, "d2gamma": precision.params}.get(name)
+        if name in ("batch_mean", "batch_var"):
+            returned = precision.io if u_o >= u_s else precision.stats
+        returned = returned or precision.io
+        tiny = lambda f: unit_roundoff(f) * 2.0 ** FORMATS[f].min_exponent  # noqa: E731
+        return tiny(returned) + (n + 10) * tiny(precision.compute)
+
+    eta_y = underflow("y")
+    # y's bound, SAFETY * (B + eta) as `put` makes it, written step by step into one array
+    y_bound = np.empty((problem.steps, *problem.shape))
     # The initial statistics are exact in the case dtype; stored in a narrower format they are rounded first.
     d_rm = (u_s if u_s > u_o else 0.0) * np.abs(problem.running_mean)
     d_rv = (u_s if u_s > u_o else 0.0) * np.abs(problem.running_var)
     rm_prev, rv_prev = problem.running_mean.copy(), problem.running_var.copy()
-    ys, rms, rvs, bms, bvs, rho_var, kappa = [], [], [], [], [], [], []
+    rms, rvs, bms, bvs, rho_var, kappa = [], [], [], [], [], []
     last = {}
     for t, (x, mode) in enumerate(zip(problem.xs, convention.modes(problem))):
         mu, v = trace.step_mean[t], trace.step_var[t]
@@ -136,10 +159,10 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
             d_s2 = d_s2 + 2 * u_h * (trace.norm_var[t] + eps)
         r = 1.0 / np.sqrt(s2 + eps)
         rel_s2 = ch(d_s2) / (s2 + eps)
-        y = trace["y"][t]
-        by = (gamma * r * (ch(d_m) + 0.5 * np.abs(x - m) * rel_s2)
-              + 4 * u_c * (gamma * r * (np.abs(x) + np.abs(m)) + beta) + u_o * np.abs(y))
-        ys.append(by)
+        _elementwise(y_bound[t], lambda x, y, gamma, r, d_m, m, rel_s2, beta: SAFETY * (
+            (gamma * r * (d_m + 0.5 * np.abs(x - m) * rel_s2)
+             + 4 * u_c * (gamma * r * (np.abs(x) + np.abs(m)) + beta) + u_o * np.abs(y)) + eta_y),
+            x, trace["y"][t], gamma, r, ch(d_m), m, rel_s2, beta)
         last = dict(x=x, m=m, s2=s2, r=r, d_m=ch(d_m), d_s2=ch(d_s2), rel_s2=rel_s2, mu=ch(mu))
 
     out: dict[str, Bound] = {}
@@ -154,22 +177,14 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
                f"({stats_model}, n = {n}, kappa = {max(kappa):.3g}, u = {_u_exp(u_c)}): "
                "the first-order error model does not hold")
 
-    def underflow(name: str) -> float:
-        """Absolute rounding error of results in the subnormal range: the returned format's and the arithmetic's."""
-        returned = {"running_mean": precision.stats, "running_var": precision.stats,
-                    "dgamma": precision.params, "dbeta": precision.params, "d2gamma": precision.params}.get(name)
-        if name in ("batch_mean", "batch_var"):
-            returned = precision.io if u_o >= u_s else precision.stats
-        returned = returned or precision.io
-        tiny = lambda f: unit_roundoff(f) * 2.0 ** FORMATS[f].min_exponent  # noqa: E731
-        return tiny(returned) + (n + 10) * tiny(precision.compute)
-
-    def put(name, arr, formula, exact=False):
+    def put(name, arr, formula, exact=False, final=False):
+        """The bound of `name`: SAFETY * (arr + eta), or arr itself when it is that already (`final`)."""
         eta = 0.0 if exact else underflow(name)
-        out[name] = Bound(SAFETY * (np.asarray(arr, dtype=np.float64) + eta), formula + (" + eta" if eta else ""),
-                          dict(common), ill)
+        values = arr if final else SAFETY * (np.asarray(arr, dtype=np.float64) + eta)
+        out[name] = Bound(values, formula + (" + eta" if eta else ""), dict(common), ill)
 
-    put("y", np.stack(ys), "|gamma| r (d_m + |x-m| d_s2 / 2(s2+eps)) + 4 u_c (|gamma| r (|x|+|m|) + |beta|) + u_o |y|")
+    put("y", y_bound, "|gamma| r (d_m + |x-m| d_s2 / 2(s2+eps)) + 4 u_c (|gamma| r (|x|+|m|) + |beta|) + u_o |y|",
+        final=True)
     put("running_mean", np.stack(rms), "EMA recursion: (1-w) d_R + w d_mu + 4 u_c ((1-w)|R| + w|mu|) + u_s |R|")
     put("running_var", np.stack(rvs), "EMA recursion: (1-w) d_R + w f d_v + 4 u_c ((1-w)|R| + w f v) + u_s |R|")
     put("num_batches_tracked", np.zeros(problem.steps), "exact (an integer counter)", exact=True)
@@ -177,33 +192,57 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
         put("batch_mean", np.stack(bms), "d_mu = (n+1) u_c mean|x| + u |mu|")
         put("batch_var", np.stack(bvs), f"d_v ({stats_model}) + u |v|")
 
-    # -- gradients of the last step
+    # -- gradients of the last step. Reductions are NumPy's over the whole x-shaped term, as written in the
+    # docstring (their bits depend on NumPy's summation order); each term is formed once, block by block, into
+    # one buffer, and a mean is its sum / n, as np.mean divides np.sum's result. The elementwise bound of dx is
+    # then one blocked pass.
     x, m, r, mu = last["x"], last["m"], last["r"], last["mu"]
     a, c = trace.grad_weights
     dy, vv = problem.dy, problem.v
+    d_m, rel_s2 = last["d_m"], last["rel_s2"]
+    mean = lambda z: np.mean(z, axis=axes, keepdims=True)  # noqa: E731
+    total = lambda z: np.sum(z, axis=axes)  # noqa: E731
+    keep = lambda sums: sums.reshape(M1.shape)  # noqa: E731  (a sum of `total` with the reduced axes kept)
     ady = np.abs(dy)
-    xhat = (x - m) * r
-    xhat_mu = np.abs((x - mu) * r)
-    M1 = np.abs(np.mean(dy, axis=axes, keepdims=True))
-    M2 = np.abs(np.mean(dy * xhat, axis=axes, keepdims=True))
-    d_xhat = r * (last["d_m"] + 0.5 * np.abs(x - m) * last["rel_s2"]) + 2 * u_c * np.abs(xhat)
+    M1 = np.abs(mean(dy))
+    term = _elementwise(np.empty(x.shape), lambda x, dy, m, r: dy * ((x - m) * r), x, dy, m, r)  # dy xhat
+    M2 = np.abs(mean(term))
+    np.abs(term, out=term)
+    sum_dy_xhat = total(term)  # sum |dy xhat|
+    sum_dy = total(ady)
+    def d_xhat(x, m, r, d_m, rel_s2):
+        """r (d_m + |x - m| d_s2 / 2 (s2 + eps)) + 2 u_c |xhat|, xhat = (x - m) r"""
+        return r * (d_m + 0.5 * np.abs(x - m) * rel_s2) + 2 * u_c * np.abs((x - m) * r)
+
+    _elementwise(term, lambda x, ady, m, r, d_m, rel_s2: ady * d_xhat(x, m, r, d_m, rel_s2),
+                 x, ady, m, r, d_m, rel_s2)
+    sum_dy_dxhat = total(term)  # sum |dy| d_xhat
+    mean_ady, mean_dy_xhat, mean_dy_dxhat = (keep(s_) / n for s_ in (sum_dy, sum_dy_xhat, sum_dy_dxhat))
     # A term the backward does not have (a or c = 0: inference) is left out, not multiplied by 0: with an
     # infinite input its factor is infinite, and 0 * inf would make the bound of a finite gradient NaN.
     aM1 = a * M1 if a else 0.0
-    cM2 = c * xhat_mu * M2 if c else 0.0
-    T = gamma * r * (ady + aM1 + cM2)
-    mean = lambda z: np.mean(z, axis=axes, keepdims=True)  # noqa: E731
-    total = lambda z: np.sum(z, axis=axes)  # noqa: E731
-    b_dx = (gamma * r * ((a * (n + 1) * u_c * mean(ady) if a else 0.0)
-                         + (c * (d_xhat * M2 + xhat_mu * ((n + 2) * u_c * mean(np.abs(dy * xhat)) + mean(ady * d_xhat)))
-                            if c else 0.0))
-            + (4 * u_c + 2 * last["rel_s2"]) * T + u_o * np.abs(trace["dx"]))
-    put("dx", b_dx, "|gamma| r [a (n+1) u_c mean|dy| + c (d_xhat |M2| + |xhat| ((n+2) u_c mean|dy xhat| + "
-                    "mean(|dy| d_xhat)))] + (4 u_c + 2 d_s2/(s2+eps)) T + u_o |dx|")
-    put("dgamma", (n + 2) * u_c * total(np.abs(dy * xhat)) + total(ady * d_xhat) + u_p * np.abs(trace["dgamma"]),
+
+    def bound_dx(x, ady, dx, gamma, m, mu, r, d_m, rel_s2, M2, aM1, mean_ady, mean_dy_xhat, mean_dy_dxhat):
+        xhat_mu = np.abs((x - mu) * r)
+        cM2 = c * xhat_mu * M2 if c else 0.0
+        T = gamma * r * (ady + aM1 + cM2)
+        b_dx = (gamma * r * ((a * (n + 1) * u_c * mean_ady if a else 0.0)
+                             + (c * (d_xhat(x, m, r, d_m, rel_s2) * M2
+                                     + xhat_mu * ((n + 2) * u_c * mean_dy_xhat + mean_dy_dxhat)) if c else 0.0))
+                + (4 * u_c + 2 * rel_s2) * T + u_o * np.abs(dx))
+        return SAFETY * (b_dx + underflow("dx"))
+
+    # (reuses the buffer: every term above is reduced already)
+    put("dx", _elementwise(term, bound_dx, x, ady, trace["dx"], gamma, m, mu, r, d_m, rel_s2, M2, aM1, mean_ady,
+                           mean_dy_xhat, mean_dy_dxhat),
+        "|gamma| r [a (n+1) u_c mean|dy| + c (d_xhat |M2| + |xhat| ((n+2) u_c mean|dy xhat| + "
+        "mean(|dy| d_xhat)))] + (4 u_c + 2 d_s2/(s2+eps)) T + u_o |dx|", final=True)
+    put("dgamma", (n + 2) * u_c * sum_dy_xhat + sum_dy_dxhat + u_p * np.abs(trace["dgamma"]),
         "(n+2) u_c sum|dy xhat| + sum(|dy| d_xhat) + u_p |dgamma|")
-    put("dbeta", (n + 1) * u_c * total(ady) + u_p * np.abs(trace["dbeta"]), "(n+1) u_c sum|dy| + u_p |dbeta|")
-    if "d2x" in trace.quantities:
+    put("dbeta", (n + 1) * u_c * sum_dy + u_p * np.abs(trace["dbeta"]), "(n+1) u_c sum|dy| + u_p |dbeta|")
+    if "d2x" in trace.quantities:  # second order: small cases only (complex step), whole-array expressions
+        xhat = (x - m) * r
+        cM2 = c * np.abs((x - mu) * r) * M2 if c else 0.0
         rho = 3 * last["rel_s2"] + 3 * r * last["d_m"]
         finite = np.isfinite(xhat)  # a non-finite input's channel is NaN throughout; it must not void the others'
         big = 1 + float(np.max(np.abs(xhat), where=finite, initial=0.0))

@@ -181,7 +181,7 @@ def _eval_worker(conn, adapter_name: str, registry_path: str | None, threads: in
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     warnings.simplefilter("ignore", RuntimeWarning)  # NaN/Inf/denormal inputs warn in the oracle, by design
-    from .worker import limit_threads
+    from .worker import limit_threads, serve
 
     limit_threads(threads)
     try:
@@ -198,22 +198,18 @@ def _eval_worker(conn, adapter_name: str, registry_path: str | None, threads: in
         conn.send(("setup_error", f"{type(e).__name__}: {e}", traceback.format_exc(limit=6)))
         return
 
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg[0] == "stop":
-            return
+    def answer(msg) -> tuple:
         _, case, full, paths = msg
         try:
             # Diagnosis (seconds on a large failing case) is for the minimal case only, not for every draw.
             records = []
             for path in paths:
                 records += evaluate(adapter, case, registry, path=path, diagnose=diagnose if full else None)
-            conn.send(("done", records))
+            return ("done", records)
         except BaseException as e:  # noqa: BLE001  an engine bug: this case's error
-            conn.send(("failed", f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
+            return ("failed", f"{type(e).__name__}: {e}", traceback.format_exc(limit=8))
+
+    serve(conn, answer, lambda msg, e: ("failed", f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
 
 
 class Evaluator:
