@@ -45,7 +45,10 @@ rounded with an absolute error instead, fl(z) = z (1 + delta) + eta, |eta| <= u 
 smallest normal number; Higham, Accuracy and Stability of Numerical Algorithms, sec. 2.1). Every bound adds,
 for the format the quantity is returned in, u_f lambda_f, and for the arithmetic before it (n + 10) u_c lambda_c:
 negligible unless the values themselves are near the subnormal range (denormal inputs, a variance that
-underflows), where the relative terms alone would demand more digits than the format has.
+underflows), where the relative terms alone would demand more digits than the format has. The same term is
+carried through the statistics (each rounding of the mean, the variance and the running statistics adds one)
+into what uses them: y's r d_m. A framework that flushes subnormals (Precision.subnormals = "flush", declared by
+the adapter: TensorFlow's and XLA's CPU threads set FTZ/DAZ) errs by up to lambda, not u lambda, per rounding.
 
 Ill-posed comparisons (characterization): when the bound on the variance's relative error exceeds 0.1 the
 first-order model itself is invalid (large |mean|/std with a fast variance, float16 accumulation over large
@@ -104,6 +107,17 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
     def ch(vec):
         return to_channels(vec, nd, axis)
 
+    flush = getattr(precision, "subnormals", "gradual") == "flush"
+
+    def tiny(fmt: str) -> float:
+        """The absolute rounding error of a result near zero: u lambda with gradual underflow; lambda itself
+        where the framework flushes subnormal results (and reads subnormal inputs) as zero. The flush is the
+        CPU's float32/float64 arithmetic flag: float16's subnormals lie far above float32's smallest normal
+        number and are produced by conversion, which the flag leaves alone (bfloat16 shares float32's range)."""
+        smallest_normal = 2.0 ** FORMATS[fmt].min_exponent
+        flushed = flush and FORMATS[fmt].min_exponent <= FORMATS["float32"].min_exponent
+        return smallest_normal if flushed else unit_roundoff(fmt) * smallest_normal
+
     def underflow(name: str) -> float:
         """Absolute rounding error of results in the subnormal range: the returned format's and the arithmetic's."""
         returned = {"running_mean": precision.stats, "running_var": precision.stats,
@@ -111,10 +125,13 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
         if name in ("batch_mean", "batch_var"):
             returned = precision.io if u_o >= u_s else precision.stats
         returned = returned or precision.io
-        tiny = lambda f: unit_roundoff(f) * 2.0 ** FORMATS[f].min_exponent  # noqa: E731
         return tiny(returned) + (n + 10) * tiny(precision.compute)
 
     eta_y = underflow("y")
+    # the same absolute term for every rounding inside the statistics, carried into what uses them (y through
+    # r (d_m + ...): a mean of subnormal inputs is rounded to the subnormal grid, an error r = 1/sqrt(s2 + eps)
+    # magnifies; Higham sec. 2.1)
+    eta_c, eta_s = tiny(precision.compute), tiny(precision.stats)
     # y's bound, SAFETY * (B + eta) as `put` makes it, written step by step into one array
     y_bound = np.empty((problem.steps, *problem.shape))
     # The initial statistics are exact in the case dtype; stored in a narrower format they are rounded first.
@@ -127,8 +144,9 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
         mu, v = trace.step_mean[t], trace.step_var[t]
         with np.errstate(divide="ignore", invalid="ignore"):
             kappa.append(float(np.max(np.sqrt(1.0 + np.where(v > 0, mu * mu / v, 0.0)))))
-        d_mu = (n + 1) * u_c * np.mean(np.abs(x), axis=axes)
-        d_v = (n + 4) * u_c * (v + mu * mu) if fast else (n + 3) * u_c * v + d_mu * d_mu
+        d_mu = (n + 1) * u_c * np.mean(np.abs(x), axis=axes) + (n + 1) * eta_c
+        d_v = ((n + 4) * u_c * (v + mu * mu) + (n + 4) * eta_c if fast
+               else (n + 3) * u_c * v + d_mu * d_mu + (n + 3) * eta_c)
         rho_var.append(float(np.max(d_v / np.maximum(v + eps, np.finfo(float).tiny))))
         d_rm_before, d_rv_before = d_rm.copy(), d_rv.copy()
         if mode == "train":
@@ -140,9 +158,10 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
             w = trace.weights[t]
             rm_new, rv_new = trace["running_mean"][t], trace["running_var"][t]
             d_rm = ((1 - w) * d_rm + w * d_mu + 4 * u_c * ((1 - w) * np.abs(rm_prev) + w * np.abs(mu))
-                    + u_s * np.abs(rm_new))
+                    + u_s * np.abs(rm_new) + 4 * eta_c + eta_s)
             d_rv = ((1 - w) * d_rv + w * run_fac * d_v
-                    + 4 * u_c * ((1 - w) * np.abs(rv_prev) + w * run_fac * np.abs(v)) + u_s * np.abs(rv_new))
+                    + 4 * u_c * ((1 - w) * np.abs(rv_prev) + w * run_fac * np.abs(v)) + u_s * np.abs(rv_new)
+                    + 4 * eta_c + eta_s)
         rm_prev, rv_prev = trace["running_mean"][t], trace["running_var"][t]
         rms.append(d_rm.copy())
         rvs.append(d_rv.copy())
