@@ -77,8 +77,9 @@ class Precision:
 
     def describe(self) -> str:
         saved = f", batch statistics held in {self.saved}" if self.saved and self.saved != self.compute else ""
+        flush = ", subnormals flushed to zero (FTZ/DAZ)" if self.subnormals == "flush" else ""
         return (f"inputs/outputs {self.io}, compute {self.compute}, running statistics {self.stats}, "
-                f"parameters {self.params}{saved}")
+                f"parameters {self.params}{saved}{flush}")
 
 
 def dtype_of(quantity: str, p: Precision) -> str:
