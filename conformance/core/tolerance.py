@@ -9,11 +9,12 @@ exact batch mean and biased variance; (m, s2) the centre and variance a step nor
 1/sqrt(s2 + eps); xhat = (x - m) r.
 
 Batch statistics (computed):
-  d_mu = (n + 1) u_c mean|x|                                    sum of n terms, one division
-  d_v  = (n + 3) u_c v + d_mu^2                                 two-pass (Chan, Golub & LeVeque 1983)
-  d_v  = (n + 4) u_c (v + mu^2)                                 E[x^2] - E[x]^2 ("fast"): kappa^2 times worse
+  d_mu = (n + 1) u_c mean|x| + (n + 1) eta_c                    sum of n terms, one division
+  d_v  = (n + 3) u_c v + d_mu^2 + (n + 3) eta_c                 two-pass (Chan, Golub & LeVeque 1983)
+  d_v  = (n + 4) (u_c (v + mu^2) + eta_c)                       E[x^2] - E[x]^2 ("fast"): kappa^2 times worse
+  (eta: the absolute error of a rounding near zero, see Underflow below; + 4 eta_c + eta_s per running update)
 Running statistics, R_t = (1 - w) R_{t-1} + w B_t (w the step's weight on the new statistic):
-  d_R_t = (1 - w) d_R_{t-1} + w d_B_t + 4 u_c ((1 - w)|R_{t-1}| + w |B_t|) + u_s |R_t|
+  d_R_t = |1 - w| d_R_{t-1} + |w| d_B_t + 4 u_c (|1 - w| |R_{t-1}| + |w| |B_t|) + u_s |R_t|
   d_R_0 = u_s |R_0| when statistics are stored in a format narrower than the case's (else 0: R_0 is exact)
 Statistics held in a narrower format u_h between reduction and normalization (torch's CPU kernel keeps the
 saved mean and inverse std in the parameter dtype): d_m += u_h |m|, d_s2 += 2 u_h (s2 + eps).
@@ -155,12 +156,15 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
             bvs.append(bfac * d_v + max(u_o, u_s) * bfac * np.abs(v))
         # (an inference step updates the statistics only under a diagnosis hypothesis: forgot eval())
         if problem.track_running_stats and (mode == "train" or trace.weights[t] != 0.0):
+            # |w| and |1 - w|: an error bound adds magnitudes. A weight outside [0, 1] (a debiased or hypothesized
+            # update) would otherwise make the bound negative, and a negative bound passes anything.
             w = trace.weights[t]
+            keep, take = abs(1 - w), abs(w)
             rm_new, rv_new = trace["running_mean"][t], trace["running_var"][t]
-            d_rm = ((1 - w) * d_rm + w * d_mu + 4 * u_c * ((1 - w) * np.abs(rm_prev) + w * np.abs(mu))
+            d_rm = (keep * d_rm + take * d_mu + 4 * u_c * (keep * np.abs(rm_prev) + take * np.abs(mu))
                     + u_s * np.abs(rm_new) + 4 * eta_c + eta_s)
-            d_rv = ((1 - w) * d_rv + w * run_fac * d_v
-                    + 4 * u_c * ((1 - w) * np.abs(rv_prev) + w * run_fac * np.abs(v)) + u_s * np.abs(rv_new)
+            d_rv = (keep * d_rv + take * run_fac * d_v
+                    + 4 * u_c * (keep * np.abs(rv_prev) + take * run_fac * np.abs(v)) + u_s * np.abs(rv_new)
                     + 4 * eta_c + eta_s)
         rm_prev, rv_prev = trace["running_mean"][t], trace["running_var"][t]
         rms.append(d_rm.copy())

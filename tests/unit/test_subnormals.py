@@ -62,3 +62,19 @@ def test_a_declared_flush_does_not_hide_a_real_error_in_normal_range():
     bad = WrongVarFlushing("fake.flushing", scale_running_var=1.5)
     verdicts = _verdicts(bad, "f32-4x3x2x3-ax1-T3E-a0.1-eps1e-05-rstats-s0")
     assert verdicts["running_var"] == "fail"
+
+
+def test_running_bounds_stay_positive_for_weights_outside_zero_one():
+    """A debiased or hypothesized update can put a weight above 1 (or below 0) on the new batch; the error
+    bound adds magnitudes, so it must stay positive (a negative bound made a wrong running variance "pass")."""
+    from conformance.core import tolerance
+    from reference import simulate
+
+    problem = materialize(CASES["f32-4x3x2x3-ax1-T3E-a0.1-eps1e-05-rstats-s0"])
+    adapter = OracleAdapter("fake.oracle")
+    for weights in ((1.5, 1.5, 1.5), (-0.25, 0.5, 2.0)):
+        conv = adapter.convention.with_(step_weights=weights)
+        trace = simulate(problem, conv)
+        b = tolerance.bounds(problem, trace, conv, OnPath(adapter).precision(problem))
+        for q in ("running_mean", "running_var", "y"):
+            assert np.all(b[q].values > 0), (weights, q)
