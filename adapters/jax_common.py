@@ -17,7 +17,12 @@ Execution paths (`JAX_PATHS`; `paths_for` picks an adapter's):
   sync    synchronized BatchNorm: the batch split over DEVICES logical CPU devices along axis 0 under
           `jax.shard_map`, the module given the device axis name (flax `axis_name`, haiku `cross_replica_axis`,
           equinox `axis_name`); unequal shards (Problem.shards) are padded to the largest and masked where the
-          module takes a mask (flax), else unsupported (shard_map needs equal per-device shapes)
+          module takes a mask (flax), else unsupported (shard_map needs equal per-device shapes). Gradients are
+          jax.vjp of the whole sharded step, i.e. of the global loss <y, dy>: shard_map's transpose sums the
+          replicated gamma's and beta's per-device cotangents over the devices and the module's pmean transposes
+          into the cross-device sums of the backward, so dx, dgamma, dbeta and the second order are the global
+          batch's, what a data-parallel step gets after summing its gradients over the devices
+Every path has a repro snippet that runs the same transformation (adapters/jax_repro.py).
 """
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import EAGER, EAGER_PATH, Observation, PathSpec
+from .base import EAGER, EAGER_PATH, Adapter, Observation, PathSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -327,3 +332,36 @@ def device(jax) -> str:
     d = jax.devices()[0]
     return f"{d.platform}:{d.id}"
 
+
+
+class JaxAdapter(Adapter):
+    """What every JAX-based adapter shares: importing JAX once per worker (`setup`; the subclass then imports
+    its framework), one jitted set of functions per configuration (`jitted`, `modules`), the paths of this
+    module run by the adapter's own `run(p, path)`, and `snippet(p, path)` reproducing each of them.
+    `takes_mask`: the module's call takes a mask, so the sync path can pad unequal shards and mask them."""
+
+    paths = JAX_PATHS
+    takes_mask = False
+
+    def setup(self) -> None:
+        self.jax = import_jax()
+        self.jitted = Jitted(self.jax)
+        self.modules: dict = {}
+        self.device = device(self.jax)
+
+    def unsupported(self, problem) -> str | None:
+        if problem.memory_format != "contiguous":
+            return "JAX arrays have no memory format; the case would repeat the contiguous one"
+        return super().unsupported(problem)
+
+    def path_unsupported(self, p, path: str) -> str | None:
+        return path_unsupported(self, p, path, masks=self.takes_mask)
+
+    def run_path(self, p, path: str) -> Observation:
+        return self.run(p, path)
+
+    def path_expected_dtype(self, quantity: str, p, path: str) -> str:
+        return self.expected_dtype(quantity, p)  # every path computes as the jitted call does
+
+    def path_snippet(self, p, path: str) -> str:
+        return self.snippet(p, path)
