@@ -4,6 +4,7 @@ when its framework is not installed."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -146,6 +147,32 @@ def test_snippet_computes_what_the_adapter_observed(name, case_id):
         assert np.array_equal(v, observed.values[q], equal_nan=True), q
 
 
+# -- each execution path's snippet reproduces that path (adapters/jax_repro.py), bit for bit
+
+TRAIN_LAST = "f32-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0"  # first and second order; a no-jit case (few_cases)
+UNEQUAL_SHARDS = "f64-8x4-ax1-T2-a0.1-eps1e-05-rstats-sh6+2-s0"  # sync, padded and masked (flax), training last
+
+
+@pytest.mark.parametrize("path", ["no-jit", "vmap", "sync"])
+@pytest.mark.parametrize("name", JAX)
+def test_path_snippet_computes_what_the_adapter_observed_on_that_path(name, path):
+    a = ready(name)
+    ran = 0
+    for case_id in (TRAIN_LAST, UNEQUAL_SHARDS) if path == "sync" else (TRAIN_LAST,):
+        p = problem(case_id)
+        if a.unsupported(p) or a.path_unsupported(p, path):
+            continue
+        observed = a.run_path(p, path)
+        ns = {"p": p, "np": np}
+        exec(compile(a.path_snippet(p, path), f"<snippet {name}@{path}>", "exec"), ns)  # noqa: S102
+        assert set(ns["observed"]) == set(observed.values), case_id
+        for q, v in ns["observed"].items():
+            assert np.array_equal(v, observed.values[q], equal_nan=True), f"{case_id}: {q}"
+        ran += 1
+    if not ran:
+        pytest.skip(f"{name} runs none of the cases on {path}")
+
+
 @pytest.mark.parametrize("name, case_id, quantity", [
     ("equinox.batch", "f32-4x3x2x3-ax1-T3-a0.1-eps1e-05-rstats-s0", "running_var"),
     ("onnxruntime.opset9", "f32-4x3-ax1-T2E-a0.1-eps1e-05-rstats-s0", "batch_var"),
@@ -157,6 +184,20 @@ def test_registered_deviation_prints_a_repro_that_reproduces_it(name, case_id, q
     assert rec["verdict"] == "xfail" and rec["repro"], rec["reason"]
     out = subprocess.run([sys.executable, "-c", rec["repro"]], capture_output=True, text=True, cwd=ROOT,
                          timeout=300)
+    assert out.returncode == 0, out.stderr
+    printed = float(re.search(r"max abs error ([0-9.eE+-]+)", out.stdout).group(1))
+    assert printed == pytest.approx(rec["metrics"]["max_abs"], rel=1e-12)
+
+
+def test_sync_repro_pasted_into_a_fresh_python_reproduces_the_record():
+    """A sync check's repro sets XLA_FLAGS for its 2 logical devices at its top, so it runs in a Python that has
+    no flags (the record: flax's registered unweighted pmean over unequal shards)."""
+    a = ready("flax.linen")
+    rec = {r["quantity"]: r for r in evaluate(a, CASES[UNEQUAL_SHARDS], Registry.load(), path="sync")}["dx"]
+    assert rec["verdict"] == "xfail" and rec["repro"], rec["reason"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", rec["repro"]], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     printed = float(re.search(r"max abs error ([0-9.eE+-]+)", out.stdout).group(1))
     assert printed == pytest.approx(rec["metrics"]["max_abs"], rel=1e-12)
