@@ -39,6 +39,13 @@ class EquinoxBatchNorm(jc.JaxAdapter):
 
     def __init__(self, mode: str = "batch"):
         self.mode = mode
+        # mode="ema" cannot run under jax.shard_map or jax.pmap (jax 0.10): its first training step writes a fresh
+        # constant, State.set(first_time_index, jnp.array(False)), and State.set (equinox/nn/_stateful.py) refuses
+        # it because jax.eval_shape of the old value, a shard_map input, carries the manual mesh's sharding and the
+        # constant's does not ("The old value is bool[] and the new value is bool[]"). Its sync path is therefore
+        # the way equinox documents data parallelism (examples/parallelism.ipynb): jax.jit over a batch sharded
+        # across the devices, the statistics over the vmapped batch axis, which spans every device.
+        self.sync_by_sharding = mode == "ema"
         self.name = f"equinox.{mode}"
         self.api = f'equinox.nn.BatchNorm(mode="{mode}")'
         self.convention = CONVENTIONS[mode]
@@ -85,7 +92,7 @@ class EquinoxBatchNorm(jc.JaxAdapter):
 
     def path_config(self, p: Problem, path: str = EAGER) -> dict[str, object]:
         cfg = self.native_config(p)
-        if path == jc.SYNC:  # pmean over the vmapped batch and the devices (a sequence of axis names)
+        if path == jc.SYNC and not self.sync_by_sharding:  # pmean over the vmapped batch and the devices
             cfg["axis_name"] = ("batch", jc.DEVICE_AXIS)
         return cfg
 
@@ -124,14 +131,6 @@ class EquinoxBatchNorm(jc.JaxAdapter):
             return lambda s: {"running_mean": s["mean"], "running_var": s["var"]}
         return lambda s: {"running_mean": s["mean"], "running_var": s["var"],
                           "num_batches_tracked": s["state"].get(bn.batch_counter)}
-
-    def path_unsupported(self, p: Problem, path: str) -> str | None:
-        if path == jc.SYNC and self.mode == "ema":
-            return (f'{self.api} under jax.shard_map raises: State.set (equinox/nn/_stateful.py) refuses a new '
-                    "value whose abstract type differs from the old one, and the first-step flag it writes "
-                    "(jnp.array(False)) and the flag it reads differ in the device axes they vary over "
-                    "(ValueError: 'The old value is bool[] and the new value is bool[]')")
-        return super().path_unsupported(p, path)
 
     def run(self, p: Problem, path: str = EAGER) -> Observation:
         key, bn, state0, apply = self._model(p, path)
@@ -179,7 +178,8 @@ class EquinoxBatchNorm(jc.JaxAdapter):
             "    return y, {'state': st, 'mean': m, 'var': v}",
             start,
         ], "{'gamma': cast(p.gamma, dt), 'beta': cast(p.beta, dt)}", state,
-            f"{{'running_mean': state['mean'], 'running_var': state['var']{counter}}}", path)
+            f"{{'running_mean': state['mean'], 'running_var': state['var']{counter}}}", path,
+            sharded=self.sync_by_sharding)
 
     def bench(self, shape, dtype, what):
         """vmap over the batch of per-example channel-first (C, ...) arrays (equinox's convention: NCHW

@@ -8,13 +8,14 @@ from . import jax_common as jc
 
 
 def snippet(p, define: list[str], params: str, state: str, read: str, path: str = jc.EAGER,
-            ensemble: list[str] | None = None) -> str:
+            ensemble: list[str] | None = None, sharded: bool = False) -> str:
     """A framework-native repro: `define` imports the framework and defines `apply(params, state, x, train)`
     exactly as the adapter does on `path` (its configuration on that path: `axis_name` on sync, and a `mask=`
     argument where sync pads unequal shards); the path's transformation, the loop, the jitting and the gradients
     below are the adapter's own (jax_common.run, jitted the same way, so the numbers are bit for bit the ones
     it observed). `ensemble`: the adapter's own vmap ensemble over `params`/`state` (default: jax.vmap of
-    `apply`, as jax_common.vmapped)."""
+    `apply`, as jax_common.vmapped); `sharded`: the sync path is jax.jit over a batch sharded across the devices
+    (jax_common.batch_sharding) rather than jax.shard_map."""
     train = "mode == 'train'" if p.track_running_stats else "True"  # no running statistics: batch ones
     pick = "pick" if path == jc.VMAP else ""
     lines = []
@@ -32,14 +33,15 @@ def snippet(p, define: list[str], params: str, state: str, read: str, path: str 
         *define,
         f"params = {params}" if p.affine else "params = {}",
         f"state = {state}",
-        *_path_lines(p, path, ensemble),
+        *_path_lines(p, path, ensemble, sharded),
     ]
+    place = "jax.device_put(cast(x, dt), shard)" if path == jc.SYNC and sharded else "cast(x, dt)"
     body = [
         "step = {t: jax.jit(lambda params, state, x, t=t: apply(params, state, x, t)) for t in (True, False)}",
         f"read = lambda state: {read}",
         "ys, stats = [], []",
         "for x, mode in zip(p.xs, p.modes):",
-        f"    train, before, x = {train}, state, cast(x, dt)",
+        f"    train, before, x = {train}, state, {place}",
         "    y, state = step[train](params, state, x)",
         f"    ys.append(y); stats.append(read({pick}(state)))" if pick else
         "    ys.append(y); stats.append(read(state))",
@@ -84,7 +86,7 @@ def _gradient_lines(p, pick: str) -> list[str]:
     return [line for line in lines if line]
 
 
-def _path_lines(p, path: str, ensemble: list[str] | None) -> list[str]:
+def _path_lines(p, path: str, ensemble: list[str] | None, sharded: bool) -> list[str]:
     """How the path transforms `apply` (and the parameters and state), as jax_common.run does."""
     if path == jc.VMAP:
         return [
@@ -102,6 +104,13 @@ def _path_lines(p, path: str, ensemble: list[str] | None) -> list[str]:
         ]
     if path != jc.SYNC:
         return []
+    if sharded:
+        return [
+            "from jax.sharding import Mesh, NamedSharding, PartitionSpec as P",
+            "# the batch split over the devices; jax.jit partitions the one-device step",
+            f"shard = NamedSharding(Mesh(np.array(jax.devices('cpu')[:{jc.DEVICES}]), ({jc.DEVICE_AXIS!r},)), "
+            f"P({jc.DEVICE_AXIS!r}))",
+        ]
     shards = jc.shards_of(p)
     jax = sys.modules.get("jax")  # as jax_common._shard_map chooses (the sync path has imported jax)
     smap, check = ("jax.shard_map", "check_vma") if jax is None or hasattr(jax, "shard_map") else (

@@ -301,3 +301,43 @@ def test_flax_nnx_keeps_float32_running_statistics_in_a_float64_model():
     assert obs.dtypes["running_var"] == "float32" and obs.dtypes["y"] == "float64"
     assert a.precision(p).stats == "float32"
     assert within_bound(a, p, a.convention, "running_var")
+
+
+def _equinox_under_shard_map(mode: str, check_vma: bool):
+    """One training step of equinox BatchNorm(mode) under jax.shard_map over the sync path's devices, the way
+    the sync path would run it (axis_name = the vmapped batch and the device axis)."""
+    import equinox as eqx
+    import jax
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    from adapters import jax_common as jc
+
+    bn, state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(3, axis_name=("batch", jc.DEVICE_AXIS), mode=mode)
+    mesh = Mesh(np.array(jax.devices("cpu")[:jc.DEVICES]), (jc.DEVICE_AXIS,))
+
+    def step(state, x):
+        return jax.vmap(bn, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(x, state)
+    f = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(jc.DEVICE_AXIS)), out_specs=(P(jc.DEVICE_AXIS), P()),
+                      check_vma=check_vma)
+    return jax.jit(f)(state, jax.numpy.ones((4, 3)))
+
+
+def test_equinox_ema_cannot_run_under_shard_map_so_its_sync_path_shards_the_batch():
+    """Why equinox.ema's sync path is jax.jit over a sharded batch (adapters/equinox_bn.py): under shard_map
+    State.set refuses the first-step flag's fresh constant (its eval_shape lacks the manual mesh's sharding the
+    old value has). If this starts passing, equinox (or JAX) changed: run ema under shard_map like mode="batch"."""
+    ready("equinox.ema")
+    for check_vma in (False, True):
+        with pytest.raises(ValueError, match="Old and new values have different structures"):
+            _equinox_under_shard_map("ema", check_vma)
+    adapter = ready("equinox.ema")
+    assert adapter.sync_by_sharding and not ready("equinox.batch").sync_by_sharding
+
+
+def test_equinox_batch_under_shard_map_needs_check_vma_off():
+    """Why jax_common runs shard_map with check_vma=False: with JAX's default (True) lax.pmean over a vmapped axis
+    and the device axis together, as equinox's axis_name=("batch", "devices") asks, is refused."""
+    ready("equinox.batch")
+    _equinox_under_shard_map("batch", check_vma=False)
+    with pytest.raises(ValueError, match="psum can only accept axis_name"):
+        _equinox_under_shard_map("batch", check_vma=True)
