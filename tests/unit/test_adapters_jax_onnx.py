@@ -58,6 +58,9 @@ def test_flax_builds_momentum_one_minus_alpha(name):
         assert bn.momentum == 0.9 and bn.epsilon == 1e-5 and bn.use_fast_variance is (name == "flax.linen")
         assert nn.BatchNorm().momentum == a.convention.default_momentum == 0.99
         assert nn.BatchNorm().epsilon == a.convention.default_eps
+        # the declared variance algorithm is the module's: use_fast_variance defaults to True (fast, clamped)
+        assert nn.BatchNorm().use_fast_variance is True
+        assert a.convention.variance == ("fast_clamped" if bn.use_fast_variance else "two_pass")
     else:
         from flax import nnx
 
@@ -65,6 +68,7 @@ def test_flax_builds_momentum_one_minus_alpha(name):
         assert (bn.momentum, bn.epsilon, bn.axis) == (0.9, 1e-5, 1)
         default = nnx.BatchNorm(3, rngs=nnx.Rngs(0))
         assert (default.momentum, default.epsilon) == (a.convention.default_momentum, a.convention.default_eps)
+        assert default.use_fast_variance is bn.use_fast_variance is True and a.convention.variance == "fast_clamped"
     d = a.native_config(problem(DEFAULTS))
     assert "momentum" not in d and "epsilon" not in d  # the framework's own defaults
 
