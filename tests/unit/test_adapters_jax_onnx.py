@@ -193,6 +193,57 @@ def test_registered_deviation_prints_a_repro_that_reproduces_it(name, case_id, q
     assert printed == pytest.approx(rec["metrics"]["max_abs"], rel=1e-12)
 
 
+EQUAL_SHARDS = "f64-8x4-ax1-T2-a0.1-eps1e-05-rstats-sh4+4-s0"  # sync, training last, float64 statistics
+
+
+@pytest.mark.parametrize("name", ["flax.linen", "haiku"])
+def test_sync_gradients_are_what_a_data_parallel_step_gets(name):
+    """The sync path reports jax.vjp of the whole sharded step (the global loss <y, dy>); a pmap-style training
+    step instead differentiates each device's loss inside shard_map and sums the parameter gradients over the
+    devices (lax.psum). Both must give the same dx (the module's pmean transposes into cross-device sums) and,
+    after the sum, the same dgamma and dbeta."""
+    import jax
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    from adapters import jax_common as jc
+
+    a = ready(name)
+    p = problem(EQUAL_SHARDS)
+    obs = a.run_path(p, "sync")
+    key, *_, apply = a._apply(p, "sync")  # the module with its device axis, as the sync path builds it
+    shape = tuple(p.channels if i == p.axis else 1 for i in range(len(p.shape))) if name == "haiku" else None
+    params = jc.initial_params(jax, p, p.dtype, shape)
+    # the state the gradients are taken at: after the first training step (run again: exact, deterministic)
+    state = a.jitted.get((key, jc.SYNC, jc.shards_of(p)), "step", jc.synchronized(jax, apply, jc.shards_of(p)),
+                         True)(params, _initial_state(a, p), jax.numpy.asarray(p.xs[0]))[1]
+
+    def device_step(params, x, dy):
+        loss = lambda params, x: jax.numpy.sum(apply(params, state, x, True)[0] * dy)  # noqa: E731
+        dparams, dx = jax.grad(loss, argnums=(0, 1))(params, x)
+        return dx, jax.lax.psum(dparams, jc.DEVICE_AXIS)
+    mesh = Mesh(np.array(jax.devices("cpu")[:jc.DEVICES]), (jc.DEVICE_AXIS,))
+    step = jax.jit(jax.shard_map(device_step, mesh=mesh, in_specs=(P(), P(jc.DEVICE_AXIS), P(jc.DEVICE_AXIS)),
+                                 out_specs=(P(jc.DEVICE_AXIS), P()), check_vma=False))
+    dx, dparams = step(params, jax.numpy.asarray(p.xs[-1]), jax.numpy.asarray(p.dy))
+    np.testing.assert_allclose(np.asarray(dx), obs.values["dx"], rtol=1e-12, atol=1e-14)
+    for q in ("gamma", "beta"):
+        np.testing.assert_allclose(np.asarray(dparams[q]).reshape(-1), obs.values["d" + q], rtol=1e-12, atol=1e-14)
+
+
+def _initial_state(a, p):
+    """The initial state the adapter's run() starts `p` from (random statistics, as the case says)."""
+    import jax
+
+    from adapters import jax_common as jc
+
+    if a.name == "haiku":
+        shape = tuple(p.channels if i == p.axis else 1 for i in range(len(p.shape)))
+        return {name: {"counter": jc.to_jax(jax, 0, "int32"), "hidden": jc.to_jax(jax, np.zeros(shape), p.dtype),
+                       "average": jc.to_jax(jax, init.reshape(shape), p.dtype)}
+                for name, init in zip(("batch_norm/~/mean_ema", "batch_norm/~/var_ema"), (p.running_mean, p.running_var))}
+    return {"mean": jc.to_jax(jax, p.running_mean, "float64"), "var": jc.to_jax(jax, p.running_var, "float64")}
+
+
 def test_sync_repro_pasted_into_a_fresh_python_reproduces_the_record():
     """A sync check's repro sets XLA_FLAGS for its 2 logical devices at its top, so it runs in a Python that has
     no flags (the record: flax's registered unweighted pmean over unequal shards)."""
