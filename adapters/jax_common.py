@@ -35,6 +35,12 @@ import numpy as np
 
 from .base import EAGER, EAGER_PATH, Adapter, Observation, PathSpec
 
+
+# XLA's CPU client runs compiled code with FTZ/DAZ "to match the default TF ThreadPool behavior"
+# (xla/pjrt/cpu/cpu_client.cc: tsl::port::ScopedFlushDenormal around every execution): subnormal results become
+# zero and subnormal inputs are read as zero. Found by `bnconform fuzz` (seed 20261202) on every JAX library.
+SUBNORMALS = "flush"
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -366,6 +372,7 @@ class JaxAdapter(Adapter):
     `sync_by_sharding`: the module runs on several devices only as one jitted program over a sharded batch."""
 
     paths = JAX_PATHS
+    subnormals = SUBNORMALS
     takes_mask = False
     sync_by_sharding = False  # sync by jax.jit over a sharded batch (batch_sharding) instead of jax.shard_map
 
