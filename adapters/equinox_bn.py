@@ -8,7 +8,7 @@ from reference import QUANTITIES, Convention, Problem
 
 from . import jax_common as jc
 from .jax_repro import snippet
-from .base import EAGER, Adapter, Observation, Precision
+from .base import EAGER, Observation, Precision
 
 # equinox/nn/_batch_norm.py (equinox 0.13): momentum=0.99 is the weight on the old value, eps=1e-5;
 # _stats is two-pass and biased (mean, then mean((y - mean)^2), pmean over the vmapped batch axis), all in
@@ -31,16 +31,21 @@ CONVENTIONS = {
 }
 
 
-class EquinoxBatchNorm(Adapter):
+class EquinoxBatchNorm(jc.JaxAdapter):
     framework = "equinox"
     api = "equinox.nn.BatchNorm"
     channel_axes = "first"  # each vmapped example is (C, ...): the channel axis is axis 1 of the batch
     source = SOURCE
-    subnormals = jc.SUBNORMALS
-    paths = jc.JAX_PATHS
 
     def __init__(self, mode: str = "batch"):
         self.mode = mode
+        # mode="ema" cannot run under jax.shard_map or jax.pmap (jax 0.10): its first training step writes a fresh
+        # constant, State.set(first_time_index, jnp.array(False)), and State.set (equinox/nn/_stateful.py) refuses
+        # it because jax.eval_shape of the old value, a shard_map input, carries the manual mesh's sharding and the
+        # constant's does not ("The old value is bool[] and the new value is bool[]"). Its sync path is therefore
+        # the way equinox documents data parallelism (examples/parallelism.ipynb): jax.jit over a batch sharded
+        # across the devices, the statistics over the vmapped batch axis, which spans every device.
+        self.sync_by_sharding = mode == "ema"
         self.name = f"equinox.{mode}"
         self.api = f'equinox.nn.BatchNorm(mode="{mode}")'
         self.convention = CONVENTIONS[mode]
@@ -48,13 +53,10 @@ class EquinoxBatchNorm(Adapter):
             {"num_batches_tracked"} if mode == "ema" else set())
 
     def setup(self) -> None:
-        self.jax = jc.import_jax()
+        super().setup()
         import equinox as eqx
 
         self.eqx = eqx
-        self.jitted = jc.Jitted(self.jax)
-        self.modules: dict = {}
-        self.device = jc.device(self.jax)
 
     @functools.cached_property
     def has_mode(self) -> bool:
@@ -68,8 +70,6 @@ class EquinoxBatchNorm(Adapter):
     def unsupported(self, problem: Problem) -> str | None:
         if problem.momentum is None and not problem.use_defaults:
             return "equinox BatchNorm has no cumulative average"
-        if problem.memory_format != "contiguous":
-            return "JAX arrays have no memory format; the case would repeat the contiguous one"
         if not self.has_mode and self.mode != "ema":
             return f'equinox {self.eqx.__version__} has no mode="{self.mode}" (BatchNorm has modes from 0.13.0)'
         if self.mode == "ema" and not problem.track_running_stats:
@@ -90,12 +90,16 @@ class EquinoxBatchNorm(Adapter):
         """Where the statistics inference uses are kept (`state_index` before the modes)."""
         return getattr(bn, f"{self.mode}_state_index" if self.has_mode else "state_index")
 
+    def path_config(self, p: Problem, path: str = EAGER) -> dict[str, object]:
+        cfg = self.native_config(p)
+        if path == jc.SYNC and not self.sync_by_sharding:  # pmean over the vmapped batch and the devices
+            cfg["axis_name"] = ("batch", jc.DEVICE_AXIS)
+        return cfg
+
     def _model(self, p: Problem, path: str = EAGER):
         """(key, bn, state0, apply): the module and its fresh State, built once per configuration under jit
         (eqx.filter_jit: no eager op), and the pure step over {"state": State, "mean", "var"}."""
-        cfg = self.native_config(p)
-        if path == jc.SYNC:  # pmean over the vmapped batch and the devices (a sequence of axis names)
-            cfg["axis_name"] = ("batch", jc.DEVICE_AXIS)
+        cfg = self.path_config(p, path)
         key = tuple(sorted(cfg.items()))
         if key not in self.modules:
             eqx, jax = self.eqx, self.jax
@@ -128,17 +132,6 @@ class EquinoxBatchNorm(Adapter):
         return lambda s: {"running_mean": s["mean"], "running_var": s["var"],
                           "num_batches_tracked": s["state"].get(bn.batch_counter)}
 
-    def path_unsupported(self, p: Problem, path: str) -> str | None:
-        if path == jc.SYNC and self.mode == "ema":
-            return (f'{self.api} under jax.shard_map raises: State.set (equinox/nn/_stateful.py) refuses a new '
-                    "value whose abstract type differs from the old one, and the first-step flag it writes "
-                    "(jnp.array(False)) and the flag it reads differ in the device axes they vary over "
-                    "(ValueError: 'The old value is bool[] and the new value is bool[]')")
-        return jc.path_unsupported(self, p, path, masks=False)
-
-    def run_path(self, p: Problem, path: str) -> Observation:
-        return self.run(p, path)
-
     def run(self, p: Problem, path: str = EAGER) -> Observation:
         key, bn, state0, apply = self._model(p, path)
         index = self._index(bn)
@@ -157,13 +150,19 @@ class EquinoxBatchNorm(Adapter):
             obs.unsupported["num_batches_tracked"] = 'mode="ema" keeps only a first-step flag, no counter'
         return obs
 
-    def snippet(self, p: Problem) -> str:
-        cfg = ", ".join(f"{k}={v!r}" for k, v in self.native_config(p).items() if k != "dtype")
+    def snippet(self, p: Problem, path: str = EAGER) -> str:
+        cfg = ", ".join(f"{k}={v!r}" for k, v in self.path_config(p, path).items() if k != "dtype")
         index = "state_index" if not self.has_mode else f"{self.mode}_state_index"
         debias = [] if self.mode == "ema" else [
             "    n = st.get(bn.batch_counter)  # what inference uses: equinox's debiasing",
             "    scale = jnp.where(n == 0, 1, 1 - bn.momentum**n)",
             "    m, v = m / scale, v / scale"]
+        if p.native_init:  # equinox's own State, as make_with_state returns it
+            start, state = f"mean, var = state0.get(bn.{index})", "{'state': state0, 'mean': mean, 'var': var}"
+        else:  # the case's initial statistics where equinox keeps what inference uses before any training
+            start = "mean, var = cast(p.running_mean, dt), cast(p.running_var, dt)"
+            state = f"{{'state': state0.set(bn.{index}, (mean, var)), 'mean': mean, 'var': var}}"
+        counter = "" if self.mode == "ema" else ", 'num_batches_tracked': state['state'].get(bn.batch_counter)"
         return snippet(p, [
             "import equinox as eqx",
             f"bn, state0 = eqx.filter_jit(lambda: eqx.nn.make_with_state(eqx.nn.BatchNorm)({cfg}, dtype=dt))()",
@@ -177,10 +176,10 @@ class EquinoxBatchNorm(Adapter):
             f"    m, v = st.get(bn.{index})",
             *debias,
             "    return y, {'state': st, 'mean': m, 'var': v}",
-            "mean, var = cast(p.running_mean, dt), cast(p.running_var, dt)",
-        ], "{'gamma': cast(p.gamma, dt), 'beta': cast(p.beta, dt)}",
-            f"{{'state': state0.set(bn.{index}, (mean, var)), 'mean': mean, 'var': var}}",
-            "{'running_mean': state['mean'], 'running_var': state['var']}")
+            start,
+        ], "{'gamma': cast(p.gamma, dt), 'beta': cast(p.beta, dt)}", state,
+            f"{{'running_mean': state['mean'], 'running_var': state['var']{counter}}}", path,
+            sharded=self.sync_by_sharding)
 
     def bench(self, shape, dtype, what):
         """vmap over the batch of per-example channel-first (C, ...) arrays (equinox's convention: NCHW

@@ -7,7 +7,7 @@ from reference import QUANTITIES, Convention, Problem
 
 from . import jax_common as jc
 from .jax_repro import snippet
-from .base import EAGER, Adapter, Observation, Precision
+from .base import EAGER, Observation, Precision
 
 # flax/linen/normalization.py (flax 0.12): BatchNorm(momentum=0.99, epsilon=1e-5) keeps
 # ra = momentum * ra + (1 - momentum) * batch (weight on the old value) with the biased batch variance;
@@ -20,15 +20,14 @@ FAST = Convention(momentum_form="weight_on_old", default_momentum=0.99, default_
                   averaging="ema", variance="fast_clamped")
 
 
-class FlaxLinen(Adapter):
+class FlaxLinen(jc.JaxAdapter):
     framework = "flax"
     api = "flax.linen.BatchNorm"
     channel_axes = "any"
     conventional_layout = "channels_last"  # flax.linen.Conv takes (batch, spatial..., features)
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var", "num_batches_tracked"}
     source = SOURCE
-    subnormals = jc.SUBNORMALS
-    paths = jc.JAX_PATHS
+    takes_mask = True  # BatchNorm.__call__(x, mask=...): unequal shards on the sync path
 
     def __init__(self, use_fast_variance: bool = True):
         self.use_fast_variance = use_fast_variance
@@ -36,13 +35,10 @@ class FlaxLinen(Adapter):
         self.convention = FAST if use_fast_variance else FAST.with_(variance="two_pass")
 
     def setup(self) -> None:
-        self.jax = jc.import_jax()
+        super().setup()
         import flax.linen as nn
 
         self.nn = nn
-        self.jitted = jc.Jitted(self.jax)
-        self.modules: dict = {}
-        self.device = jc.device(self.jax)
 
     def precision(self, problem: Problem) -> Precision:
         # statistics, normalization and stored running statistics in promote_types(dtype, float32);
@@ -53,8 +49,6 @@ class FlaxLinen(Adapter):
     def unsupported(self, problem: Problem) -> str | None:
         if problem.momentum is None and not problem.use_defaults:
             return "flax BatchNorm has no cumulative average (momentum is always an EMA decay)"
-        if problem.memory_format != "contiguous":
-            return "JAX arrays have no memory format; the case would repeat the contiguous one"
         return super().unsupported(problem)
 
     def native_config(self, problem: Problem) -> dict[str, object]:
@@ -66,10 +60,14 @@ class FlaxLinen(Adapter):
                    use_scale=problem.affine, dtype=problem.dtype, param_dtype=problem.dtype)
         return cfg
 
-    def _apply(self, p: Problem, path: str = EAGER):
+    def path_config(self, p: Problem, path: str = EAGER) -> dict[str, object]:
         cfg = self.native_config(p)
         if path == jc.SYNC:  # statistics averaged over the device axis (flax/linen/normalization.py, _compute_stats)
             cfg["axis_name"] = jc.DEVICE_AXIS
+        return cfg
+
+    def _apply(self, p: Problem, path: str = EAGER):
+        cfg = self.path_config(p, path)
         key = tuple(sorted(cfg.items()))
         if key not in self.modules:
             jnp = self.jax.numpy
@@ -82,12 +80,6 @@ class FlaxLinen(Adapter):
                 return y, upd["batch_stats"]
             self.modules[key] = apply
         return key, self.modules[key]
-
-    def path_unsupported(self, p: Problem, path: str) -> str | None:
-        return jc.path_unsupported(self, p, path, masks=True)
-
-    def run_path(self, p: Problem, path: str) -> Observation:
-        return self.run(p, path)
 
     def run(self, p: Problem, path: str = EAGER) -> Observation:
         key, apply = self._apply(p, path)
@@ -117,20 +109,25 @@ class FlaxLinen(Adapter):
         return {"mean": jc.to_jax(jax, np.zeros(shapes["mean"].shape), str(shapes["mean"].dtype)),
                 "var": jc.to_jax(jax, np.ones(shapes["var"].shape), str(shapes["var"].dtype))}
 
-    def snippet(self, p: Problem) -> str:
-        cfg = ", ".join(f"{k}={v!r}" for k, v in self.native_config(p).items() if k not in ("dtype", "param_dtype"))
+    def snippet(self, p: Problem, path: str = EAGER) -> str:
+        cfg = ", ".join(f"{k}={v!r}" for k, v in self.path_config(p, path).items()
+                        if k not in ("dtype", "param_dtype"))
+        masked = path == jc.SYNC and len(set(jc.shards_of(p))) > 1  # padded shards: the mask leaves the padding out
         s = jc.wider(p.dtype)
+        state = ("bn.init(jax.random.key(0), cast(p.xs[0], dt), use_running_average=True)['batch_stats']"
+                 if p.native_init else  # flax's own batch_stats (float32 whatever the dtype)
+                 f"{{'mean': cast(p.running_mean, jnp.{s}), 'var': cast(p.running_var, jnp.{s})}}")
         return snippet(p, [
             "import flax.linen as nn",
             f"bn = nn.BatchNorm({cfg}, dtype=dt, param_dtype=dt)",
-            "def apply(params, state, x, train):",
+            "def apply(params, state, x, train, mask=None):" if masked else "def apply(params, state, x, train):",
             "    prm = {'scale': params['gamma'], 'bias': params['beta']} if params else {}",
             "    y, upd = bn.apply({'params': prm, 'batch_stats': state}, x, use_running_average=not train,",
+            "                      mask=mask, mutable=['batch_stats'])" if masked else
             "                      mutable=['batch_stats'])",
             "    return y, upd['batch_stats']",
-        ], "{'gamma': cast(p.gamma, dt), 'beta': cast(p.beta, dt)}",
-            f"{{'mean': cast(p.running_mean, jnp.{s}), 'var': cast(p.running_var, jnp.{s})}}",
-            "{'running_mean': state['mean'], 'running_var': state['var']}")
+        ], "{'gamma': cast(p.gamma, dt), 'beta': cast(p.beta, dt)}", state,
+            "{'running_mean': state['mean'], 'running_var': state['var']}", path)
 
     def bench(self, shape, dtype, what):
         """The module's apply on NHWC (axis=-1, flax's default), jitted and compiled ahead of time."""

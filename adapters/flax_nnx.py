@@ -7,7 +7,7 @@ from reference import QUANTITIES, Problem
 
 from . import jax_common as jc
 from .jax_repro import snippet
-from .base import EAGER, Adapter, Observation, Precision
+from .base import EAGER, Observation, Precision
 from .flax_linen import FAST
 
 # flax/nnx/nn/normalization.py (flax 0.12), BatchNorm.__call__: the same statistics and EMA as linen
@@ -21,7 +21,7 @@ from .flax_linen import FAST
 SOURCE = "flax/nnx/nn/normalization.py (BatchNorm.__call__, _compute_stats, _normalize), flax/nnx/nn/dtypes.py"
 
 
-class FlaxNNX(Adapter):
+class FlaxNNX(jc.JaxAdapter):
     name = "flax.nnx"
     framework = "flax"
     api = "flax.nnx.BatchNorm"
@@ -30,17 +30,13 @@ class FlaxNNX(Adapter):
     conventional_layout = "channels_last"  # flax.nnx.Conv takes (batch, spatial..., features)
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var", "num_batches_tracked"}
     source = SOURCE
-    subnormals = jc.SUBNORMALS
-    paths = jc.JAX_PATHS
+    takes_mask = True  # BatchNorm.__call__(x, mask=...): unequal shards on the sync path
 
     def setup(self) -> None:
-        self.jax = jc.import_jax()
+        super().setup()
         from flax import nnx
 
         self.nnx = nnx
-        self.jitted = jc.Jitted(self.jax)
-        self.modules: dict = {}
-        self.device = jc.device(self.jax)
 
     @functools.cached_property
     def item_assign(self) -> bool:
@@ -61,8 +57,6 @@ class FlaxNNX(Adapter):
     def unsupported(self, problem: Problem) -> str | None:
         if problem.momentum is None and not problem.use_defaults:
             return "flax BatchNorm has no cumulative average (momentum is always an EMA decay)"
-        if problem.memory_format != "contiguous":
-            return "JAX arrays have no memory format; the case would repeat the contiguous one"
         return super().unsupported(problem)
 
     def native_config(self, problem: Problem) -> dict[str, object]:
@@ -74,7 +68,7 @@ class FlaxNNX(Adapter):
                    param_dtype=problem.dtype)
         return cfg
 
-    def _kwargs(self, p: Problem, path: str) -> dict:
+    def path_config(self, p: Problem, path: str = EAGER) -> dict[str, object]:
         cfg = self.native_config(p)
         if path == jc.SYNC:  # statistics averaged over the device axis (flax/nnx/nn/normalization.py)
             cfg["axis_name"] = jc.DEVICE_AXIS
@@ -87,7 +81,7 @@ class FlaxNNX(Adapter):
             var.value = value
 
     def _apply(self, p: Problem, path: str = EAGER):
-        cfg = self._kwargs(p, path)
+        cfg = self.path_config(p, path)
         key = tuple(sorted(cfg.items()))
         if key not in self.modules:
             nnx, jnp, put = self.nnx, self.jax.numpy, self._put
@@ -127,16 +121,10 @@ class FlaxNNX(Adapter):
             return ys[1], {"mean": models.mean[...], "var": models.var[...]}
         return ensemble
 
-    def path_unsupported(self, p: Problem, path: str) -> str | None:
-        return jc.path_unsupported(self, p, path, masks=True)
-
-    def run_path(self, p: Problem, path: str) -> Observation:
-        return self.run(p, path)
-
     def run(self, p: Problem, path: str = EAGER) -> Observation:
         key, apply = self._apply(p, path)
         jnp = self.jax.numpy
-        self._ensemble_kw = {**self._kwargs(p, path), "dtype": getattr(jnp, p.dtype),
+        self._ensemble_kw = {**self.path_config(p, path), "dtype": getattr(jnp, p.dtype),
                              "param_dtype": getattr(jnp, p.dtype)}
         # the case's initial statistics, stored as `bn.mean[...] = ...` stores them: in nnx's float32 BatchStat
         state = {"mean": jc.to_jax(self.jax, p.running_mean, "float32"),
@@ -149,22 +137,38 @@ class FlaxNNX(Adapter):
         obs.unsupported["num_batches_tracked"] = "flax.nnx.BatchNorm keeps no step counter"
         return obs
 
-    def snippet(self, p: Problem) -> str:
-        cfg = ", ".join(f"{k}={v!r}" for k, v in self.native_config(p).items() if k not in ("dtype", "param_dtype"))
+    def snippet(self, p: Problem, path: str = EAGER) -> str:
+        cfg = ", ".join(f"{k}={v!r}" for k, v in self.path_config(p, path).items()
+                        if k not in ("dtype", "param_dtype"))
+        masked = path == jc.SYNC and len(set(jc.shards_of(p))) > 1  # padded shards: the mask leaves the padding out
         v = "[...]" if self.item_assign else ".value"
+        ensemble = [
+            "def apply(params, state, x, train):  # the nnx way: an nnx.vmap'd constructor, then nnx.vmap of the call",
+            "    @nnx.vmap(in_axes=(0, 0), out_axes=0)",
+            "    def build(prm, st):",
+            f"        bn = nnx.BatchNorm({cfg}, dtype=dt, param_dtype=dt, rngs=nnx.Rngs(0))",
+            "        if prm:",
+            f"            bn.scale{v}, bn.bias{v} = prm['gamma'], prm['beta']",
+            f"        bn.mean{v}, bn.var{v} = st['mean'], st['var']",
+            "        return bn",
+            "    models = build(params, state)",
+            "    models.train() if train else models.eval()",
+            "    ys = nnx.vmap(lambda bn, x: bn(x), in_axes=(0, None), out_axes=0)(models, x)",
+            "    return ys[1], {'mean': models.mean[...], 'var': models.var[...]}",
+        ]
         return snippet(p, [
             "from flax import nnx",
-            "def apply(params, state, x, train):",
+            "def apply(params, state, x, train, mask=None):" if masked else "def apply(params, state, x, train):",
             f"    bn = nnx.BatchNorm({cfg}, dtype=dt, param_dtype=dt, rngs=nnx.Rngs(0))",
             "    if params:",
             f"        bn.scale{v}, bn.bias{v} = params['gamma'], params['beta']",
             f"    bn.mean{v}, bn.var{v} = state['mean'], state['var']",
             "    bn.train() if train else bn.eval()",
-            "    y = bn(x)",
+            "    y = bn(x, mask=mask)" if masked else "    y = bn(x)",
             "    return y, {'mean': bn.mean[...], 'var': bn.var[...]}",
         ], "{'gamma': cast(p.gamma, dt), 'beta': cast(p.beta, dt)}",
             "{'mean': cast(p.running_mean, jnp.float32), 'var': cast(p.running_var, jnp.float32)}",
-            "{'running_mean': state['mean'], 'running_var': state['var']}")
+            "{'running_mean': state['mean'], 'running_var': state['var']}", path, ensemble)
 
     def bench(self, shape, dtype, what):
         """The module (rebuilt inside the traced function, as run() does) on NHWC (axis=-1, flax's default),

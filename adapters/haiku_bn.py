@@ -7,7 +7,7 @@ from reference import QUANTITIES, Convention, Problem
 
 from . import jax_common as jc
 from .jax_repro import snippet
-from .base import EAGER, Adapter, Observation, Precision
+from .base import EAGER, Observation, Precision
 
 # haiku/_src/batch_norm.py (dm-haiku 0.0.17): decay_rate is required (no default), eps=1e-5; training
 # statistics are mean and mean_of_squares - mean^2 (fast, not clamped), in the input dtype (jnp.mean
@@ -21,7 +21,7 @@ SOURCE = "haiku/_src/batch_norm.py (BatchNorm.__call__), haiku/_src/moving_avera
 EMA = "batch_norm/~/mean_ema", "batch_norm/~/var_ema"
 
 
-class HaikuBatchNorm(Adapter):
+class HaikuBatchNorm(jc.JaxAdapter):
     name = "haiku"
     framework = "dm-haiku"
     api = "haiku.BatchNorm"
@@ -34,17 +34,12 @@ class HaikuBatchNorm(Adapter):
     conventional_layout = "channels_last"  # hk.Conv2D data_format="NHWC" by default
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var"}
     source = SOURCE
-    subnormals = jc.SUBNORMALS
-    paths = jc.JAX_PATHS
 
     def setup(self) -> None:
-        self.jax = jc.import_jax()
+        super().setup()
         import haiku as hk
 
         self.hk = hk
-        self.jitted = jc.Jitted(self.jax)
-        self.modules: dict = {}
-        self.device = jc.device(self.jax)
 
     def precision(self, problem: Problem) -> Precision:
         return Precision.uniform(problem.dtype, accumulate_low_precision_in=problem.dtype)  # all in the input dtype
@@ -54,16 +49,11 @@ class HaikuBatchNorm(Adapter):
             return "int32"  # hk.get_state("counter", (), jnp.int32, ...)
         return super().expected_dtype(quantity, problem)
 
-    def path_expected_dtype(self, quantity: str, problem: Problem, path: str) -> str:
-        return self.expected_dtype(quantity, problem)  # every path computes as the jitted call does
-
     def unsupported(self, problem: Problem) -> str | None:
         if problem.use_defaults:
             return "hk.BatchNorm has no default decay_rate: it is a required argument"
         if problem.momentum is None:
             return "haiku's BatchNorm has no cumulative average"
-        if problem.memory_format != "contiguous":
-            return "JAX arrays have no memory format; the case would repeat the contiguous one"
         if problem.axis not in (1, len(problem.shape) - 1):
             return "hk.BatchNorm data_format puts channels on axis 1 (channels_first) or last (channels_last)"
         return super().unsupported(problem)
@@ -74,10 +64,14 @@ class HaikuBatchNorm(Adapter):
                 "decay_rate": self.native_momentum(problem), "eps": problem.eps,
                 "data_format": "channels_last" if last else "channels_first"}
 
-    def _apply(self, p: Problem, path: str = EAGER):
+    def path_config(self, p: Problem, path: str = EAGER) -> dict[str, object]:
         cfg = self.native_config(p)
         if path == jc.SYNC:  # mean and mean of squares pmean'd over the devices (haiku/_src/batch_norm.py)
             cfg["cross_replica_axis"] = jc.DEVICE_AXIS
+        return cfg
+
+    def _apply(self, p: Problem, path: str = EAGER):
+        cfg = self.path_config(p, path)
         key = tuple(sorted(cfg.items()))
         if key not in self.modules:
             hk = self.hk
@@ -88,12 +82,6 @@ class HaikuBatchNorm(Adapter):
                 return f.apply(prm, state, None, x, train)
             self.modules[key] = (f, apply)
         return (key, *self.modules[key])
-
-    def path_unsupported(self, p: Problem, path: str) -> str | None:
-        return jc.path_unsupported(self, p, path, masks=False)
-
-    def run_path(self, p: Problem, path: str) -> Observation:
-        return self.run(p, path)
 
     def run(self, p: Problem, path: str = EAGER) -> Observation:
         key, _, apply = self._apply(p, path)
@@ -119,9 +107,11 @@ class HaikuBatchNorm(Adapter):
             obs.unsupported[q] = "haiku.BatchNorm does not return the batch statistics"
         return obs
 
-    def snippet(self, p: Problem) -> str:
-        cfg = ", ".join(f"{k}={v!r}" for k, v in self.native_config(p).items())
+    def snippet(self, p: Problem, path: str = EAGER) -> str:
+        cfg = ", ".join(f"{k}={v!r}" for k, v in self.path_config(p, path).items())
         shape = tuple(p.channels if i == p.axis else 1 for i in range(len(p.shape)))
+        # haiku's own initial average is zeros (ExponentialMovingAverage); otherwise the case's statistics
+        average = "np.zeros(shape)" if p.native_init else "r.reshape(shape)"
         return snippet(p, [
             "import haiku as hk",
             f"f = hk.transform_with_state(lambda x, is_training: hk.BatchNorm({cfg})(x, is_training))",
@@ -131,9 +121,10 @@ class HaikuBatchNorm(Adapter):
             f"shape = {shape}",
         ], "{'gamma': cast(p.gamma.reshape(shape), dt), 'beta': cast(p.beta.reshape(shape), dt)}",
             "{f'batch_norm/~/{s}_ema': {'counter': cast(0, np.int32), 'hidden': cast(np.zeros(shape), dt),"
-            " 'average': cast(r.reshape(shape), dt)} for s, r in (('mean', p.running_mean), ('var', p.running_var))}",
+            f" 'average': cast({average}, dt)}} for s, r in (('mean', p.running_mean), ('var', p.running_var))}}",
             "{'running_mean': state['batch_norm/~/mean_ema']['average'],"
-            " 'running_var': state['batch_norm/~/var_ema']['average']}")
+            " 'running_var': state['batch_norm/~/var_ema']['average'],"
+            " 'num_batches_tracked': state['batch_norm/~/mean_ema']['counter']}", path)
 
     def bench(self, shape, dtype, what):
         """transform_with_state's apply on NHWC (data_format="channels_last", haiku's default), jitted and

@@ -17,7 +17,14 @@ Execution paths (`JAX_PATHS`; `paths_for` picks an adapter's):
   sync    synchronized BatchNorm: the batch split over DEVICES logical CPU devices along axis 0 under
           `jax.shard_map`, the module given the device axis name (flax `axis_name`, haiku `cross_replica_axis`,
           equinox `axis_name`); unequal shards (Problem.shards) are padded to the largest and masked where the
-          module takes a mask (flax), else unsupported (shard_map needs equal per-device shapes)
+          module takes a mask (flax), else unsupported (shard_map needs equal per-device shapes). A module that
+          cannot run under shard_map (`sync_by_sharding`: equinox mode="ema") runs as one jitted program over a
+          batch sharded evenly across the devices (`batch_sharding`), the way equinox documents. Gradients are
+          jax.vjp of the whole sharded step, i.e. of the global loss <y, dy>: shard_map's transpose sums the
+          replicated gamma's and beta's per-device cotangents over the devices and the module's pmean transposes
+          into the cross-device sums of the backward, so dx, dgamma, dbeta and the second order are the global
+          batch's, what a data-parallel step gets after summing its gradients over the devices
+Every path has a repro snippet that runs the same transformation (adapters/jax_repro.py).
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import EAGER, EAGER_PATH, Observation, PathSpec
+from .base import EAGER, EAGER_PATH, Adapter, Observation, PathSpec
 
 
 # XLA's CPU client runs compiled code with FTZ/DAZ "to match the default TF ThreadPool behavior"
@@ -64,7 +71,8 @@ NO_JIT_PATH = PathSpec(NO_JIT, "the same step under jax.disable_jit(): op by op,
 VMAP_PATH = PathSpec(VMAP, "an ensemble of 2 model copies: jax.vmap over stacked parameters and state (in_axes 0), "
                            "the input shared (None); copy 1 is read")
 SYNC_PATH = PathSpec(SYNC, f"synchronized BatchNorm: the batch split over {DEVICES} logical CPU devices under "
-                           "jax.shard_map, statistics combined over the device axis", sharded=True)
+                           "jax.shard_map, statistics combined over the device axis (equinox mode='ema': jax.jit "
+                           "over the batch sharded across the devices)", sharded=True)
 JAX_PATHS = (JITTED, NO_JIT_PATH, VMAP_PATH, SYNC_PATH)
 
 
@@ -165,18 +173,22 @@ def run(adapter, p, key, apply, params, state, read, obs: Observation, path: str
     normalizes with the batch statistics, so inference steps run the training branch and its state is
     discarded."""
     jax = adapter.jax
-    pick = _same
+    pick, place = _same, None
     if path == VMAP:
         ensemble = getattr(adapter, "ensemble", None) or (lambda apply: vmapped(jax, apply))
         key, apply, pick = (key, VMAP), ensemble(apply), _copy1
         params, state = with_decoy(jax, params), with_decoy(jax, state)
+    elif path == SYNC and adapter.sync_by_sharding:
+        key, place = (key, SYNC, "sharded"), batch_sharding(jax)
+        obs.facts["sync"] = f"jax.jit of the one-device step, the batch sharded over {DEVICES} devices (NamedSharding)"
     elif path == SYNC:
         key, apply = (key, SYNC, shards_of(p)), synchronized(jax, apply, shards_of(p))
+        obs.facts["sync"] = f"jax.shard_map over {DEVICES} devices, statistics combined over the device axis"
     if path == NO_JIT:
         obs.facts["jit"] = "disabled (jax.disable_jit)"
         with jax.disable_jit():
             return _steps(adapter, p, key, apply, params, state, read, obs, pick)
-    return _steps(adapter, p, key, apply, params, state, read, obs, pick)
+    return _steps(adapter, p, key, apply, params, state, read, obs, pick, place)
 
 
 def _same(tree):
@@ -189,12 +201,12 @@ def _copy1(tree):
     return jax.tree.map(lambda a: a[1], tree)
 
 
-def _steps(adapter, p, key, apply, params, state, read, obs: Observation, pick) -> Observation:
+def _steps(adapter, p, key, apply, params, state, read, obs: Observation, pick, place=None) -> Observation:
     jax, jit = adapter.jax, adapter.jitted
     ys, stats = [], []
     for k, (x, mode) in enumerate(zip(p.xs, p.modes)):
         train = mode == "train" or not p.track_running_stats
-        xj = to_jax(jax, x, p.dtype)
+        xj = to_jax(jax, x, p.dtype) if place is None else jax.device_put(np.asarray(x, np_dtype(p.dtype)), place)
         before = state
         y, state = jit.get(key, "step", apply, train)(params, state, xj)
         ys.append(y)
@@ -248,9 +260,9 @@ def shards_of(p) -> tuple[int, ...]:
     return tuple(p.shards) or (p.shape[0] // DEVICES,) * DEVICES
 
 
-def sync_unsupported(jax, p, masks: bool, api: str) -> str | None:
+def sync_unsupported(jax, p, masks: bool, api: str, sharding: bool = False) -> str | None:
     """Why the sync path cannot run `p`: too few devices, a batch that does not split, or unequal shards for a
-    module that takes no mask."""
+    module that takes no mask (or runs by sharding, which splits evenly)."""
     have = len(jax.devices("cpu"))
     if have < DEVICES:
         return (f"the sync path needs {DEVICES} logical CPU devices; JAX was imported before "
@@ -259,6 +271,9 @@ def sync_unsupported(jax, p, masks: bool, api: str) -> str | None:
         return f"a batch of {p.shape[0]} does not split equally over {DEVICES} devices"
     if p.shards and len(p.shards) != DEVICES:
         return f"the case splits its batch over {len(p.shards)} devices; the sync path has {DEVICES}"
+    if len(set(shards_of(p))) > 1 and sharding:
+        return (f"unequal per-device batches {'+'.join(map(str, p.shards))}: a NamedSharding splits the batch "
+                f"evenly over the devices, and {api} takes no mask to pad them with")
     if len(set(shards_of(p))) > 1 and not masks:
         return (f"unequal per-device batches {'+'.join(map(str, p.shards))}: shard_map (and pmap) need equal "
                 f"per-device shapes, and {api} takes no mask to pad them with")
@@ -266,11 +281,25 @@ def sync_unsupported(jax, p, masks: bool, api: str) -> str | None:
 
 
 def _shard_map(jax):
+    """jax.shard_map with its replication/varying-axes check off (pmap's semantics): with JAX's default
+    check_vma=True, lax.pmean over a vmapped axis and the device axis together (equinox's axis_name=("batch",
+    "devices")) raises; flax and haiku run either way with the same outputs and statistics and gradients equal
+    to rounding (tests/unit/test_adapters_jax_onnx.py pins the equinox refusal)."""
     if hasattr(jax, "shard_map"):  # jax >= 0.6
         return lambda f, **kw: jax.shard_map(f, check_vma=False, **kw)
     from jax.experimental.shard_map import shard_map
 
     return lambda f, **kw: shard_map(f, check_rep=False, **kw)
+
+
+def batch_sharding(jax):
+    """The data-parallel placement of the batch without shard_map: axis 0 split evenly over the devices
+    (NamedSharding), everything else replicated; jax.jit partitions the one-device program (XLA's SPMD
+    partitioner inserts the cross-device reductions), so the statistics are the global batch's without an axis
+    name. This is equinox's documented way to run on several devices (examples/parallelism.ipynb)."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    return NamedSharding(Mesh(np.array(jax.devices("cpu")[:DEVICES]), (DEVICE_AXIS,)), PartitionSpec(DEVICE_AXIS))
 
 
 def synchronized(jax, apply, shards: tuple[int, ...]):
@@ -306,7 +335,7 @@ def synchronized(jax, apply, shards: tuple[int, ...]):
 def path_unsupported(adapter, p, path: str, masks: bool = False) -> str | None:
     """What the JAX adapters share about their paths (see the module docstring)."""
     if path == SYNC:
-        return sync_unsupported(adapter.jax, p, masks, adapter.api)
+        return sync_unsupported(adapter.jax, p, masks, adapter.api, getattr(adapter, "sync_by_sharding", False))
     if path == NO_JIT and not few_cases(p):
         return ("op by op, every primitive compiles once per new shape and dtype (~1 s each): the no-jit path "
                 "runs only the two-step path cases that start with training (training and inference, float32 "
@@ -333,3 +362,39 @@ def device(jax) -> str:
     d = jax.devices()[0]
     return f"{d.platform}:{d.id}"
 
+
+
+class JaxAdapter(Adapter):
+    """What every JAX-based adapter shares: importing JAX once per worker (`setup`; the subclass then imports
+    its framework), one jitted set of functions per configuration (`jitted`, `modules`), the paths of this
+    module run by the adapter's own `run(p, path)`, and `snippet(p, path)` reproducing each of them.
+    `takes_mask`: the module's call takes a mask, so the sync path can pad unequal shards and mask them;
+    `sync_by_sharding`: the module runs on several devices only as one jitted program over a sharded batch."""
+
+    paths = JAX_PATHS
+    subnormals = SUBNORMALS
+    takes_mask = False
+    sync_by_sharding = False  # sync by jax.jit over a sharded batch (batch_sharding) instead of jax.shard_map
+
+    def setup(self) -> None:
+        self.jax = import_jax()
+        self.jitted = Jitted(self.jax)
+        self.modules: dict = {}
+        self.device = device(self.jax)
+
+    def unsupported(self, problem) -> str | None:
+        if problem.memory_format != "contiguous":
+            return "JAX arrays have no memory format; the case would repeat the contiguous one"
+        return super().unsupported(problem)
+
+    def path_unsupported(self, p, path: str) -> str | None:
+        return path_unsupported(self, p, path, masks=self.takes_mask)
+
+    def run_path(self, p, path: str) -> Observation:
+        return self.run(p, path)
+
+    def path_expected_dtype(self, quantity: str, p, path: str) -> str:
+        return self.expected_dtype(quantity, p)  # every path computes as the jitted call does
+
+    def path_snippet(self, p, path: str) -> str:
+        return self.snippet(p, path)

@@ -212,6 +212,11 @@ _TABLE: list[Case] = [
     Case(S2, "float64", T(3) + E(), paths=True, init_stats="random", shards=(6, 2),
          note="unequal per-device shards (synchronized BatchNorm): the global batch's statistics are the "
               "count-weighted combination of the devices' ones, not their plain average"),
+    Case(S2, "float64", T(2), paths=True, init_stats="random", shards=(4, 4),
+         note="synchronized BatchNorm, training last: the backward sums dy and dy*xhat over every device and the "
+              "replicated gamma's and beta's gradients are summed over the devices (the global batch's gradients)"),
+    Case(S2, "float64", T(2), paths=True, init_stats="random", shards=(6, 2),
+         note="the gradients of synchronized BatchNorm over unequal per-device shards (the global batch's)"),
     Case(S4, "float64", E() + T() + E(),
          note="the framework's own initial state in a float64 model, inference first: the dtype its init gives "
               "the statistics (flax.linen: float32)"),

@@ -4,6 +4,7 @@ when its framework is not installed."""
 from __future__ import annotations
 
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -57,6 +58,9 @@ def test_flax_builds_momentum_one_minus_alpha(name):
         assert bn.momentum == 0.9 and bn.epsilon == 1e-5 and bn.use_fast_variance is (name == "flax.linen")
         assert nn.BatchNorm().momentum == a.convention.default_momentum == 0.99
         assert nn.BatchNorm().epsilon == a.convention.default_eps
+        # the declared variance algorithm is the module's: use_fast_variance defaults to True (fast, clamped)
+        assert nn.BatchNorm().use_fast_variance is True
+        assert a.convention.variance == ("fast_clamped" if bn.use_fast_variance else "two_pass")
     else:
         from flax import nnx
 
@@ -64,6 +68,7 @@ def test_flax_builds_momentum_one_minus_alpha(name):
         assert (bn.momentum, bn.epsilon, bn.axis) == (0.9, 1e-5, 1)
         default = nnx.BatchNorm(3, rngs=nnx.Rngs(0))
         assert (default.momentum, default.epsilon) == (a.convention.default_momentum, a.convention.default_eps)
+        assert default.use_fast_variance is bn.use_fast_variance is True and a.convention.variance == "fast_clamped"
     d = a.native_config(problem(DEFAULTS))
     assert "momentum" not in d and "epsilon" not in d  # the framework's own defaults
 
@@ -146,6 +151,32 @@ def test_snippet_computes_what_the_adapter_observed(name, case_id):
         assert np.array_equal(v, observed.values[q], equal_nan=True), q
 
 
+# -- each execution path's snippet reproduces that path (adapters/jax_repro.py), bit for bit
+
+TRAIN_LAST = "f32-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0"  # first and second order; a no-jit case (few_cases)
+UNEQUAL_SHARDS = "f64-8x4-ax1-T2-a0.1-eps1e-05-rstats-sh6+2-s0"  # sync, padded and masked (flax), training last
+
+
+@pytest.mark.parametrize("path", ["no-jit", "vmap", "sync"])
+@pytest.mark.parametrize("name", JAX)
+def test_path_snippet_computes_what_the_adapter_observed_on_that_path(name, path):
+    a = ready(name)
+    ran = 0
+    for case_id in (TRAIN_LAST, UNEQUAL_SHARDS) if path == "sync" else (TRAIN_LAST,):
+        p = problem(case_id)
+        if a.unsupported(p) or a.path_unsupported(p, path):
+            continue
+        observed = a.run_path(p, path)
+        ns = {"p": p, "np": np}
+        exec(compile(a.path_snippet(p, path), f"<snippet {name}@{path}>", "exec"), ns)  # noqa: S102
+        assert set(ns["observed"]) == set(observed.values), case_id
+        for q, v in ns["observed"].items():
+            assert np.array_equal(v, observed.values[q], equal_nan=True), f"{case_id}: {q}"
+        ran += 1
+    if not ran:
+        pytest.skip(f"{name} runs none of the cases on {path}")
+
+
 @pytest.mark.parametrize("name, case_id, quantity", [
     ("equinox.batch", "f32-4x3x2x3-ax1-T3-a0.1-eps1e-05-rstats-s0", "running_var"),
     ("onnxruntime.opset9", "f32-4x3-ax1-T2E-a0.1-eps1e-05-rstats-s0", "batch_var"),
@@ -157,6 +188,71 @@ def test_registered_deviation_prints_a_repro_that_reproduces_it(name, case_id, q
     assert rec["verdict"] == "xfail" and rec["repro"], rec["reason"]
     out = subprocess.run([sys.executable, "-c", rec["repro"]], capture_output=True, text=True, cwd=ROOT,
                          timeout=300)
+    assert out.returncode == 0, out.stderr
+    printed = float(re.search(r"max abs error ([0-9.eE+-]+)", out.stdout).group(1))
+    assert printed == pytest.approx(rec["metrics"]["max_abs"], rel=1e-12)
+
+
+EQUAL_SHARDS = "f64-8x4-ax1-T2-a0.1-eps1e-05-rstats-sh4+4-s0"  # sync, training last, float64 statistics
+
+
+@pytest.mark.parametrize("name", ["flax.linen", "haiku"])
+def test_sync_gradients_are_what_a_data_parallel_step_gets(name):
+    """The sync path reports jax.vjp of the whole sharded step (the global loss <y, dy>); a pmap-style training
+    step instead differentiates each device's loss inside shard_map and sums the parameter gradients over the
+    devices (lax.psum). Both must give the same dx (the module's pmean transposes into cross-device sums) and,
+    after the sum, the same dgamma and dbeta."""
+    import jax
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    from adapters import jax_common as jc
+
+    a = ready(name)
+    p = problem(EQUAL_SHARDS)
+    obs = a.run_path(p, "sync")
+    key, *_, apply = a._apply(p, "sync")  # the module with its device axis, as the sync path builds it
+    shape = tuple(p.channels if i == p.axis else 1 for i in range(len(p.shape))) if name == "haiku" else None
+    params = jc.initial_params(jax, p, p.dtype, shape)
+    # the state the gradients are taken at: after the first training step (run again: exact, deterministic)
+    state = a.jitted.get((key, jc.SYNC, jc.shards_of(p)), "step", jc.synchronized(jax, apply, jc.shards_of(p)),
+                         True)(params, _initial_state(a, p), jax.numpy.asarray(p.xs[0]))[1]
+
+    def device_step(params, x, dy):
+        loss = lambda params, x: jax.numpy.sum(apply(params, state, x, True)[0] * dy)  # noqa: E731
+        dparams, dx = jax.grad(loss, argnums=(0, 1))(params, x)
+        return dx, jax.lax.psum(dparams, jc.DEVICE_AXIS)
+    mesh = Mesh(np.array(jax.devices("cpu")[:jc.DEVICES]), (jc.DEVICE_AXIS,))
+    step = jax.jit(jax.shard_map(device_step, mesh=mesh, in_specs=(P(), P(jc.DEVICE_AXIS), P(jc.DEVICE_AXIS)),
+                                 out_specs=(P(jc.DEVICE_AXIS), P()), check_vma=False))
+    dx, dparams = step(params, jax.numpy.asarray(p.xs[-1]), jax.numpy.asarray(p.dy))
+    np.testing.assert_allclose(np.asarray(dx), obs.values["dx"], rtol=1e-12, atol=1e-14)
+    for q in ("gamma", "beta"):
+        np.testing.assert_allclose(np.asarray(dparams[q]).reshape(-1), obs.values["d" + q], rtol=1e-12, atol=1e-14)
+
+
+def _initial_state(a, p):
+    """The initial state the adapter's run() starts `p` from (random statistics, as the case says)."""
+    import jax
+
+    from adapters import jax_common as jc
+
+    if a.name == "haiku":
+        shape = tuple(p.channels if i == p.axis else 1 for i in range(len(p.shape)))
+        return {name: {"counter": jc.to_jax(jax, 0, "int32"), "hidden": jc.to_jax(jax, np.zeros(shape), p.dtype),
+                       "average": jc.to_jax(jax, init.reshape(shape), p.dtype)}
+                for name, init in zip(("batch_norm/~/mean_ema", "batch_norm/~/var_ema"), (p.running_mean, p.running_var))}
+    return {"mean": jc.to_jax(jax, p.running_mean, "float64"), "var": jc.to_jax(jax, p.running_var, "float64")}
+
+
+def test_sync_repro_pasted_into_a_fresh_python_reproduces_the_record():
+    """A sync check's repro sets XLA_FLAGS for its 2 logical devices at its top, so it runs in a Python that has
+    no flags (the record: flax's registered unweighted pmean over unequal shards)."""
+    a = ready("flax.linen")
+    rec = {r["quantity"]: r for r in evaluate(a, CASES[UNEQUAL_SHARDS], Registry.load(), path="sync")}["dx"]
+    assert rec["verdict"] == "xfail" and rec["repro"], rec["reason"]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", rec["repro"]], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300, env=env)
     assert out.returncode == 0, out.stderr
     printed = float(re.search(r"max abs error ([0-9.eE+-]+)", out.stdout).group(1))
     assert printed == pytest.approx(rec["metrics"]["max_abs"], rel=1e-12)
@@ -260,3 +356,43 @@ def test_flax_nnx_keeps_float32_running_statistics_in_a_float64_model():
     assert obs.dtypes["running_var"] == "float32" and obs.dtypes["y"] == "float64"
     assert a.precision(p).stats == "float32"
     assert within_bound(a, p, a.convention, "running_var")
+
+
+def _equinox_under_shard_map(mode: str, check_vma: bool):
+    """One training step of equinox BatchNorm(mode) under jax.shard_map over the sync path's devices, the way
+    the sync path would run it (axis_name = the vmapped batch and the device axis)."""
+    import equinox as eqx
+    import jax
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    from adapters import jax_common as jc
+
+    bn, state = eqx.nn.make_with_state(eqx.nn.BatchNorm)(3, axis_name=("batch", jc.DEVICE_AXIS), mode=mode)
+    mesh = Mesh(np.array(jax.devices("cpu")[:jc.DEVICES]), (jc.DEVICE_AXIS,))
+
+    def step(state, x):
+        return jax.vmap(bn, axis_name="batch", in_axes=(0, None), out_axes=(0, None))(x, state)
+    f = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(jc.DEVICE_AXIS)), out_specs=(P(jc.DEVICE_AXIS), P()),
+                      check_vma=check_vma)
+    return jax.jit(f)(state, jax.numpy.ones((4, 3)))
+
+
+def test_equinox_ema_cannot_run_under_shard_map_so_its_sync_path_shards_the_batch():
+    """Why equinox.ema's sync path is jax.jit over a sharded batch (adapters/equinox_bn.py): under shard_map
+    State.set refuses the first-step flag's fresh constant (its eval_shape lacks the manual mesh's sharding the
+    old value has). If this starts passing, equinox (or JAX) changed: run ema under shard_map like mode="batch"."""
+    ready("equinox.ema")
+    for check_vma in (False, True):
+        with pytest.raises(ValueError, match="Old and new values have different structures"):
+            _equinox_under_shard_map("ema", check_vma)
+    adapter = ready("equinox.ema")
+    assert adapter.sync_by_sharding and not ready("equinox.batch").sync_by_sharding
+
+
+def test_equinox_batch_under_shard_map_needs_check_vma_off():
+    """Why jax_common runs shard_map with check_vma=False: with JAX's default (True) lax.pmean over a vmapped axis
+    and the device axis together, as equinox's axis_name=("batch", "devices") asks, is refused."""
+    ready("equinox.batch")
+    _equinox_under_shard_map("batch", check_vma=False)
+    with pytest.raises(ValueError, match="psum can only accept axis_name"):
+        _equinox_under_shard_map("batch", check_vma=True)
