@@ -33,7 +33,7 @@ POLICY = {"float64": "float64", "float32": "float32", "float16": "mixed_float16"
           "bfloat16": "mixed_bfloat16"}
 
 
-class Keras3(Adapter):
+class Keras3(tfp.KerasPaths, Adapter):  # execution paths: adapters/tf_paths.py
     framework = "keras"
     channel_axes = "any"
     conventional_layout = "channels_last"  # keras.config.image_data_format() defaults to it (backend/config.py)
@@ -143,22 +143,6 @@ class Keras3(Adapter):
                                              "expose the batch statistics"),
                                num_batches_tracked="Keras BatchNormalization keeps no step counter")
         return obs
-
-    # -- execution paths (adapters/tf_paths.py)
-    def run_path(self, p: Problem, path: str) -> Observation:
-        return tfp.run_keras(self, p, path)
-
-    def path_unsupported(self, p: Problem, path: str) -> str | None:
-        return tfp.unsupported(p, path)
-
-    def path_precision(self, p: Problem, path: str) -> Precision:
-        return tfp.mixed_precision(p) if path in tfp.MIXED else self.precision(p)
-
-    def path_expected_dtype(self, quantity: str, p: Problem, path: str) -> str:
-        return tfp.expected_dtype(self, quantity, p, path)
-
-    def path_snippet(self, p: Problem, path: str) -> str:
-        return tfp.keras_snippet(self.snippet(p), p, path)
 
     def snippet(self, p: Problem) -> str:
         ops, grads = getattr(self, "ops", None) or kb.BACKENDS[self.backend](), self.wants_gradients(p)

@@ -26,7 +26,7 @@ from .keras3 import POLICY  # the dtype policy names are the same in tf_keras (K
 SOURCE = "tf_keras/src/layers/normalization/batch_normalization.py (BatchNormalizationBase)"
 
 
-class TFKeras(Adapter):
+class TFKeras(tfp.KerasPaths, Adapter):  # execution paths: adapters/tf_paths.py
     framework = "tf_keras"
     channel_axes = "any"
     conventional_layout = "channels_last"  # tf_keras backend.image_data_format() default
@@ -135,24 +135,12 @@ class TFKeras(Adapter):
         obs.unsupported["num_batches_tracked"] = "tf_keras BatchNormalization keeps no step counter"
         return obs
 
-    # -- execution paths (adapters/tf_paths.py)
-    def run_path(self, p: Problem, path: str) -> Observation:
-        return tfp.run_tf_keras(self, p, path)
-
+    # -- execution paths: tf_paths.KerasPaths, and one refusal of tf_keras' own
     def path_unsupported(self, p: Problem, path: str) -> str | None:
         if path == "sync" and self.fused:
             return ("tf_keras refuses synchronized=True with fused=True ('`fused=True` is not supported when "
                     "`synchronized=True`.', batch_normalization.py, BatchNormalizationBase.__init__)")
-        return tfp.unsupported(p, path)
-
-    def path_precision(self, p: Problem, path: str) -> Precision:
-        return tfp.mixed_precision(p) if path in tfp.MIXED else self.precision(p)
-
-    def path_expected_dtype(self, quantity: str, p: Problem, path: str) -> str:
-        return tfp.expected_dtype(self, quantity, p, path)
-
-    def path_snippet(self, p: Problem, path: str) -> str:
-        return tfp.keras_snippet(self.snippet(p), p, path)
+        return super().path_unsupported(p, path)
 
     def snippet(self, p: Problem) -> str:
         head = [

@@ -118,6 +118,26 @@ def function_snippet(eager: str, path: str) -> str:
             + eager)
 
 
+class KerasPaths:
+    """The execution-path hooks of a Keras BatchNormalization adapter (Keras 3 on any backend, adapters/keras3.py;
+    tf_keras, adapters/tf_keras.py): one set, so the two flavours cannot drift apart. Mixed in before Adapter."""
+
+    def run_path(self, p: Problem, path: str) -> Observation:
+        return (run_keras if self.framework == "keras" else run_tf_keras)(self, p, path)
+
+    def path_unsupported(self, p: Problem, path: str) -> str | None:
+        return unsupported(p, path)
+
+    def path_precision(self, p: Problem, path: str) -> Precision:
+        return mixed_precision(p) if path in MIXED else self.precision(p)
+
+    def path_expected_dtype(self, quantity: str, p: Problem, path: str) -> str:
+        return expected_dtype(self, quantity, p, path)
+
+    def path_snippet(self, p: Problem, path: str) -> str:
+        return keras_snippet(self.snippet(p), p, path)
+
+
 # -- Keras 3 (adapters/keras3.py)
 def expected_dtype(adapter, quantity: str, p: Problem, path: str) -> str:
     """Under a mixed policy the model input is float32: its gradients (dx, d2x) come back in float32."""
