@@ -144,6 +144,25 @@ class Keras3(tfp.KerasPaths, Adapter):  # execution paths: adapters/tf_paths.py
                                num_batches_tracked="Keras BatchNormalization keeps no step counter")
         return obs
 
+    # -- what tf_paths.KerasPaths needs of this flavour
+    frozen_parameters_are_state = True  # steps(): a non-trainable layer's stateless call takes gamma, beta as state
+
+    @property
+    def keras_module(self):
+        return self.keras
+
+    def path_step(self, layer, training):
+        return lambda tv, ntv, x: layer.stateless_call(tv, ntv, x, training=training)
+
+    def dtype_policy(self):
+        return self.keras.config.dtype_policy()
+
+    def set_dtype_policy(self, policy) -> None:
+        self.keras.config.set_dtype_policy(policy)
+
+    def variable_numpy(self, variable):
+        return self.keras.ops.convert_to_numpy(variable)
+
     def snippet(self, p: Problem) -> str:
         ops, grads = getattr(self, "ops", None) or kb.BACKENDS[self.backend](), self.wants_gradients(p)
         lines = [

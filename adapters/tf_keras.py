@@ -142,6 +142,24 @@ class TFKeras(tfp.KerasPaths, Adapter):  # execution paths: adapters/tf_paths.py
                     "`synchronized=True`.', batch_normalization.py, BatchNormalizationBase.__init__)")
         return super().path_unsupported(p, path)
 
+    # -- what tf_paths.KerasPaths needs of this flavour
+    @property
+    def keras_module(self):
+        return self.tf_keras
+
+    def path_step(self, layer, training):
+        return lambda x: layer(x, training=training)
+
+    def dtype_policy(self):
+        return self.tf_keras.mixed_precision.global_policy()
+
+    def set_dtype_policy(self, policy) -> None:
+        self.tf_keras.mixed_precision.set_global_policy(policy)
+
+    @staticmethod
+    def variable_numpy(variable):
+        return variable.numpy()
+
     def snippet(self, p: Problem) -> str:
         head = [
             "import tf_keras",

@@ -119,11 +119,22 @@ def function_snippet(eager: str, path: str) -> str:
 
 
 class KerasPaths:
-    """The execution-path hooks of a Keras BatchNormalization adapter (Keras 3 on any backend, adapters/keras3.py;
-    tf_keras, adapters/tf_keras.py): one set, so the two flavours cannot drift apart. Mixed in before Adapter."""
+    """The execution paths of a Keras BatchNormalization adapter (Keras 3 on any backend, adapters/keras3.py;
+    tf_keras, adapters/tf_keras.py): one set of path hooks and one runner (`run`), so the two flavours cannot
+    drift apart. Mixed in before Adapter. What differs between the flavours, each adapter says:
+      keras_module                     the keras module (keras, tf_keras)
+      path_step(layer, training)       the function graph/xla wrap in a tf.function: what the adapter's
+                                       steps(call=...) calls for one step
+      dtype_policy() / set_dtype_policy(name)   the global dtype policy
+      frozen_parameters_are_state      a frozen layer's gamma and beta become the state of its stateless call
+                                       (Keras 3): no dgamma/dbeta/d2gamma on the frozen path
+      variable_numpy(variable)         a variable's value as a numpy array
+    """
+
+    frozen_parameters_are_state = False
 
     def run_path(self, p: Problem, path: str) -> Observation:
-        return (run_keras if self.framework == "keras" else run_tf_keras)(self, p, path)
+        return run(self, p, path)
 
     def path_unsupported(self, p: Problem, path: str) -> str | None:
         return unsupported(p, path)
@@ -138,7 +149,6 @@ class KerasPaths:
         return keras_snippet(self.snippet(p), p, path)
 
 
-# -- Keras 3 (adapters/keras3.py)
 def expected_dtype(adapter, quantity: str, p: Problem, path: str) -> str:
     """Under a mixed policy the model input is float32: its gradients (dx, d2x) come back in float32."""
     if path in MIXED and quantity in ("dx", "d2x"):
@@ -148,66 +158,17 @@ def expected_dtype(adapter, quantity: str, p: Problem, path: str) -> str:
     return dtype_of(quantity, adapter.path_precision(p, path))
 
 
-def _fresh_keras3_layer(adapter, p: Problem, **overrides):
-    cfg = {**adapter.native_config(p), **overrides}
-    layer = adapter.keras.layers.BatchNormalization(**cfg)
-    layer.build(p.shape)
-    return layer
+def run(adapter, p: Problem, path: str) -> Observation:
+    """`p` on `path` for a Keras adapter (KerasPaths)."""
+    kmod = adapter.keras_module
 
-
-def run_keras(adapter, p: Problem, path: str) -> Observation:
-    keras = adapter.keras
-    if path in ("graph", "xla"):
-        def call(layer, training):
-            fn = lambda tv, ntv, x: layer.stateless_call(tv, ntv, x, training=training)  # noqa: E731
-            return cached_function(adapter, (id(layer), training), fn, path)
-        layer = adapter.layer(p)
-        obs = adapter.steps(p, layer, call=call)
-        obs.facts["function"] = path
-        return obs
-    if path == "frozen":
-        layer = _fresh_keras3_layer(adapter, p)
-        layer.trainable = False
-        obs = adapter.steps(p, layer)
-        frozen_facts(obs, layer)
-        if p.affine:
-            for q in ("dgamma", "dbeta", "d2gamma"):
-                obs.unsupported[q] = "frozen: gamma and beta are non-trainable (the stateless call's state)"
-        return obs
-    if path in MIXED:
-        cfg = {k: v for k, v in adapter.native_config(p).items() if k != "dtype"}
-        before = keras.config.dtype_policy()
-        keras.config.set_dtype_policy(POLICY_OF[path])
-        try:
-            layer = keras.layers.BatchNormalization(**cfg)
-            layer.build(p.shape)
-        finally:
-            keras.config.set_dtype_policy(before)
-        obs = adapter.steps(p, layer, input_dtype="float32")
-        obs.facts.update(compute_dtype=str(layer.compute_dtype), variable_dtype=str(layer.variable_dtype),
-                         input="float32")
-        return obs
-    if path == "fit":
-        return _fit(adapter, p, keras, _fresh_keras3_layer(adapter, p), keras3=True)
-    if path == "tflite":
-        return _tflite(adapter, p, keras, _fresh_keras3_layer(adapter, p))
-    if path == "sync":
-        return _sync(adapter, p, lambda: keras.layers.BatchNormalization(synchronized=True,
-                                                                         **adapter.native_config(p)))
-    raise NotImplementedError(path)
-
-
-# -- tf_keras (adapters/tf_keras.py)
-def run_tf_keras(adapter, p: Problem, path: str) -> Observation:
-    tfk = adapter.tf_keras
-
-    def fresh(**overrides):
-        layer = tfk.layers.BatchNormalization(**{**adapter.native_config(p), **overrides})
+    def fresh():
+        layer = kmod.layers.BatchNormalization(**adapter.native_config(p))
         layer.build(p.shape)
         return layer
     if path in ("graph", "xla"):
         def call(layer, training):
-            return cached_function(adapter, (id(layer), training), lambda x: layer(x, training=training), path)
+            return cached_function(adapter, (id(layer), training), adapter.path_step(layer, training), path)
         obs = adapter.steps(p, adapter.layer(p), call=call)
         obs.facts["function"] = path
         return obs
@@ -216,27 +177,30 @@ def run_tf_keras(adapter, p: Problem, path: str) -> Observation:
         layer.trainable = False
         obs = adapter.steps(p, layer)
         frozen_facts(obs, layer)
+        if p.affine and adapter.frozen_parameters_are_state:
+            for q in ("dgamma", "dbeta", "d2gamma"):
+                obs.unsupported[q] = "frozen: gamma and beta are non-trainable (the stateless call's state)"
         return obs
     if path in MIXED:
         cfg = {k: v for k, v in adapter.native_config(p).items() if k != "dtype"}
-        before = tfk.mixed_precision.global_policy()
-        tfk.mixed_precision.set_global_policy(POLICY_OF[path])
+        before = adapter.dtype_policy()
+        adapter.set_dtype_policy(POLICY_OF[path])
         try:
-            layer = tfk.layers.BatchNormalization(**cfg)
+            layer = kmod.layers.BatchNormalization(**cfg)
             layer.build(p.shape)
         finally:
-            tfk.mixed_precision.set_global_policy(before)
+            adapter.set_dtype_policy(before)
         obs = adapter.steps(p, layer, input_dtype="float32")
         obs.facts.update(compute_dtype=str(layer.compute_dtype), variable_dtype=str(layer.variable_dtype),
                          input="float32")
         return obs
     if path == "fit":
-        return _fit(adapter, p, tfk, fresh(), keras3=False)
+        return _fit(adapter, p, kmod, fresh())
     if path == "tflite":
-        return _tflite(adapter, p, tfk, fresh())
+        return _tflite(adapter, p, kmod, fresh())
     if path == "sync":
-        return _sync(adapter, p, lambda: tfk.layers.BatchNormalization(synchronized=True,
-                                                                       **adapter.native_config(p)))
+        return _sync(adapter, p, lambda: kmod.layers.BatchNormalization(synchronized=True,
+                                                                        **adapter.native_config(p)))
     raise NotImplementedError(path)
 
 
@@ -249,7 +213,7 @@ def _assign(layer, p: Problem, to) -> None:
         layer.moving_variance.assign(to(p.running_var))
 
 
-def _fit(adapter, p: Problem, keras, layer, keras3: bool) -> Observation:
+def _fit(adapter, p: Problem, keras, layer) -> Observation:
     """The layer in a Sequential model compiled with SGD(learning_rate=0) and a mean-squared-error loss against
     zeros, stepped as fit() steps it (train_on_batch) and as predict() does (predict_on_batch)."""
     import numpy as np
@@ -270,10 +234,8 @@ def _fit(adapter, p: Problem, keras, layer, keras3: bool) -> Observation:
             out = model.predict_on_batch(xa)
             ydt = getattr(out.dtype, "name", str(out.dtype))
             ys.append(np.asarray(out, dtype=np.float64))
-        means.append(np.asarray(keras.ops.convert_to_numpy(layer.moving_mean) if keras3 else
-                                layer.moving_mean.numpy(), dtype=np.float64))
-        vars_.append(np.asarray(keras.ops.convert_to_numpy(layer.moving_variance) if keras3 else
-                                layer.moving_variance.numpy(), dtype=np.float64))
+        means.append(np.asarray(adapter.variable_numpy(layer.moving_mean), dtype=np.float64))
+        vars_.append(np.asarray(adapter.variable_numpy(layer.moving_variance), dtype=np.float64))
     obs = Observation(facts={"device": "cpu", "model": "Sequential([Input, BatchNormalization])",
                              "optimizer": "SGD(learning_rate=0.0)",
                              "jit_compile": str(getattr(model, "jit_compile", None))})
