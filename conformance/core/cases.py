@@ -212,6 +212,9 @@ _TABLE: list[Case] = [
     Case(S2, "float64", T(3) + E(), paths=True, init_stats="random", shards=(6, 2),
          note="unequal per-device shards (synchronized BatchNorm): the global batch's statistics are the "
               "count-weighted combination of the devices' ones, not their plain average"),
+    Case(S2, "float64", T(2), paths=True, init_stats="random", shards=(6, 2),
+         note="unequal per-device shards, training last: synchronized BatchNorm's backward must all-reduce the "
+              "devices' sums of dy and dy*xhat (dx of the global batch; dgamma, dbeta summed over devices)"),
     Case(S4, "float64", E() + T() + E(),
          note="the framework's own initial state in a float64 model, inference first: the dtype its init gives "
               "the statistics (flax.linen: float32)"),
