@@ -34,8 +34,12 @@
               Gradients as a custom training loop takes them (GradientTape inside strategy.run, dy split like x):
               dx per shard, concatenated; dgamma/dbeta summed over the replicas (_sync says why).
 
-Tiers (default runs with --paths default): frozen, mixed-*, sync in default; graph, xla, fit, tflite in nightly
-(tracing/compiling/converting costs seconds per case: README "TensorFlow and Keras paths").
+Tiers (default runs with --paths default): frozen, mixed-*, sync in default; graph, xla, fit, fit-jit, fit-eager,
+no-jit, tflite in nightly (tracing/compiling/converting costs seconds per case; keras.torch@fit-jit, torch.compile,
+~11 s a case: README "TensorFlow and Keras paths").
+Repro snippets (KerasPaths.path_snippet, the adapters' snippet(p, path)) run what the path runs: the tf.function,
+the frozen layer, the policy, the compiled model, the converter and interpreter, the strategy
+(tests/unit/tf_paths_child.py and keras_child.py execute them and compare bit for bit).
 Compiled functions are cached per layer, mode and path in the worker (a retrace costs ~45 ms); none is shared
 between eager and a path.
 """
@@ -47,16 +51,14 @@ from .base import Observation, PathSpec, Precision
 
 GRAPH = PathSpec("graph", "tf.function(step): the TF graph runtime (Grappler), no XLA", tier="nightly")
 XLA = PathSpec("xla", "tf.function(step, jit_compile=True): XLA:CPU compiles the step", tier="nightly")
+NO_JIT = PathSpec("no-jit", "keras.jax: the layer's stateless_call and its gradients op by op (jax.disable_jit()) "
+                            "instead of under jax.jit", tier="nightly")
 MIXED = {"mixed-bf16": "bfloat16", "mixed-f16": "float16"}
 POLICY_OF = {"mixed-bf16": "mixed_bfloat16", "mixed-f16": "mixed_float16"}
 # the fit paths: compile()'s arguments (Keras' own defaults for `fit`)
 FIT = {"fit": "", "fit-jit": " and jit_compile=True", "fit-eager": " and run_eagerly=True"}
 FIT_COMPILE = {"fit": {}, "fit-jit": {"jit_compile": True}, "fit-eager": {"run_eagerly": True}}
 TFLITE_INFERENCE_ONLY = "a TFLite model is an inference graph: the path runs inference-only cases"
-
-
-NO_JIT = PathSpec("no-jit", "keras.jax: the layer's stateless_call and its gradients op by op (jax.disable_jit()) "
-                           "instead of under jax.jit", tier="nightly")
 
 
 def keras_paths(convention, tf_backend: bool, jax_backend: bool = False) -> tuple[PathSpec, ...]:
