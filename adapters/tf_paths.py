@@ -17,8 +17,9 @@
               jax XLA-compiles the step, torch runs it eagerly, tensorflow on a CPU-only machine runs a
               tf.function without XLA; tf_keras: no XLA). The resolved value is the fact `jit_compile`.
   fit-jit     the same with compile(jit_compile=True): jax jax.jit, torch torch.compile (inductor), tf_keras XLA
-              (tf.function(jit_compile=True)); Keras 3 on tensorflow silently falls back to no XLA when op
-              determinism is enabled (trainer.py model_supports_jit), as it is here: the fact says so
+              (tf.function(jit_compile=True)); Keras 3 on tensorflow falls back to no XLA, with a warning, when op
+              determinism is enabled (trainer.py model_supports_jit; keras-team/keras#20315), as it is here: the
+              facts jit_compile and compile_warning say so
   fit-eager   the same with compile(run_eagerly=True): the train step op by op (jax: no jit; tensorflow: no
               tf.function), what users debug with
   no-jit      keras.jax only: the layer's stateless_call (and its jax.vjp) run op by op under jax.disable_jit(),

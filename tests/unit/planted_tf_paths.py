@@ -32,6 +32,9 @@ TF_PATH_BUGS = {
                                          "all-reduce passes only the local part instead of all-reducing it)"),
     "sync_param_grads_one_replica": ("sync", "a distributed step that applies the first replica's dgamma/dbeta "
                                              "instead of the sum over replicas (gradients not aggregated)"),
+    "sync_param_grads_reduced_twice": ("sync", "dgamma/dbeta all-reduced inside synchronized BatchNorm's backward "
+                                               "and again by the distributed optimizer: the number of devices "
+                                               "times too large (nnabla fixed this: sony/nnabla#1120)"),
 }
 
 
@@ -100,6 +103,12 @@ class PlantedTFPath(TFNN):
             return _device_averaged(p)
         if self.bug == "sync_backward_local_sums":
             return _local_backward(p, self.run_on(p, "eager"))
+        if self.bug == "sync_param_grads_reduced_twice":
+            obs = self.run_on(p, "eager")
+            for q in ("dgamma", "dbeta", "d2gamma"):
+                if q in obs.values:
+                    obs.put(q, 2 * obs.values[q], obs.dtypes[q])  # two devices: exact in every format
+            return obs
         if self.bug == "sync_param_grads_one_replica":
             return _first_replica_parameter_gradients(p, self.run_on(p, "eager"))
         raise AssertionError(self.bug)

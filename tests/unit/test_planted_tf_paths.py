@@ -28,6 +28,7 @@ DIAGNOSIS = {
     "no_jit_default_eps": "eps=0.001",
     "sync_backward_local_sums": None,
     "sync_param_grads_one_replica": None,
+    "sync_param_grads_reduced_twice": None,
 }
 
 
