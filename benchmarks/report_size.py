@@ -18,8 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from conformance.outputs import report
-from conformance import results  # noqa: E402
+from conformance.outputs import report, results  # noqa: E402
 
 
 def measure(rs, label: str, browse: bool = False) -> None:

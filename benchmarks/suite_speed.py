@@ -1,7 +1,7 @@
 """How fast is the conformance suite itself? Prints the figures the README quotes.
 
-    python benchmarks/suite_speed.py [--frameworks all] [--tier default] [--jobs 2] [--out reports/speed]
-                                     [--xdist]
+    python benchmarks/suite_speed.py [--frameworks all] [--tier default] [--paths default] [-k EXPR] [--jobs 2]
+                                     [--out reports/speed] [--xdist]
     python benchmarks/suite_speed.py --analyze COLD_RUN_DIR [WARM_RUN_DIR]   (figures of runs already made)
 
 1. a cold run (`bnconform run`, JAX/Keras persistent compilation caches emptied) and a warm rerun, each timed
@@ -51,7 +51,8 @@ def _load(run_dir: Path) -> tuple[dict, list[dict]]:
 
 def bnconform_run(args, out: Path, env: dict) -> tuple[float, Path]:
     cmd = [sys.executable, "-m", "conformance", "run", "--frameworks", args.frameworks, "--tier", args.tier,
-           "--out", str(out)] + (["--jobs", str(args.jobs)] if args.jobs else [])
+           "--out", str(out), "--paths", args.paths] + (["--jobs", str(args.jobs)] if args.jobs else [])
+    cmd += ["-k", args.k] if args.k else []
     wall, proc = _run(cmd, env)
     if proc.returncode not in (0, 1):
         sys.exit(f"bnconform run failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
@@ -135,7 +136,8 @@ def end_to_end(meta: dict) -> float:
 
 
 def summary(args, cold: float, warm: float | None) -> None:
-    print(f"\nbnconform suite speed: tier {args.tier}, frameworks {args.frameworks}, jobs "
+    print(f"\nbnconform suite speed: tier {args.tier}, paths {args.paths}"
+          + (f", cases -k {args.k!r}" if args.k else "") + f", frameworks {args.frameworks}, jobs "
           f"{args.jobs or os.cpu_count()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} "
           f"{os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
     line = f"  end to end (run + results + analysis + report): cold {cold:.1f} s"
@@ -162,6 +164,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--frameworks", default="all")
     p.add_argument("--tier", default="default")
+    p.add_argument("--paths", default="default", help="execution paths, as `bnconform run --paths`")
+    p.add_argument("-k", metavar="EXPR", help="only these cases, as `bnconform run -k` (e.g. the suite before the "
+                   "realistic shapes: README, Speed)")
     p.add_argument("--jobs", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "reports" / "speed"))
     p.add_argument("--xdist", action="store_true", help="also compare serial and pytest-xdist verdicts")

@@ -709,6 +709,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyError as e:
         print(_one_line(f"bnconform: {e.args[0]}"), file=sys.stderr)
         return 2
+    except Exception as e:  # a broken regression-corpus file surfaces when the case table is first built
+        from .core.regressions import CorpusError
+
+        if not isinstance(e, CorpusError):
+            raise
+        print(_one_line(f"bnconform: invalid regression corpus: {e}"), file=sys.stderr)
+        return 2
     except BrokenPipeError:  # `bnconform ... | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

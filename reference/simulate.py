@@ -270,7 +270,7 @@ def _misbroadcast_backward(x, problem, norm, axis, conv, mode, before, eps, trac
     """Gradients of <y, dy> under a broadcast bug: dgamma/dbeta in closed form (along the broadcast axis),
     dx by complex step of the whole forward (statistics move with x in training); NaN (cannot fit) when the
     input is too large for the size^2 complex step."""
-    ndim, C, n = x.ndim, problem.channels, problem.reduced_count
+    ndim, n = x.ndim, problem.reduced_count
     baxis = conv.broadcast_axis % ndim
     baxes = reduce_axes(ndim, baxis)
     dy = problem.dy

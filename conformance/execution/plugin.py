@@ -132,7 +132,7 @@ def pytest_generate_tests(metafunc):
             where = s.name if path == "eager" else f"{s.name}@{path}"
             for q in applicable(case_by_id(case_id)):
                 params.append(pytest.param((s.name, item, q), id=f"{where}/{case_id}/{q}",
-                                           marks=[pytest.mark.bnconform, pytest.mark.xdist_group(s.name)]))
+                                           marks=[pytest.mark.bnconform, pytest.mark.xdist_group(_group(s))]))
     if not any(p.values[0][0] != "missing" for p in params):
         params.append(pytest.param(("none", "", f"no adapter of selection {config.getoption('--bn-frameworks')!r}"
                                                 f" is installed: nothing to check"), id="no-checks"))
@@ -211,8 +211,14 @@ class BNSession:
         cfg = WorkerConfig(registry_path=self.config.getoption("--bn-registry"), threads=threads,
                            case_timeout=self.config.getoption("--bn-case-timeout"))
         # Serially, start every selected adapter now: they run in parallel while tests wait. Under xdist each
-        # worker runs only the adapters (xdist groups) it is given, so it starts only the one asked for.
-        names = [adapter] if hasattr(self.config, "workerinput") else list(self.wanted)
+        # worker is given whole framework families (xdist groups, `--dist loadgroup`), so it starts the family
+        # of the adapter asked for: one process pays the family's imports, as in `bnconform run`.
+        names = list(self.wanted)
+        if hasattr(self.config, "workerinput"):
+            names = [adapter]
+            if getattr(self.config.option, "loadgroup", False):  # xdist sets it on workers; else tests spread
+                group = {spec.name: _group(spec) for spec in _selection(self.config)}
+                names = [n for n in self.wanted if n == adapter or group.get(n, n) == group.get(adapter, adapter)]
         runs = []
         for name in names:
             self.started.add(name)
@@ -418,6 +424,35 @@ def _flags(config) -> dict:
             "strict": config.getoption("--bn-strict"), "registry": config.getoption("--bn-registry"),
             "jobs": config.getoption("--bn-jobs"), "case_timeout": config.getoption("--bn-case-timeout"),
             "inprocess": config.getoption("--bn-inprocess")}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` with the checks grouped by framework family read from their test ids, not from the
+    `@group` suffix xdist writes into node ids: on pytest 9.2 that suffix no longer takes effect and loadgroup
+    silently distributes test by test (pytest-dev/pytest-xdist#1386), which would start every adapter on every
+    worker. Other tests keep xdist's own grouping."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    groups = {spec.name: _group(spec) for spec in _selection(config)}
+
+    class FamilyScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            head, sep, rest = nodeid.partition("::test_batchnorm[")
+            if sep:
+                adapter = rest.split("/", 1)[0].split("@", 1)[0]  # adapter[@path]/case/quantity]
+                return "bnconform:" + groups.get(adapter, adapter)
+            return super()._split_scope(nodeid)
+
+    return FamilyScheduling(config, log)
+
+
+def _group(spec) -> str:
+    """The xdist group of an adapter's checks: its framework family's process (adapters sharing one worker
+    process in `bnconform run`), else the adapter alone."""
+    return getattr(spec, "process", "") or spec.name
 
 
 def _xdist_worker(config) -> str:

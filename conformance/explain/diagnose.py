@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from reference import SECOND_ORDER, simulate
+from reference.dtypes import fmt
 
 from . import hypotheses as hyp
 from ..core import tolerance
@@ -127,6 +128,7 @@ class CaseFit:
             bounds = _bounds(adapter, problem, trace, conv) if trace else {}
         else:
             self.declared = _simulate(adapter, problem, conv, obs)[1]
+        self.trace = trace
         self.ill_posed = {q for q, b in (bounds or {}).items() if getattr(b, "ill_posed", None)}
         self.required = [q for q in self.declared if q not in self.ill_posed]
         discrete = [_evaluate(adapter, problem, conv, obs, h) for h in hyp.for_declared(problem, conv)]
@@ -190,7 +192,8 @@ def diagnose(adapter, problem, quantity, obs, trace=None, bounds=None, *, pairs:
                     f"{_worst(closest, required)})")
         depth = "no single change and no pair of changes" if pairs else "no single change"
         summary = (f"unexplained: {depth} to the declared convention brings every quantity of the case within "
-                   f"its bound{near}" + ("" if pairs else " (pairs of changes are searched for failures only)"))
+                   f"its bound{near}" + ("" if pairs else " (pairs of changes are searched for failures only)")
+                   + _nonfinite_note(fit, quantity))
         return {"summary": summary, "hypothesis": None, "explained": False,
                 "declared_ratio": declared.get(quantity)}
     best = min(fitting, key=_rank(required))
@@ -218,3 +221,30 @@ def diagnose(adapter, problem, quantity, obs, trace=None, bounds=None, *, pairs:
 def _worst(e: Evaluation, required) -> str:
     q = max(required, key=lambda q: e.ratios.get(q, np.inf))
     return f"{q} {e.ratios.get(q, np.inf):.3g}"
+
+
+def _nonfinite_note(fit: CaseFit, quantity: str) -> str:
+    """What the values say where no convention fits: a NaN or Inf the framework returned where the oracle's
+    value is finite and representable in the quantity's format is an intermediate that overflowed (or divided
+    by zero) in a narrower format than the result needs, whatever the formula."""
+    got = fit.obs.values.get(quantity)
+    if fit.trace is None or got is None or quantity not in fit.trace.quantities:
+        return ""
+    got, exp = np.asarray(got, dtype=np.float64), np.asarray(fit.trace[quantity], dtype=np.float64)
+    if got.shape != exp.shape:
+        return ""
+    bad = ~np.isfinite(got) & np.isfinite(exp)
+    if not bad.any():
+        return ""
+    name = fit.obs.dtypes.get(quantity, "")
+    largest = float(np.max(np.abs(exp[bad])))
+    try:
+        limit = fmt(name).max_value
+    except ValueError:
+        return ""
+    if largest > limit:
+        return (f"; {quantity} is non-finite at {int(bad.sum())} elements where the oracle's value ({largest:.3g}) "
+                f"exceeds {name}'s largest number: an overflow the format itself forces")
+    return (f"; {quantity} is non-finite at {int(bad.sum())} of {bad.size} elements where the oracle's is finite and "
+            f"representable in {name} (largest {largest:.3g} < {limit:.6g}): an intermediate overflowed (or divided "
+            f"by zero) in a narrower format than the result needs")

@@ -218,7 +218,7 @@ class HandWrittenNumpyBN(Adapter):
             xs = [xx.astype(np.complex128) for xx in p.xs[:last]] + [xb.reshape((len(idx),) + x.shape)]
             y = self._run(p, np.complex128, xs)[0][-1]
             dx[idx] = np.imag(np.sum(y * p.dy, axis=tuple(range(1, x.ndim + 1)))) / h
-        C, nd = p.channels, x.ndim
+        C = p.channels
         dgamma, dbeta = np.zeros(C), np.zeros(C)
         for c in range(C):
             for which, out in (("gamma", dgamma), ("beta", dbeta)):

@@ -303,8 +303,11 @@ def _prepare(kind, entry, good, tmp: Path, monkeypatch) -> tuple[list[str], str]
     if kind == "extra":
         _, source, expected = entry
         name = f"bnconform_extra_{abs(hash(source))}"
-        (tmp / f"{name}.py").write_text(source)
-        monkeypatch.syspath_prepend(str(tmp))
+        # the user's module lives outside the checked tree: importing it may write its own __pycache__
+        modules = tmp.parent / f"{tmp.name}-modules"
+        modules.mkdir(exist_ok=True)
+        (modules / f"{name}.py").write_text(source)
+        monkeypatch.syspath_prepend(str(modules))
         monkeypatch.setenv("BNCONFORM_EXTRA_ADAPTERS", f"{FAKES},{name}")
         return RUN.format(tmp=tmp).split(), expected
     if kind == "raw":

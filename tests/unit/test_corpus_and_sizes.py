@@ -119,3 +119,19 @@ def test_one_value_per_channel_without_running_statistics_is_the_single_element_
     case = Case((1, 3), "float32", ("eval",), track_running_stats=False)
     assert {r["verdict"] for r in evaluate(RaisesOnBatchStatistics(single="raises"), case)} == {"pass"}
     assert {r["verdict"] for r in evaluate(RaisesOnBatchStatistics(single="computes"), case)} == {"fail"}
+
+
+def test_a_broken_corpus_file_is_one_line_and_exit_2(tmp_path):
+    """The case table reads the corpus when it is first built: a damaged file there (hand-edited, or a fuzz
+    finding edited after the fact) is a usage error of the whole tool, not a traceback."""
+    import subprocess
+    import sys
+
+    (tmp_path / "fuzz").mkdir()
+    (tmp_path / "fuzz" / "bad.toml").write_text('id = "f32-8x4-ax1-T-a0.1-eps1e-05-s0"\norigin = "fuzz"\n'
+                                                'note = "n"\n[case]\nshape = [8, 5]\ndtype = "float32"\nmodes = "T"\n')
+    script = ("import sys; from pathlib import Path; import conformance.core.regressions as r; "
+              f"r.CORPUS_DIR = Path({str(tmp_path)!r}); from conformance.cli import main; sys.exit(main(['cases']))")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.count("\n") == 1 and "Traceback" not in p.stderr and "bad.toml" in p.stderr, p.stderr

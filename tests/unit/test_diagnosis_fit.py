@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
-
 from conformance.core.cases import CASES
 from conformance.explain.diagnose import NEAR, diagnose
 from conformance.core.engine import evaluate
@@ -59,3 +57,24 @@ def test_closest_is_shown_only_when_near():
                 continue
             m = re.search(r"closest: .*\(fit ratio ([0-9.e+-]+)", d["summary"])
             assert m is None or float(m.group(1)) <= NEAR, d["summary"]
+
+
+class OverflowInOneChannel(OracleAdapter):
+    """d2x NaN in channel 0 (an intermediate that overflowed), every other quantity right: no convention
+    explains it, and the values say what kind of failure it is."""
+
+    def run(self, p):
+        obs = super().run(p)
+        d2x = obs.values["d2x"].copy()
+        d2x[:, 0] = float("nan")
+        obs.put("d2x", d2x, obs.dtypes["d2x"])
+        return obs
+
+
+def test_a_non_finite_result_the_oracle_can_represent_is_named_as_an_overflow():
+    case = CASES["f64-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0"]
+    rec = _by_quantity(OverflowInOneChannel("fake.overflow"), case)["d2x"]
+    assert rec["verdict"] == "fail" and not rec["diagnosis"]["explained"]
+    assert "non-finite at 24 of 72 elements where the oracle's is finite and representable in float64" in \
+        rec["diagnosis"]["summary"], rec["diagnosis"]["summary"]
+    assert _by_quantity(OracleAdapter("fake.oracle"), case)["d2x"]["verdict"] == "pass"

@@ -135,6 +135,25 @@ def test_pytest_and_cli_results_are_interchangeable(suite, tmp_path):
     assert out.is_file() and "appear in more than one result set (0 with different results)" in m.stderr
 
 
+def test_xdist_loadgroup_gives_a_worker_a_whole_family_in_one_process(suite, tmp_path, monkeypatch):
+    """Under `-n 2 --dist loadgroup` the checks of a framework family are one xdist group: the worker given it
+    sets both adapters up in ONE process (the family's imports paid once, as `bnconform run` does); an adapter
+    of no family is a group of its own."""
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    monkeypatch.setenv("BNCONFORM_FAKE_PIDS", str(pids))
+    res = tmp_path / "res"
+    r = suite.runpytest_subprocess("--bn-frameworks", "fake.family.oracle,fake.family.killer,fake.oracle",
+                                   "--bn-tier", "smoke", f"--bn-results={res}", "-p", "no:cacheprovider",
+                                   "-n", "2", "--dist", "loadgroup")
+    assert r.parseoutcomes().get("failed", 0) == 0
+    setups = sorted(p.name for p in pids.iterdir())
+    assert len(setups) == 2 and len({p.rsplit(".", 1)[1] for p in setups}) == 1, setups
+    recs = validate_dir(res)
+    assert {x["adapter"] for x in recs} == {"fake.family.oracle", "fake.family.killer", "fake.oracle"}
+    assert len({x["check_id"] for x in recs}) == len(recs)
+
+
 def test_pytest_results_without_xdist(suite, tmp_path):
     res = tmp_path / "res"
     (res / "parts" / "gw7").mkdir(parents=True)  # a previous session's leftovers are cleared

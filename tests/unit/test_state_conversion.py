@@ -24,6 +24,14 @@ ROOT = Path(__file__).resolve().parents[2]
 TORCH, KERAS, FLAX = "torch.nn.BatchNorm", "keras.tensorflow", "flax.linen"
 
 
+def _installed(module: str) -> bool:
+    """find_spec of a submodule imports its parent package, and raises where that is missing."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def _trained(n_shape=(6, 3, 2, 2), steps=4, alpha=0.1, seed=0):
     """(problem, {adapter: oracle trace}) of `steps` training steps from random R0, torch's and Keras' conventions."""
     rng = np.random.default_rng(seed)
@@ -104,7 +112,7 @@ def _layers():
     (TORCH, ".pt", "torch"), (FLAX, ".orbax", "orbax.checkpoint"),
 ])
 def test_whole_model_round_trips_in_the_targets_names(target, suffix, needs, tmp_path):
-    if needs and importlib.util.find_spec(needs) is None:
+    if needs and not _installed(needs):
         pytest.skip(f"{needs} not installed")
     layers = _layers()
     conv = convert_model(layers, TORCH, target, 0.1, History(n=32, steps=5), "inference")
@@ -157,7 +165,7 @@ def test_porting_code_needs_no_bnconform_and_is_dedented():
 
 
 def test_porting_code_runs_and_reports_within_the_bound(tmp_path):
-    runnable = [(s, d) for s, d, needs in SNIPPETS if all(importlib.util.find_spec(m) for m in needs)]
+    runnable = [(s, d) for s, d, needs in SNIPPETS if all(_installed(m) for m in needs)]
     if not runnable:
         pytest.skip("no pair of frameworks installed")
     results = {}
@@ -181,7 +189,7 @@ def test_porting_code_runs_and_reports_within_the_bound(tmp_path):
 
 
 def test_orbax_checkpoints_are_read_and_never_overwritten(tmp_path, capsys):
-    if importlib.util.find_spec("orbax.checkpoint") is None:
+    if not _installed("orbax.checkpoint"):
         pytest.skip("orbax-checkpoint not installed")
     conv = convert_model(_layers(), TORCH, FLAX, 0.1, History(), "inference")
     write_model(tmp_path / "ckpt.orbax", conv, FLAX)
