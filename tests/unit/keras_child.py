@@ -76,6 +76,11 @@ def main(backend: str) -> dict:
                                 if not np.array_equal(v, obs.values[q], equal_nan=True)),
         })
 
+    # the fit paths: what compile() resolved jit_compile and run_eagerly to (facts of the observation)
+    p = materialize(CASES[PATH_SNIPPETS[0][1]])
+    out["fit_facts"] = {path: {k: v for k, v in OnPath(adapter, path).run(p).facts.items()
+                               if k in ("jit_compile", "run_eagerly")} for path in ("fit", "fit-eager")}
+
     # trainable=False: the documented "frozen" behaviour, exercised as users do (stateful calls)
     p = materialize(CASES[FROZEN_CASE])
     layer = keras.layers.BatchNormalization(**adapter.native_config(p))

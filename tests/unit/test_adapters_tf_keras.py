@@ -250,3 +250,7 @@ def test_keras3_in_a_fresh_process(keras_child, backend):
     frozen = out["frozen"]
     assert frozen["equal_to_inference"] and frozen["stats_unchanged"], frozen
     assert frozen["max_abs_vs_oracle_inference"] < 1e-5 < 1e-2 < frozen["max_abs_vs_oracle_training"], frozen
+    # Keras' own jit_compile default ("auto", keras/src/trainers/trainer.py _resolve_auto_jit_compile): jax
+    # compiles the train step, torch runs it eagerly, tensorflow on a CPU-only machine runs it without XLA
+    assert out["fit_facts"]["fit"] == {"jit_compile": str(backend == "jax"), "run_eagerly": "False"}
+    assert out["fit_facts"]["fit-eager"] == {"jit_compile": "False", "run_eagerly": "True"}

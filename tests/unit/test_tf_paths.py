@@ -84,3 +84,15 @@ def test_frozen_fit_and_mixed_pass_what_they_declare(child):
     mixed = child["keras.tensorflow@mixed-bf16::bf16-4x3x2x3-ax1-T2E-a0.1-eps1e-05-rstats-s0"]
     _no_failures(mixed)
     assert mixed["facts"]["compute_dtype"] == "bfloat16" and mixed["facts"]["variable_dtype"] == "float32"
+
+
+def test_fit_jit_records_what_keras_resolved(child):
+    """jit_compile=True is honoured by tf_keras (XLA) and refused, with a warning, by Keras 3 on tensorflow under
+    op determinism (keras/src/trainers/trainer.py, model_supports_jit): both pass, and the facts say which ran."""
+    keras3 = child["keras.tensorflow@fit-jit::f32-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0"]
+    tfk = child["tf_keras.fused@fit-jit::f32-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0"]
+    for run in (keras3, tfk):
+        _no_failures(run)
+        assert run["passed"] == ["running_mean", "running_var"]
+    assert keras3["facts"]["jit_compile"] == "False" and "jit_compile" in keras3["facts"]["compile_warning"]
+    assert tfk["facts"]["jit_compile"] == "True" and "compile_warning" not in tfk["facts"]

@@ -31,6 +31,8 @@ RUNS = (
     ("keras.tensorflow", "frozen", "f32-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0"),
     ("keras.tensorflow", "fit", "f32-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0"),
     ("keras.tensorflow", "mixed-bf16", "bf16-4x3x2x3-ax1-T2E-a0.1-eps1e-05-rstats-s0"),
+    ("keras.tensorflow", "fit-jit", "f32-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0"),  # XLA refused (determinism)
+    ("tf_keras.fused", "fit-jit", "f32-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0"),  # XLA
 )
 
 
