@@ -65,6 +65,7 @@ def test_every_path_snippet_reproduces_the_adapters_observation(child):
                                                       "fit-jit", "fit-eager", "tflite", "sync"}
     for s in child["snippets"]:
         assert s["observed"] and not s["missing"] and not s["different"], s
+        assert not s["clobbered"], f"the snippet rebinds names the repro uses after it: {s}"
 
 
 def test_tflite_folds_batchnorm_and_matches(child):
@@ -96,3 +97,20 @@ def test_fit_jit_records_what_keras_resolved(child):
         assert run["passed"] == ["running_mean", "running_var"]
     assert keras3["facts"]["jit_compile"] == "False" and "jit_compile" in keras3["facts"]["compile_warning"]
     assert tfk["facts"]["jit_compile"] == "True" and "compile_warning" not in tfk["facts"]
+
+
+def test_a_sync_repro_runs_in_a_fresh_python_and_reproduces_the_check():
+    """The repro of a sync check splits the CPU itself (a fresh Python has one device) and prints the verdict."""
+    from adapters import load
+    from adapters.base import OnPath
+    from conformance.core.cases import CASES
+    from conformance.core.inputs import materialize
+    from conformance.core.repro import snippet
+
+    case = CASES["f64-8x4-ax1-T2-a0.1-eps1e-05-rstats-sh6+2-s0"]
+    code = snippet(OnPath(load("keras.tensorflow"), "sync"), case, materialize(case), "dx")
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "verdict: pass" in done.stdout, done.stdout

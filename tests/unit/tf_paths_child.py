@@ -73,14 +73,24 @@ def _snippet_vs_adapter(adapters, name, path, case_id):
     on, p = OnPath(adapters[name], path), materialize(CASES[case_id])
     assert on.unsupported(p) is None, (name, path, case_id, on.unsupported(p))
     obs = on.run(p)
-    ns = {"p": p, "np": np}
     from adapters import tf_common
+    from adapters.base import Precision
+    from conformance.core.cases import case_by_id
+    from conformance.core.compare import compare
+    from conformance.core.tolerance import bounds
+    from reference import Convention, simulate
+
+    # what the engine's repro (conformance/core/repro.py) imports before the snippet and uses after it
+    header = {"Precision": Precision, "case_by_id": case_by_id, "compare": compare, "materialize": materialize,
+              "bounds": bounds, "Convention": Convention, "simulate": simulate}
+    ns = {"p": p, "np": np, **header}
 
     if tf_common._MIRRORED:  # the process's one MirroredStrategy (see the sync snippet)
         ns["strategy"] = tf_common._MIRRORED[0]
     exec(compile(on.snippet(p), f"<snippet {name}@{path} {case_id}>", "exec"), ns)  # noqa: S102
     got = ns["observed"]
     return {"adapter": name, "path": path, "case": case_id, "observed": sorted(obs.values),
+            "clobbered": sorted(k for k, v in header.items() if ns.get(k) is not v),
             "missing": sorted(set(obs.values) - set(got)),
             "different": sorted(q for q, v in got.items() if q in obs.values
                                 and not np.array_equal(v, obs.values[q], equal_nan=True))}
