@@ -18,7 +18,7 @@ path's convention, precision and run as the adapter's own, so nothing downstream
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import numpy as np
@@ -58,7 +58,9 @@ class Precision:
     io: inputs and outputs (the case dtype); compute: reductions and arithmetic (float32 where a framework
     accumulates float16/bfloat16 in float32); stats: where running statistics are stored; params: gamma,
     beta and their gradients; saved: where the batch statistics (mean, inverse std) are held between the
-    reduction and the normalization (None: kept in `compute`).
+    reduction and the normalization (None: kept in `compute`); subnormals: "gradual" (IEEE subnormals) or
+    "flush" (results below the smallest normal number become zero and subnormal inputs are read as zero:
+    FTZ/DAZ, as TensorFlow's and XLA's CPU threads run). Set from the adapter's declared `subnormals` by OnPath.
     """
 
     io: str
@@ -66,6 +68,7 @@ class Precision:
     stats: str
     params: str
     saved: str | None = None
+    subnormals: str = "gradual"
 
     @classmethod
     def uniform(cls, dtype: str, accumulate_low_precision_in: str = "float32") -> "Precision":
@@ -74,8 +77,9 @@ class Precision:
 
     def describe(self) -> str:
         saved = f", batch statistics held in {self.saved}" if self.saved and self.saved != self.compute else ""
+        flush = ", subnormals flushed to zero (FTZ/DAZ)" if self.subnormals == "flush" else ""
         return (f"inputs/outputs {self.io}, compute {self.compute}, running statistics {self.stats}, "
-                f"parameters {self.params}{saved}")
+                f"parameters {self.params}{saved}{flush}")
 
 
 def dtype_of(quantity: str, p: Precision) -> str:
@@ -121,6 +125,9 @@ class Adapter:
     # Documented behaviour when training sees one element per channel: "raises" or "computes".
     single_element_training: ClassVar[str] = "computes"
     source: ClassVar[str] = ""  # where the declared convention was read (file in the framework's repo)
+    # How the framework's CPU kernels treat subnormal numbers: "gradual" (IEEE) or "flush" (FTZ/DAZ set by its
+    # runtime threads), declared with the source that sets it; the tolerance model's underflow terms follow it.
+    subnormals: ClassVar[str] = "gradual"
     paths: ClassVar[tuple[PathSpec, ...]] = (EAGER_PATH,)  # execution paths; eager first
 
     def setup(self) -> None:
@@ -239,7 +246,9 @@ class OnPath:
         return self.spec.convention or self.adapter.convention
 
     def precision(self, problem: Problem) -> Precision:
-        return self.adapter.precision(problem) if self.eager else self.adapter.path_precision(problem, self.path)
+        p = self.adapter.precision(problem) if self.eager else self.adapter.path_precision(problem, self.path)
+        declared = getattr(self.adapter, "subnormals", "gradual")
+        return p if p.subnormals == declared else replace(p, subnormals=declared)
 
     def expected_dtype(self, quantity: str, problem: Problem) -> str:
         if self.eager:

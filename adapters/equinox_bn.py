@@ -36,6 +36,7 @@ class EquinoxBatchNorm(Adapter):
     api = "equinox.nn.BatchNorm"
     channel_axes = "first"  # each vmapped example is (C, ...): the channel axis is axis 1 of the batch
     source = SOURCE
+    subnormals = jc.SUBNORMALS
     paths = jc.JAX_PATHS
 
     def __init__(self, mode: str = "batch"):

@@ -27,6 +27,7 @@ class FlaxLinen(Adapter):
     conventional_layout = "channels_last"  # flax.linen.Conv takes (batch, spatial..., features)
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var", "num_batches_tracked"}
     source = SOURCE
+    subnormals = jc.SUBNORMALS
     paths = jc.JAX_PATHS
 
     def __init__(self, use_fast_variance: bool = True):

@@ -30,6 +30,7 @@ class FlaxNNX(Adapter):
     conventional_layout = "channels_last"  # flax.nnx.Conv takes (batch, spatial..., features)
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var", "num_batches_tracked"}
     source = SOURCE
+    subnormals = jc.SUBNORMALS
     paths = jc.JAX_PATHS
 
     def setup(self) -> None:

@@ -34,6 +34,7 @@ class HaikuBatchNorm(Adapter):
     conventional_layout = "channels_last"  # hk.Conv2D data_format="NHWC" by default
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var"}
     source = SOURCE
+    subnormals = jc.SUBNORMALS
     paths = jc.JAX_PATHS
 
     def setup(self) -> None:

@@ -28,6 +28,12 @@ import numpy as np
 
 from .base import EAGER, EAGER_PATH, Observation, PathSpec
 
+
+# XLA's CPU client runs compiled code with FTZ/DAZ "to match the default TF ThreadPool behavior"
+# (xla/pjrt/cpu/cpu_client.cc: tsl::port::ScopedFlushDenormal around every execution): subnormal results become
+# zero and subnormal inputs are read as zero. Found by `bnconform fuzz` (seed 20261202) on every JAX library.
+SUBNORMALS = "flush"
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -52,6 +52,8 @@ class Keras3(tfp.KerasPaths, Adapter):  # execution paths: adapters/tf_paths.py
         self.layers: dict = {}
         self.paths = (EAGER_PATH, *tfp.keras_paths(self.convention, tf_backend=backend == "tensorflow",
                                                            jax_backend=backend == "jax"))
+        # TensorFlow's threads and XLA's CPU client flush subnormals (tf_common/jax_common.SUBNORMALS); torch not
+        self.subnormals = "flush" if backend in ("tensorflow", "jax") else "gradual"
 
     def versions(self):  # keras first: its version is the one registry entries are matched against
         from importlib.metadata import version

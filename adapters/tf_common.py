@@ -10,6 +10,13 @@ import numpy as np
 
 from .base import Observation
 
+# TensorFlow's CPU threads flush subnormal results to zero and read subnormal inputs as zero (FTZ/DAZ):
+# tensorflow/core/platform/threadpool.cc, EigenEnvironment::CreateThread ("Set the processor flag to flush
+# denormals to zero": port::ScopedFlushDenormal). Found by `bnconform fuzz` (seed 20261202): the mean of subnormal
+# inputs comes back as -0.0 where IEEE arithmetic gives -8.8e-40.
+SUBNORMALS = "flush"
+
+
 
 def import_tf():
     """TensorFlow with deterministic kernels, no XLA auto-clustering, the worker's thread counts."""

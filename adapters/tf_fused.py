@@ -40,6 +40,7 @@ class TFFused(Adapter):
     quantities = frozenset(QUANTITIES) - {"num_batches_tracked"}
     single_element_training = "computes"  # cannot arise (4-D/5-D only); the kernels guard n - 1 = 0
     source = SOURCE
+    subnormals = tfc.SUBNORMALS
 
     def versions(self):
         return {self.framework: tfc.version()}

@@ -33,6 +33,7 @@ class TFKeras(tfp.KerasPaths, Adapter):  # execution paths: adapters/tf_paths.py
     quantities = frozenset(QUANTITIES) - {"batch_mean", "batch_var", "num_batches_tracked"}
     single_element_training = "computes"
     source = SOURCE
+    subnormals = tfc.SUBNORMALS
 
     def __init__(self, fused: bool = True):
         self.fused = bool(fused)

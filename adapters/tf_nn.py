@@ -38,6 +38,7 @@ class TFNN(Adapter):
     quantities = frozenset(QUANTITIES) - {"num_batches_tracked"}
     single_element_training = "computes"  # moments of one element: variance 0, y = beta
     source = SOURCE
+    subnormals = tfc.SUBNORMALS
 
     def versions(self):
         return {self.framework: tfc.version()}

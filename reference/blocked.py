@@ -18,10 +18,11 @@ BLOCK_ELEMENTS = 1 << 16  # 512 KB of float64: a block and a temporary or two st
 LARGE = 1 << 21  # arrays of at least this many elements (16 MB of float64) take the blocked paths
 
 
-def applies(x, *per_channel) -> bool:
-    """Whether `x` takes the blocked path: a large real float64 array, and every other operand (scalars or
-    arrays of x's rank, e.g. per-channel statistics kept with keepdims) broadcasts to x without enlarging it."""
-    if not (isinstance(x, np.ndarray) and x.dtype == np.float64 and x.size >= LARGE):
+def applies(x, *per_channel, large: int | None = None) -> bool:
+    """Whether `x` takes the blocked path: a large real float64 array (at least `large` elements, default
+    LARGE), and every other operand (scalars or arrays of x's rank, e.g. per-channel statistics kept with
+    keepdims) broadcasts to x without enlarging it."""
+    if not (isinstance(x, np.ndarray) and x.dtype == np.float64 and x.size >= (LARGE if large is None else large)):
         return False
     arrays = [np.asarray(a) for a in per_channel]
     if any(a.dtype.kind != "f" or a.ndim not in (0, x.ndim) for a in arrays):

@@ -110,8 +110,8 @@ def channel_sums(x, dy, L, C, T, m, r, kind):
 
 @njit(cache=True, parallel=True)
 def backward_sums(x, dy, L, C, T, m, r):
-    """Per channel: sum(dy * (x - m) * r), sum(dy), sum(dy * (x - m)), one row at a time (its second and
-    third reads come from the cache)."""
+    """Per channel: sum(dy * (x - m) * r), sum(dy), sum(dy * (x - m)), one row at a time, the three in one
+    traversal (pairwise3)."""
     dgamma, dbeta, dyxm = np.zeros(C), np.zeros(C), np.zeros(C)
     if T == 1:
         for k in range(L * C):
@@ -121,13 +121,13 @@ def backward_sums(x, dy, L, C, T, m, r):
             dyxm[c] += _term(x, dy, k, m[c], r[c], 3)
         return dgamma, dbeta, dyxm
     for c in prange(C):
-        stack = new_stack()
+        stack, left = new_stack(), np.empty((64, 3))
         a1 = a2 = a3 = 0.0
         for l in range(L):
-            base = (l * C + c) * T
-            a1 += pairwise(x, dy, base, T, m[c], r[c], 4, stack)
-            a2 += pairwise(dy, dy, base, T, m[c], r[c], 0, stack)
-            a3 += pairwise(x, dy, base, T, m[c], r[c], 3, stack)
+            g, b, s = pairwise3(x, dy, (l * C + c) * T, T, m[c], r[c], stack, left)
+            a1 += g
+            a2 += b
+            a3 += s
         dgamma[c], dbeta[c], dyxm[c] = a1, a2, a3
     return dgamma, dbeta, dyxm
 
@@ -162,3 +162,131 @@ def backward_dx(x, dy, dx, lo, hi, C, T, gr, k1, use_mean, k2, mu, s, use_var):
                 v = v + (k2c * (x[j] - muc)) * sc
             dx[j] = v
         i = end
+
+
+# -- the moments one channel at a time: a channel of a (L, C, T) array is L rows of T, and each of the three
+# passes of the moments depends on the previous pass's sum over the WHOLE channel; finishing a channel before the
+# next re-reads it from the cache (L2/L3) where three whole-array passes read x from memory three times. The sums
+# are the same (each row pairwise, rows in memory order onto an accumulator starting at 0.0), so the same bits.
+# (The backward is faster as two whole-array passes: a channel of x and dy together outgrows the cache, and the
+# dx pass vectorizes better on its own; its three sums share one traversal, `pairwise3`.)
+
+@njit(cache=True)
+def channel_moments(x, L, C, T, n):
+    """statistics.moments' corrected two-pass (mean, biased variance), channel by channel (T > 1)."""
+    mean, var = np.empty(C), np.empty(C)
+    stack = new_stack()
+    for c in range(C):
+        acc = 0.0
+        for l in range(L):
+            acc += pairwise(x, x, (l * C + c) * T, T, 0.0, 1.0, 0, stack)
+        m = acc / n
+        acc = 0.0
+        for l in range(L):
+            acc += pairwise(x, x, (l * C + c) * T, T, m, 1.0, 1, stack)
+        if not np.isinf(m):  # statistics._corrected: an infinite mean stays infinite (inf - inf would be NaN)
+            m = m + acc / n
+        acc = 0.0
+        for l in range(L):
+            acc += pairwise(x, x, (l * C + c) * T, T, m, 1.0, 2, stack)
+        mean[c], var[c] = m, acc / n
+    return mean, var
+
+
+@njit(cache=True)
+def _leaf3(x, dy, lo, n, m, r):
+    """_leaf of the backward's three terms at once, dy*(x - m)*r, dy and dy*(x - m), each with its own eight
+    accumulators in _leaf's order (one read of x and dy for the three)."""
+    if n < 8:
+        g = b = s = -0.0
+        for i in range(lo, lo + n):
+            p = dy[i] * (x[i] - m)
+            g += p * r
+            b += dy[i]
+            s += p
+        return g, b, s
+    p0, p1, p2, p3 = dy[lo] * (x[lo] - m), dy[lo + 1] * (x[lo + 1] - m), dy[lo + 2] * (x[lo + 2] - m), \
+        dy[lo + 3] * (x[lo + 3] - m)
+    p4, p5, p6, p7 = dy[lo + 4] * (x[lo + 4] - m), dy[lo + 5] * (x[lo + 5] - m), dy[lo + 6] * (x[lo + 6] - m), \
+        dy[lo + 7] * (x[lo + 7] - m)
+    g0, g1, g2, g3, g4, g5, g6, g7 = p0 * r, p1 * r, p2 * r, p3 * r, p4 * r, p5 * r, p6 * r, p7 * r
+    b0, b1, b2, b3 = dy[lo], dy[lo + 1], dy[lo + 2], dy[lo + 3]
+    b4, b5, b6, b7 = dy[lo + 4], dy[lo + 5], dy[lo + 6], dy[lo + 7]
+    s0, s1, s2, s3, s4, s5, s6, s7 = p0, p1, p2, p3, p4, p5, p6, p7
+    top = n - n % 8
+    i = 8
+    while i < top:
+        j = lo + i
+        q0, q1 = dy[j] * (x[j] - m), dy[j + 1] * (x[j + 1] - m)
+        q2, q3 = dy[j + 2] * (x[j + 2] - m), dy[j + 3] * (x[j + 3] - m)
+        q4, q5 = dy[j + 4] * (x[j + 4] - m), dy[j + 5] * (x[j + 5] - m)
+        q6, q7 = dy[j + 6] * (x[j + 6] - m), dy[j + 7] * (x[j + 7] - m)
+        g0 += q0 * r
+        g1 += q1 * r
+        g2 += q2 * r
+        g3 += q3 * r
+        g4 += q4 * r
+        g5 += q5 * r
+        g6 += q6 * r
+        g7 += q7 * r
+        b0 += dy[j]
+        b1 += dy[j + 1]
+        b2 += dy[j + 2]
+        b3 += dy[j + 3]
+        b4 += dy[j + 4]
+        b5 += dy[j + 5]
+        b6 += dy[j + 6]
+        b7 += dy[j + 7]
+        s0 += q0
+        s1 += q1
+        s2 += q2
+        s3 += q3
+        s4 += q4
+        s5 += q5
+        s6 += q6
+        s7 += q7
+        i += 8
+    g = ((g0 + g1) + (g2 + g3)) + ((g4 + g5) + (g6 + g7))
+    b = ((b0 + b1) + (b2 + b3)) + ((b4 + b5) + (b6 + b7))
+    s = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    while i < n:
+        p = dy[lo + i] * (x[lo + i] - m)
+        g += p * r
+        b += dy[lo + i]
+        s += p
+        i += 1
+    return g, b, s
+
+
+@njit(cache=True)
+def pairwise3(x, dy, lo, n, m, r, stack, left):
+    """`pairwise` of the backward's three terms (see _leaf3) over one traversal: the same halves, the same
+    order, so each sum has pairwise's bits. `left` is (64, 3) scratch for the left halves' sums."""
+    if n <= 128:
+        return _leaf3(x, dy, lo, n, m, r)
+    stack_lo, stack_n, _, has_left = stack
+    top = 0
+    stack_lo[0], stack_n[0], has_left[0] = lo, n, False
+    while True:
+        cl, cn = stack_lo[top], stack_n[top]
+        if cn > 128:
+            half = cn // 2
+            half -= half % 8
+            top += 1
+            stack_lo[top], stack_n[top], has_left[top] = cl, half, False
+            continue
+        g, b, s = _leaf3(x, dy, cl, cn, m, r)
+        while True:
+            top -= 1
+            if top < 0:
+                return g, b, s
+            pl, pn = stack_lo[top], stack_n[top]
+            half = pn // 2
+            half -= half % 8
+            if not has_left[top]:
+                has_left[top] = True
+                left[top, 0], left[top, 1], left[top, 2] = g, b, s
+                top += 1
+                stack_lo[top], stack_n[top], has_left[top] = pl + half, pn - half, False
+                break
+            g, b, s = left[top, 0] + g, left[top, 1] + b, left[top, 2] + s

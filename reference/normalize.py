@@ -61,11 +61,11 @@ def reciprocal_std_derivative(s2, eps: float, placement: str):
 
 def forward(x, gamma, beta, norm: Normalizer):
     r = reciprocal_std(norm.s2, norm.eps, norm.eps_placement)
-    if not blocked.applies(x, gamma, beta, norm.m, r):
-        return gamma * (x - norm.m) * r + beta
     dims = fused.layout(x, _channel_axis(x, gamma, beta, norm.m, r), gamma, beta, norm.m, r)
     if dims:  # one pass in a compiled kernel (reference/fused.py), the same bits
         return fused.forward(x, gamma, beta, norm.m, r, dims)
+    if not blocked.applies(x, gamma, beta, norm.m, r):
+        return gamma * (x - norm.m) * r + beta
     # A large array: the same operations in the same order, one cache-sized block at a time, in place in y
     # (reference/blocked.py), so the same bits without four x-sized temporaries.
     y = np.empty(x.shape)

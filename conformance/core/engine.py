@@ -166,15 +166,15 @@ def evaluate(adapter, case: Case, registry: Registry | None = None, *, path: str
             for r in recs:
                 r["registry"] = entry.as_dict()
             return recs
-    problem = materialize(case)
+    problem = problem_for(case)
     why = adapter.unsupported(problem)
     if why:
         return records_for(adapter, case, "skip", why, version, device)
     # The oracle sees the inputs before the adapter can touch them, and the inputs are checked afterwards:
     # torch.from_numpy ignores NumPy's read-only flag, so an adapter can write into them.
     single = problem.reduced_count == 1 and "train" in problem.modes
-    expected = None if single else _oracle(adapter, problem)
-    before = checksum(problem)
+    expected = None if single else _oracle(adapter, problem, case)
+    guard = InputGuard(problem)
     start = time.perf_counter()
     try:
         obs = adapter.run(problem)
@@ -183,7 +183,8 @@ def evaluate(adapter, case: Case, registry: Registry | None = None, *, path: str
         return records_for(adapter, case, "error", f"{type(e).__name__}: {e}", version, device, message=tb)
     seconds = time.perf_counter() - start
     device = obs.facts.get("device", device)
-    if checksum(problem) != before:
+    if guard.changed():
+        SHARED.forget(case)  # its inputs (and nothing computed from them before the run) are no longer the case's
         why = (f"the adapter wrote into its inputs ({', '.join(_modified(case, problem))} changed while it ran); "
                "every comparison would be against altered data")
         return records_for(adapter, case, "error", why, version, device)
@@ -214,7 +215,7 @@ class _Context:
         self.adapter, self.case, self.problem, self.obs = adapter, case, problem, obs
         self.registry, self.version, self.device, self.seconds = registry, version, device, seconds
         self.diagnose = diagnose
-        self.trace, self.bounds = expected or _oracle(adapter, problem)
+        self.trace, self.bounds = expected or _oracle(adapter, problem, case)
         self.malformed = {q: why for q in applicable(case) if (why := _malformed(q, obs, self.trace))}
         if self.malformed:
             self.diagnose = None  # hypotheses are fitted to every quantity; a wrong-shaped one would break them
@@ -289,10 +290,122 @@ def _malformed(q: str, obs, trace) -> str | None:
     return None
 
 
-def _oracle(adapter, problem):
-    """(trace, bounds) of the declared convention on `problem`."""
-    trace = simulate(problem, adapter.convention, second_order=bool(problem.quantities & SECOND_ORDER))
-    return trace, tolerance.bounds(problem, trace, adapter.convention, adapter.precision(problem))
+def _oracle(adapter, problem, case: Case | None = None):
+    """(trace, bounds) of the declared convention on `problem` (the inputs of `case`: shared with every adapter
+    of this process that declares the same convention and precision, see `Shared`)."""
+    convention, precision = adapter.convention, adapter.precision(problem)
+    second_order = bool(problem.quantities & SECOND_ORDER)
+
+    def compute():
+        trace = simulate(problem, convention, second_order=second_order)
+        return trace, tolerance.bounds(problem, trace, convention, precision)
+
+    if case is None:
+        return compute()
+    return SHARED.get(("oracle", case, convention, precision, second_order), compute)
+
+
+class Shared:
+    """What the adapters of one process share, computed once: a case's inputs, and the oracle's trace and bounds
+    under a (convention, precision). A family worker hosts several adapters one after another (conformance/
+    execution/worker.py), each over the same cases, and on the realistic cases inputs, oracle and bounds were
+    most of the harness's cost per adapter.
+
+    Least recently used entries go first when the arrays held would exceed `budget` bytes (the default tier's
+    realistic cases take about 300 MB for one convention); an entry larger than the budget is not kept. Entries
+    are read-only (every array's write flag is cleared), so no consumer can alter what the next adapter gets."""
+
+    def __init__(self, budget: int):
+        from collections import OrderedDict
+
+        self.budget = budget
+        self.entries: OrderedDict = OrderedDict()  # key -> (value, bytes)
+        self.held = 0
+
+    def get(self, key, compute):
+        try:
+            hash(key)
+        except TypeError:  # a convention or precision that cannot be a key (a test's stand-in): not shared
+            return compute()
+        if key in self.entries:
+            self.entries.move_to_end(key)
+            return self.entries[key][0]
+        value = compute()
+        arrays = list(_arrays_of(value))
+        size = sum(a.nbytes for a in arrays)
+        if size <= self.budget:
+            for a in arrays:
+                a.setflags(write=False)
+            while self.held + size > self.budget:
+                self.held -= self.entries.popitem(last=False)[1][1]
+            self.entries[key] = (value, size)
+            self.held += size
+        return value
+
+    def forget(self, case: Case) -> None:
+        """Drop every entry of `case` (its inputs were written into)."""
+        for key in [k for k in self.entries if k[1] == case]:
+            self.held -= self.entries.pop(key)[1]
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.held = 0
+
+
+def _arrays_of(value):
+    """The NumPy arrays an entry holds (a Problem, or a (Trace, bounds) pair), each once."""
+    seen = set()
+
+    def walk(v):
+        if isinstance(v, np.ndarray):
+            if id(v) not in seen:
+                seen.add(id(v))
+                yield v
+        elif isinstance(v, (tuple, list)):
+            for x in v:
+                yield from walk(x)
+        elif isinstance(v, dict):
+            for x in v.values():
+                yield from walk(x)
+        elif hasattr(v, "__dataclass_fields__"):  # Problem, Trace, tolerance.Bound
+            for name in v.__dataclass_fields__:
+                yield from walk(getattr(v, name))
+
+    yield from walk(value)
+
+
+SHARED = Shared(budget=512 << 20)
+
+
+def clear_caches() -> None:
+    """Forget every shared input and oracle result (benchmarks start each repetition as a fresh worker does)."""
+    SHARED.clear()
+
+
+def problem_for(case: Case):
+    """The case's inputs (reference.Problem), materialized once per process (see `Shared`)."""
+    return SHARED.get(("inputs", case), lambda: materialize(case))
+
+
+class InputGuard:
+    """Notices an adapter writing into its inputs: a copy taken before it runs, compared bit for bit after."""
+
+    def __init__(self, problem):
+        self.problem = problem
+        self.copies = [None if a is None else np.array(a, copy=True) for a in _input_arrays(problem)]
+
+    def changed(self) -> bool:
+        for a, c in zip(_input_arrays(self.problem), self.copies):
+            if (a is None) != (c is None):
+                return True
+            if a is not None and not np.array_equal(np.ascontiguousarray(a).view(np.int64), c.view(np.int64)):
+                return True
+        return False
+
+
+def _input_arrays(problem) -> list:
+    return [*problem.xs, problem.gamma, problem.beta, problem.running_mean, problem.running_var, problem.dy,
+            problem.v]
 
 
 def _modified(case: Case, problem) -> list[str]:

@@ -9,11 +9,12 @@ exact batch mean and biased variance; (m, s2) the centre and variance a step nor
 1/sqrt(s2 + eps); xhat = (x - m) r.
 
 Batch statistics (computed):
-  d_mu = (n + 1) u_c mean|x|                                    sum of n terms, one division
-  d_v  = (n + 3) u_c v + d_mu^2                                 two-pass (Chan, Golub & LeVeque 1983)
-  d_v  = (n + 4) u_c (v + mu^2)                                 E[x^2] - E[x]^2 ("fast"): kappa^2 times worse
+  d_mu = (n + 1) u_c mean|x| + (n + 1) eta_c                    sum of n terms, one division
+  d_v  = (n + 3) u_c v + d_mu^2 + (n + 3) eta_c                 two-pass (Chan, Golub & LeVeque 1983)
+  d_v  = (n + 4) (u_c (v + mu^2) + eta_c)                       E[x^2] - E[x]^2 ("fast"): kappa^2 times worse
+  (eta: the absolute error of a rounding near zero, see Underflow below; + 4 eta_c + eta_s per running update)
 Running statistics, R_t = (1 - w) R_{t-1} + w B_t (w the step's weight on the new statistic):
-  d_R_t = (1 - w) d_R_{t-1} + w d_B_t + 4 u_c ((1 - w)|R_{t-1}| + w |B_t|) + u_s |R_t|
+  d_R_t = |1 - w| d_R_{t-1} + |w| d_B_t + 4 u_c (|1 - w| |R_{t-1}| + |w| |B_t|) + u_s |R_t|
   d_R_0 = u_s |R_0| when statistics are stored in a format narrower than the case's (else 0: R_0 is exact)
 Statistics held in a narrower format u_h between reduction and normalization (torch's CPU kernel keeps the
 saved mean and inverse std in the parameter dtype): d_m += u_h |m|, d_s2 += 2 u_h (s2 + eps).
@@ -45,7 +46,10 @@ rounded with an absolute error instead, fl(z) = z (1 + delta) + eta, |eta| <= u 
 smallest normal number; Higham, Accuracy and Stability of Numerical Algorithms, sec. 2.1). Every bound adds,
 for the format the quantity is returned in, u_f lambda_f, and for the arithmetic before it (n + 10) u_c lambda_c:
 negligible unless the values themselves are near the subnormal range (denormal inputs, a variance that
-underflows), where the relative terms alone would demand more digits than the format has.
+underflows), where the relative terms alone would demand more digits than the format has. The same term is
+carried through the statistics (each rounding of the mean, the variance and the running statistics adds one)
+into what uses them: y's r d_m. A framework that flushes subnormals (Precision.subnormals = "flush", declared by
+the adapter: TensorFlow's and XLA's CPU threads set FTZ/DAZ) errs by up to lambda, not u lambda, per rounding.
 
 Ill-posed comparisons (characterization): when the bound on the variance's relative error exceeds 0.1 the
 first-order model itself is invalid (large |mean|/std with a fast variance, float16 accumulation over large
@@ -57,11 +61,21 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from reference import FORMATS, Convention, Problem, Trace, to_channels, unit_roundoff
+from reference import FORMATS, Convention, Problem, Trace, blocked, to_channels, unit_roundoff
 from reference.statistics import reduce_axes
 
 SAFETY = 2.0
 ILL_POSED = 0.1
+BLOCK = blocked.BLOCK_ELEMENTS  # elements per block of the elementwise bounds (see `_elementwise`)
+
+
+def _elementwise(out: np.ndarray, fn, *operands) -> np.ndarray:
+    """out[...] = fn(*operands), evaluated one cache-sized block at a time (reference/blocked.py): operands are
+    x-shaped arrays or per-channel ones kept with keepdims. Every element goes through the same operations in the
+    same order as the whole-array expression, so the same bits, without an x-sized temporary per operation."""
+    for b in blocked.blocks(out.shape, BLOCK):
+        out[b] = fn(*(blocked.part(a, b) for a in operands))
+    return out
 
 
 @dataclass(frozen=True)
@@ -94,18 +108,46 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
     def ch(vec):
         return to_channels(vec, nd, axis)
 
+    flush = getattr(precision, "subnormals", "gradual") == "flush"
+
+    def tiny(fmt: str) -> float:
+        """The absolute rounding error of a result near zero: u lambda with gradual underflow; lambda itself
+        where the framework flushes subnormal results (and reads subnormal inputs) as zero. The flush is the
+        CPU's float32/float64 arithmetic flag: float16's subnormals lie far above float32's smallest normal
+        number and are produced by conversion, which the flag leaves alone (bfloat16 shares float32's range)."""
+        smallest_normal = 2.0 ** FORMATS[fmt].min_exponent
+        flushed = flush and FORMATS[fmt].min_exponent <= FORMATS["float32"].min_exponent
+        return smallest_normal if flushed else unit_roundoff(fmt) * smallest_normal
+
+    def underflow(name: str) -> float:
+        """Absolute rounding error of results in the subnormal range: the returned format's and the arithmetic's."""
+        returned = {"running_mean": precision.stats, "running_var": precision.stats,
+                    "dgamma": precision.params, "dbeta": precision.params, "d2gamma": precision.params}.get(name)
+        if name in ("batch_mean", "batch_var"):
+            returned = precision.io if u_o >= u_s else precision.stats
+        returned = returned or precision.io
+        return tiny(returned) + (n + 10) * tiny(precision.compute)
+
+    eta_y = underflow("y")
+    # the same absolute term for every rounding inside the statistics, carried into what uses them (y through
+    # r (d_m + ...): a mean of subnormal inputs is rounded to the subnormal grid, an error r = 1/sqrt(s2 + eps)
+    # magnifies; Higham sec. 2.1)
+    eta_c, eta_s = tiny(precision.compute), tiny(precision.stats)
+    # y's bound, SAFETY * (B + eta) as `put` makes it, written step by step into one array
+    y_bound = np.empty((problem.steps, *problem.shape))
     # The initial statistics are exact in the case dtype; stored in a narrower format they are rounded first.
     d_rm = (u_s if u_s > u_o else 0.0) * np.abs(problem.running_mean)
     d_rv = (u_s if u_s > u_o else 0.0) * np.abs(problem.running_var)
     rm_prev, rv_prev = problem.running_mean.copy(), problem.running_var.copy()
-    ys, rms, rvs, bms, bvs, rho_var, kappa = [], [], [], [], [], [], []
+    rms, rvs, bms, bvs, rho_var, kappa = [], [], [], [], [], []
     last = {}
     for t, (x, mode) in enumerate(zip(problem.xs, convention.modes(problem))):
         mu, v = trace.step_mean[t], trace.step_var[t]
         with np.errstate(divide="ignore", invalid="ignore"):
             kappa.append(float(np.max(np.sqrt(1.0 + np.where(v > 0, mu * mu / v, 0.0)))))
-        d_mu = (n + 1) * u_c * np.mean(np.abs(x), axis=axes)
-        d_v = (n + 4) * u_c * (v + mu * mu) if fast else (n + 3) * u_c * v + d_mu * d_mu
+        d_mu = (n + 1) * u_c * np.mean(np.abs(x), axis=axes) + (n + 1) * eta_c
+        d_v = ((n + 4) * u_c * (v + mu * mu) + (n + 4) * eta_c if fast
+               else (n + 3) * u_c * v + d_mu * d_mu + (n + 3) * eta_c)
         rho_var.append(float(np.max(d_v / np.maximum(v + eps, np.finfo(float).tiny))))
         d_rm_before, d_rv_before = d_rm.copy(), d_rv.copy()
         if mode == "train":
@@ -114,12 +156,16 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
             bvs.append(bfac * d_v + max(u_o, u_s) * bfac * np.abs(v))
         # (an inference step updates the statistics only under a diagnosis hypothesis: forgot eval())
         if problem.track_running_stats and (mode == "train" or trace.weights[t] != 0.0):
+            # |w| and |1 - w|: an error bound adds magnitudes. A weight outside [0, 1] (a debiased or hypothesized
+            # update) would otherwise make the bound negative, and a negative bound passes anything.
             w = trace.weights[t]
+            keep, take = abs(1 - w), abs(w)
             rm_new, rv_new = trace["running_mean"][t], trace["running_var"][t]
-            d_rm = ((1 - w) * d_rm + w * d_mu + 4 * u_c * ((1 - w) * np.abs(rm_prev) + w * np.abs(mu))
-                    + u_s * np.abs(rm_new))
-            d_rv = ((1 - w) * d_rv + w * run_fac * d_v
-                    + 4 * u_c * ((1 - w) * np.abs(rv_prev) + w * run_fac * np.abs(v)) + u_s * np.abs(rv_new))
+            d_rm = (keep * d_rm + take * d_mu + 4 * u_c * (keep * np.abs(rm_prev) + take * np.abs(mu))
+                    + u_s * np.abs(rm_new) + 4 * eta_c + eta_s)
+            d_rv = (keep * d_rv + take * run_fac * d_v
+                    + 4 * u_c * (keep * np.abs(rv_prev) + take * run_fac * np.abs(v)) + u_s * np.abs(rv_new)
+                    + 4 * eta_c + eta_s)
         rm_prev, rv_prev = trace["running_mean"][t], trace["running_var"][t]
         rms.append(d_rm.copy())
         rvs.append(d_rv.copy())
@@ -136,10 +182,10 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
             d_s2 = d_s2 + 2 * u_h * (trace.norm_var[t] + eps)
         r = 1.0 / np.sqrt(s2 + eps)
         rel_s2 = ch(d_s2) / (s2 + eps)
-        y = trace["y"][t]
-        by = (gamma * r * (ch(d_m) + 0.5 * np.abs(x - m) * rel_s2)
-              + 4 * u_c * (gamma * r * (np.abs(x) + np.abs(m)) + beta) + u_o * np.abs(y))
-        ys.append(by)
+        _elementwise(y_bound[t], lambda x, y, gamma, r, d_m, m, rel_s2, beta: SAFETY * (
+            (gamma * r * (d_m + 0.5 * np.abs(x - m) * rel_s2)
+             + 4 * u_c * (gamma * r * (np.abs(x) + np.abs(m)) + beta) + u_o * np.abs(y)) + eta_y),
+            x, trace["y"][t], gamma, r, ch(d_m), m, rel_s2, beta)
         last = dict(x=x, m=m, s2=s2, r=r, d_m=ch(d_m), d_s2=ch(d_s2), rel_s2=rel_s2, mu=ch(mu))
 
     out: dict[str, Bound] = {}
@@ -154,22 +200,14 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
                f"({stats_model}, n = {n}, kappa = {max(kappa):.3g}, u = {_u_exp(u_c)}): "
                "the first-order error model does not hold")
 
-    def underflow(name: str) -> float:
-        """Absolute rounding error of results in the subnormal range: the returned format's and the arithmetic's."""
-        returned = {"running_mean": precision.stats, "running_var": precision.stats,
-                    "dgamma": precision.params, "dbeta": precision.params, "d2gamma": precision.params}.get(name)
-        if name in ("batch_mean", "batch_var"):
-            returned = precision.io if u_o >= u_s else precision.stats
-        returned = returned or precision.io
-        tiny = lambda f: unit_roundoff(f) * 2.0 ** FORMATS[f].min_exponent  # noqa: E731
-        return tiny(returned) + (n + 10) * tiny(precision.compute)
-
-    def put(name, arr, formula, exact=False):
+    def put(name, arr, formula, exact=False, final=False):
+        """The bound of `name`: SAFETY * (arr + eta), or arr itself when it is that already (`final`)."""
         eta = 0.0 if exact else underflow(name)
-        out[name] = Bound(SAFETY * (np.asarray(arr, dtype=np.float64) + eta), formula + (" + eta" if eta else ""),
-                          dict(common), ill)
+        values = arr if final else SAFETY * (np.asarray(arr, dtype=np.float64) + eta)
+        out[name] = Bound(values, formula + (" + eta" if eta else ""), dict(common), ill)
 
-    put("y", np.stack(ys), "|gamma| r (d_m + |x-m| d_s2 / 2(s2+eps)) + 4 u_c (|gamma| r (|x|+|m|) + |beta|) + u_o |y|")
+    put("y", y_bound, "|gamma| r (d_m + |x-m| d_s2 / 2(s2+eps)) + 4 u_c (|gamma| r (|x|+|m|) + |beta|) + u_o |y|",
+        final=True)
     put("running_mean", np.stack(rms), "EMA recursion: (1-w) d_R + w d_mu + 4 u_c ((1-w)|R| + w|mu|) + u_s |R|")
     put("running_var", np.stack(rvs), "EMA recursion: (1-w) d_R + w f d_v + 4 u_c ((1-w)|R| + w f v) + u_s |R|")
     put("num_batches_tracked", np.zeros(problem.steps), "exact (an integer counter)", exact=True)
@@ -177,33 +215,57 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
         put("batch_mean", np.stack(bms), "d_mu = (n+1) u_c mean|x| + u |mu|")
         put("batch_var", np.stack(bvs), f"d_v ({stats_model}) + u |v|")
 
-    # -- gradients of the last step
+    # -- gradients of the last step. Reductions are NumPy's over the whole x-shaped term, as written in the
+    # docstring (their bits depend on NumPy's summation order); each term is formed once, block by block, into
+    # one buffer, and a mean is its sum / n, as np.mean divides np.sum's result. The elementwise bound of dx is
+    # then one blocked pass.
     x, m, r, mu = last["x"], last["m"], last["r"], last["mu"]
     a, c = trace.grad_weights
     dy, vv = problem.dy, problem.v
+    d_m, rel_s2 = last["d_m"], last["rel_s2"]
+    mean = lambda z: np.mean(z, axis=axes, keepdims=True)  # noqa: E731
+    total = lambda z: np.sum(z, axis=axes)  # noqa: E731
+    keep = lambda sums: sums.reshape(M1.shape)  # noqa: E731  (a sum of `total` with the reduced axes kept)
     ady = np.abs(dy)
-    xhat = (x - m) * r
-    xhat_mu = np.abs((x - mu) * r)
-    M1 = np.abs(np.mean(dy, axis=axes, keepdims=True))
-    M2 = np.abs(np.mean(dy * xhat, axis=axes, keepdims=True))
-    d_xhat = r * (last["d_m"] + 0.5 * np.abs(x - m) * last["rel_s2"]) + 2 * u_c * np.abs(xhat)
+    M1 = np.abs(mean(dy))
+    term = _elementwise(np.empty(x.shape), lambda x, dy, m, r: dy * ((x - m) * r), x, dy, m, r)  # dy xhat
+    M2 = np.abs(mean(term))
+    np.abs(term, out=term)
+    sum_dy_xhat = total(term)  # sum |dy xhat|
+    sum_dy = total(ady)
+    def d_xhat(x, m, r, d_m, rel_s2):
+        """r (d_m + |x - m| d_s2 / 2 (s2 + eps)) + 2 u_c |xhat|, xhat = (x - m) r"""
+        return r * (d_m + 0.5 * np.abs(x - m) * rel_s2) + 2 * u_c * np.abs((x - m) * r)
+
+    _elementwise(term, lambda x, ady, m, r, d_m, rel_s2: ady * d_xhat(x, m, r, d_m, rel_s2),
+                 x, ady, m, r, d_m, rel_s2)
+    sum_dy_dxhat = total(term)  # sum |dy| d_xhat
+    mean_ady, mean_dy_xhat, mean_dy_dxhat = (keep(s_) / n for s_ in (sum_dy, sum_dy_xhat, sum_dy_dxhat))
     # A term the backward does not have (a or c = 0: inference) is left out, not multiplied by 0: with an
     # infinite input its factor is infinite, and 0 * inf would make the bound of a finite gradient NaN.
     aM1 = a * M1 if a else 0.0
-    cM2 = c * xhat_mu * M2 if c else 0.0
-    T = gamma * r * (ady + aM1 + cM2)
-    mean = lambda z: np.mean(z, axis=axes, keepdims=True)  # noqa: E731
-    total = lambda z: np.sum(z, axis=axes)  # noqa: E731
-    b_dx = (gamma * r * ((a * (n + 1) * u_c * mean(ady) if a else 0.0)
-                         + (c * (d_xhat * M2 + xhat_mu * ((n + 2) * u_c * mean(np.abs(dy * xhat)) + mean(ady * d_xhat)))
-                            if c else 0.0))
-            + (4 * u_c + 2 * last["rel_s2"]) * T + u_o * np.abs(trace["dx"]))
-    put("dx", b_dx, "|gamma| r [a (n+1) u_c mean|dy| + c (d_xhat |M2| + |xhat| ((n+2) u_c mean|dy xhat| + "
-                    "mean(|dy| d_xhat)))] + (4 u_c + 2 d_s2/(s2+eps)) T + u_o |dx|")
-    put("dgamma", (n + 2) * u_c * total(np.abs(dy * xhat)) + total(ady * d_xhat) + u_p * np.abs(trace["dgamma"]),
+
+    def bound_dx(x, ady, dx, gamma, m, mu, r, d_m, rel_s2, M2, aM1, mean_ady, mean_dy_xhat, mean_dy_dxhat):
+        xhat_mu = np.abs((x - mu) * r)
+        cM2 = c * xhat_mu * M2 if c else 0.0
+        T = gamma * r * (ady + aM1 + cM2)
+        b_dx = (gamma * r * ((a * (n + 1) * u_c * mean_ady if a else 0.0)
+                             + (c * (d_xhat(x, m, r, d_m, rel_s2) * M2
+                                     + xhat_mu * ((n + 2) * u_c * mean_dy_xhat + mean_dy_dxhat)) if c else 0.0))
+                + (4 * u_c + 2 * rel_s2) * T + u_o * np.abs(dx))
+        return SAFETY * (b_dx + underflow("dx"))
+
+    # (reuses the buffer: every term above is reduced already)
+    put("dx", _elementwise(term, bound_dx, x, ady, trace["dx"], gamma, m, mu, r, d_m, rel_s2, M2, aM1, mean_ady,
+                           mean_dy_xhat, mean_dy_dxhat),
+        "|gamma| r [a (n+1) u_c mean|dy| + c (d_xhat |M2| + |xhat| ((n+2) u_c mean|dy xhat| + "
+        "mean(|dy| d_xhat)))] + (4 u_c + 2 d_s2/(s2+eps)) T + u_o |dx|", final=True)
+    put("dgamma", (n + 2) * u_c * sum_dy_xhat + sum_dy_dxhat + u_p * np.abs(trace["dgamma"]),
         "(n+2) u_c sum|dy xhat| + sum(|dy| d_xhat) + u_p |dgamma|")
-    put("dbeta", (n + 1) * u_c * total(ady) + u_p * np.abs(trace["dbeta"]), "(n+1) u_c sum|dy| + u_p |dbeta|")
-    if "d2x" in trace.quantities:
+    put("dbeta", (n + 1) * u_c * sum_dy + u_p * np.abs(trace["dbeta"]), "(n+1) u_c sum|dy| + u_p |dbeta|")
+    if "d2x" in trace.quantities:  # second order: small cases only (complex step), whole-array expressions
+        xhat = (x - m) * r
+        cM2 = c * np.abs((x - mu) * r) * M2 if c else 0.0
         rho = 3 * last["rel_s2"] + 3 * r * last["d_m"]
         finite = np.isfinite(xhat)  # a non-finite input's channel is NaN throughout; it must not void the others'
         big = 1 + float(np.max(np.abs(xhat), where=finite, initial=0.0))

@@ -174,15 +174,18 @@ def score(records: list[dict]) -> float:
 
 # -- the adapter worker (one process per adapter, driven by the driver below) -------------------------------
 
-def _eval_worker(conn, adapter_name: str, registry_path: str | None, threads: int) -> None:
+def _eval_worker(conn, adapter_name: str, registry_path: str | None, threads: int, log: str | None = None) -> None:
+    """`log`: where the framework's own output goes (TensorFlow/XLA log lines, prints), as in `bnconform run`'s
+    workers: the fuzzer's terminal shows only its own lines."""
     import signal
 
     import warnings
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     warnings.simplefilter("ignore", RuntimeWarning)  # NaN/Inf/denormal inputs warn in the oracle, by design
-    from .worker import limit_threads
+    from .worker import limit_threads, quiet_frameworks, serve
 
+    quiet_frameworks(log)
     limit_threads(threads)
     try:
         from ..core.catalogue import load
@@ -198,34 +201,31 @@ def _eval_worker(conn, adapter_name: str, registry_path: str | None, threads: in
         conn.send(("setup_error", f"{type(e).__name__}: {e}", traceback.format_exc(limit=6)))
         return
 
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg[0] == "stop":
-            return
+    def answer(msg) -> tuple:
         _, case, full, paths = msg
         try:
             # Diagnosis (seconds on a large failing case) is for the minimal case only, not for every draw.
             records = []
             for path in paths:
                 records += evaluate(adapter, case, registry, path=path, diagnose=diagnose if full else None)
-            conn.send(("done", records))
+            return ("done", records)
         except BaseException as e:  # noqa: BLE001  an engine bug: this case's error
-            conn.send(("failed", f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
+            return ("failed", f"{type(e).__name__}: {e}", traceback.format_exc(limit=8))
+
+    serve(conn, answer, lambda msg, e: ("failed", f"{type(e).__name__}: {e}", traceback.format_exc(limit=8)))
 
 
 class Evaluator:
     """Runs cases on one adapter in a worker process; restarts it after a crash or a hang."""
 
     def __init__(self, adapter_name: str, registry_path: str | None, threads: int, case_timeout: float,
-                 setup_timeout: float = 300.0, paths: tuple[str, ...] = ("eager",)):
+                 setup_timeout: float = 300.0, paths: tuple[str, ...] = ("eager",), log: str | None = None):
         from ..core.catalogue import load
 
         self.name, self.registry_path, self.threads = adapter_name, registry_path, threads
         self.case_timeout, self.setup_timeout = case_timeout, setup_timeout
         self.paths = tuple(paths)  # execution paths every case runs on (conformance.core.paths)
+        self.log = log
         self.adapter = load(adapter_name)  # metadata for error records; no framework import
         self.proc = self.conn = None
         self.versions: dict = {}
@@ -237,7 +237,7 @@ class Evaluator:
         t0 = time.monotonic()
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_eval_worker, args=(child, self.name, self.registry_path, self.threads),
+        proc = ctx.Process(target=_eval_worker, args=(child, self.name, self.registry_path, self.threads, self.log),
                            name=f"bnconform-fuzz[{self.name}]", daemon=True)
         proc.start()
         child.close()
@@ -415,12 +415,13 @@ class AdapterReport:
 def fuzz_adapter(name: str, seed: int, budget: float, *, registry_path: str | None = None, threads: int = 1,
                  case_timeout: float = 60.0, max_size: int = 1 << 20, max_steps: int = 2000,
                  known: tuple[str, ...] = (), max_examples: int = 100,
-                 paths: tuple[str, ...] = ("eager",)) -> AdapterReport:
+                 paths: tuple[str, ...] = ("eager",), log_dir: str | None = None) -> AdapterReport:
     """Fuzz one adapter for `budget` seconds, its worker's start-up included, but searching at least half of
     it (a framework that takes longer to import than the budget still gets searched)."""
     began = time.monotonic()
     report = AdapterReport(name, seed)
-    evaluator = Evaluator(name, registry_path, threads, case_timeout, paths=paths)
+    evaluator = Evaluator(name, registry_path, threads, case_timeout, paths=paths,
+                          log=str(Path(log_dir) / f"{name}.log") if log_dir else None)
     try:
         evaluator.start()
     except FuzzError as e:
@@ -521,8 +522,10 @@ def run(opts: FuzzOptions, print_=print) -> int:
     share = opts.budget * jobs / len(available)  # every adapter gets the same time; about `budget` in all
     print_(f"bnconform fuzz: seed {seed} (rerun with --seed {seed}), budget {opts.budget:g} s, "
            f"{len(available)} adapter(s), {jobs} at a time, {share:.0f} s each")
+    log_dir = Path(opts.out) / "fuzz" / "logs"  # framework output, appended per adapter (kept off the terminal)
+    log_dir.mkdir(parents=True, exist_ok=True)
     kwargs = dict(registry_path=opts.registry, threads=threads, case_timeout=opts.case_timeout,
-                  max_size=opts.max_size, max_steps=opts.max_steps)
+                  max_size=opts.max_size, max_steps=opts.max_steps, log_dir=str(log_dir))
     from ..core import paths as paths_mod
 
     declared = {s.name: paths_mod.declared(s) for s in available}
@@ -578,6 +581,7 @@ def run(opts: FuzzOptions, print_=print) -> int:
         new_files.append(path)
         print_(f"corpus: {path}")
     print_(f"\nresults: {out}")
+    print_(f"framework output (kept off the terminal): {Path(opts.out) / 'fuzz' / 'logs'}")
     if new_files:
         print_(f"{len(new_files)} new corpus file(s): the default tier now replays them; register what is a "
                "genuine framework deviation (conformance/registry/) or fix what is ours")

@@ -25,7 +25,7 @@ from pathlib import Path
 from ..core.textsafe import REASON_LIMIT, cap, capped_record
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-               "TF_NUM_INTEROP_THREADS", "BNCONFORM_THREADS")
+               "TF_NUM_INTEROP_THREADS", "NUMBA_NUM_THREADS", "BNCONFORM_THREADS")
 MAX_RESTARTS = 3
 # Every worker computes with one thread, whatever --jobs is: a framework's thread count changes how it splits
 # its reductions, so its rounding, so the error/bound ratios; results must not depend on how many adapters ran
@@ -215,13 +215,9 @@ def _worker_main(conn, registry_path: str | None, threads: int, diagnose: bool, 
     persistent_caches(cache_dir)
     caught = quiet_frameworks()
     hosted = None
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg[0] == "stop":
-            return
+
+    def answer(msg) -> tuple:
+        nonlocal hosted
         if msg[0] == "setup":
             if log_dir:
                 redirect_output(log_path(log_dir, msg[1]))
@@ -231,20 +227,48 @@ def _worker_main(conn, registry_path: str | None, threads: int, diagnose: bool, 
                 device = getattr(adapter, "device", "cpu")
                 if not isinstance(device, str):
                     raise TypeError(f"the adapter's device must be a string, not {repr(device)[:80]}")
-                conn.send(("ready", _checked_versions(adapter.versions()), device, _drain(caught)))
+                return ("ready", _checked_versions(adapter.versions()), device, _drain(caught))
             except BaseException as e:  # noqa: BLE001  setup failure is reported, not raised
-                conn.send(("setup_error", cap(f"{type(e).__name__}: {e}", REASON_LIMIT),
-                           cap(traceback.format_exc(limit=6))))
-            continue
+                return ("setup_error", cap(f"{type(e).__name__}: {e}", REASON_LIMIT), cap(traceback.format_exc(limit=6)))
         if msg[0] == "observe":  # raw arrays for cross-adapter comparisons (porting): msg[2] is a Case
-            conn.send(_observe(hosted.adapters[msg[1]], msg[2]))
-            continue
+            return _observe(hosted.adapters[msg[1]], msg[2])
         _, name, item = msg  # item: a case id, or case-id@path (conformance.core.paths)
         try:
-            conn.send(("done", item, [capped_record(r) for r in hosted.evaluate_item(name, item)], _drain(caught)))
+            return ("done", item, [capped_record(r) for r in hosted.evaluate_item(name, item)], _drain(caught))
         except BaseException as e:  # noqa: BLE001  engine bug (or an unpicklable value): this case's error
-            conn.send(("failed", item, cap(f"{type(e).__name__}: {e}", REASON_LIMIT),
-                       cap(traceback.format_exc(limit=8))))
+            return ("failed", item, cap(f"{type(e).__name__}: {e}", REASON_LIMIT), cap(traceback.format_exc(limit=8)))
+
+    def unsendable(msg, e) -> tuple | None:
+        if msg[0] == "setup":
+            return ("setup_error", cap(f"{type(e).__name__}: {e}", REASON_LIMIT), cap(traceback.format_exc(limit=6)))
+        if msg[0] == "observe":
+            return None
+        return ("failed", msg[2], cap(f"{type(e).__name__}: {e}", REASON_LIMIT), cap(traceback.format_exc(limit=8)))
+
+    serve(conn, answer, unsendable)
+
+
+def serve(conn, answer: Callable[[tuple], tuple], unsendable: Callable[[tuple, BaseException], tuple | None]) -> None:
+    """A worker process's receive loop (the run's workers and `bnconform fuzz`'s): each message gets the reply
+    `answer` makes of it, until ("stop",) arrives or the parent's end of the pipe closes. `answer` reports its
+    own failures in its reply; a reply that cannot be sent (an unpicklable value) is replaced by what
+    `unsendable(message, exception)` makes of it (called in the except clause: it may format the traceback), or
+    raises when that is None. What escapes ends the worker: the parent then sees a crash."""
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg[0] == "stop":
+            return
+        reply = answer(msg)
+        try:
+            conn.send(reply)
+        except BaseException as e:  # noqa: BLE001  pickling happens before a byte is written: the pipe is intact
+            fallback = unsendable(msg, e)
+            if fallback is None:
+                raise
+            conn.send(fallback)
 
 
 def _observe(adapter, case) -> tuple:

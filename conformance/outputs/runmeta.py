@@ -87,6 +87,8 @@ def adapter_info(spec, cases) -> dict:
             "source": None, "precision": {}, "planned": sum(len(applicable(c)) for c in cases)}
     if missing:
         return info
+    from adapters.base import OnPath
+
     from ..core.catalogue import load
     from ..core.inputs import materialize
 
@@ -99,7 +101,7 @@ def adapter_info(spec, cases) -> dict:
                                 for p in adapter.paths])
     for case in {c.dtype: c for c in reversed(cases)}.values():
         try:
-            info["precision"][case.dtype] = adapter.precision(materialize(case)).describe()
+            info["precision"][case.dtype] = OnPath(adapter).precision(materialize(case)).describe()
         except Exception as e:  # noqa: BLE001  metadata must not stop a run
             info["precision"][case.dtype] = f"unknown ({type(e).__name__}: {e})"
     return info

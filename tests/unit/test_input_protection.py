@@ -51,9 +51,9 @@ def test_the_oracle_never_sees_modified_inputs(monkeypatch):
     seen = []
     real = engine._oracle
 
-    def spy(adapter, problem):
+    def spy(adapter, problem, *case):
         seen.append(problem.xs[0].copy())
-        return real(adapter, problem)
+        return real(adapter, problem, *case)
 
     monkeypatch.setattr(engine, "_oracle", spy)
     evaluate(WritesIntoInputs("fake.writes"), CASE)
@@ -70,3 +70,11 @@ def test_a_deterministic_adapter_is_not_flagged():
     records = evaluate(OracleAdapter("fake.control", scale_running_var=2.0), CASE)
     assert any(r["verdict"] == "fail" for r in records)
     assert not any("nondeterministic" in r["reason"] for r in records)
+
+
+def test_inputs_an_adapter_wrote_into_are_not_handed_to_the_next_adapter():
+    """The engine shares a case's inputs between the adapters of a process (engine.Shared): inputs an adapter
+    altered are dropped, and the next adapter gets the case's own."""
+    evaluate(WritesIntoInputs("fake.writes"), CASE)
+    records = evaluate(OracleAdapter("fake.next"), CASE)
+    assert records and {r["verdict"] for r in records} == {"pass"}

@@ -73,3 +73,26 @@ def test_channels_have_distinct_scales():
 def test_constant_channel_has_zero_variance():
     p = materialize(Case((4, 3, 2, 3), "float32", ("train",), dist="constant_channel"))
     assert p.xs[0][:, 0].var() == 0.0 and p.xs[0][:, 1].var() > 0
+
+
+def test_the_numba_kernels_give_the_numpy_streams_bits(monkeypatch):
+    """Large requests come from compiled kernels (conformance/core/inputs_kernels.py): the same values as the
+    NumPy code, bit for bit, at sizes around the block size and not multiples of it."""
+    pytest.importorskip("numba")
+    from conformance.core import inputs
+
+    for size in (1, 5, (1 << 15) + 3, 70001):
+        monkeypatch.setattr(inputs, "FAST", 1 << 62)  # NumPy
+        u0, z0 = uniform(3, "probe", size), standard(3, "probe", size)
+        monkeypatch.setattr(inputs, "FAST", 1)  # numba
+        u1, z1 = uniform(3, "probe", size), standard(3, "probe", size)
+        assert np.array_equal(u0.view(np.int64), u1.view(np.int64)), size
+        assert np.array_equal(z0.view(np.int64), z1.view(np.int64)), size
+
+
+def test_without_numba_large_inputs_take_the_numpy_path(monkeypatch):
+    from conformance.core import inputs
+
+    monkeypatch.setattr(inputs, "_kernels", False)
+    assert inputs._fast(1 << 20) is None
+    assert uniform(7, "probe", 3).tolist() == [0.13818670895732177, 0.9548869904246492, 0.28980555621913084]

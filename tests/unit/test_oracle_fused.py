@@ -84,6 +84,22 @@ def test_moments_forward_backward_are_the_plain_bits(shape, axis, everything_lar
         assert all(same_bits(a, w) for a, w in zip(got, want))
 
 
+@pytest.mark.parametrize("shape,axis", [((4, 3, 5, 7), 1), ((5, 6, 3, 4), 3), ((7, 2, 130), 1)])
+def test_moments_of_infinite_and_nan_inputs_are_the_plain_bits(shape, axis, everything_large):
+    """An infinite input keeps its channel's mean infinite (statistics._corrected), a NaN makes it NaN, the
+    other channels are untouched: channels first (one channel at a time) and last (element by element)."""
+    x = batch(shape, axis)
+    idx = [0] * len(shape)
+    x[tuple(idx)] = np.inf
+    idx[axis] = 1
+    x[tuple(idx)] = np.nan
+    with np.errstate(invalid="ignore"):
+        mean, var = moments(x, axis)
+        mean0, var0 = plain(lambda: moments(x, axis))
+    assert everything_large and np.isinf(mean[0]) and np.isnan(mean[1]) and np.isfinite(mean[2:]).all()
+    assert same_bits(mean, mean0) and same_bits(var, var0)
+
+
 @pytest.mark.parametrize("conv", [Convention(), Convention(running_var="biased", train_normalizer="running",
                                                            averaging="cumulative")], ids=["default", "blended"])
 def test_simulate_is_the_plain_bits(conv, everything_large):
