@@ -5,7 +5,7 @@ precision, fit, tflite) computes what a broken implementation of that path would
 from __future__ import annotations
 
 from adapters import tf_paths as tfp
-from adapters.base import EAGER_PATH, PathSpec, Precision
+from adapters.base import EAGER_PATH, PathSpec
 from adapters.tf_nn import TFNN
 
 # bug -> (path, what the broken path does)
