@@ -24,7 +24,7 @@ from reference import QUANTITIES, Convention, Problem
 
 from . import keras_backends as kb
 from . import tf_paths as tfp
-from .base import EAGER_PATH, Adapter, Observation, Precision
+from .base import EAGER, EAGER_PATH, Adapter, Observation, Precision
 
 SOURCE = ("keras/src/layers/normalization/batch_normalization.py, "
           "keras/src/backend/{tensorflow,jax,torch}/nn.py (moments, batch_normalization), "
@@ -33,7 +33,7 @@ POLICY = {"float64": "float64", "float32": "float32", "float16": "mixed_float16"
           "bfloat16": "mixed_bfloat16"}
 
 
-class Keras3(Adapter):
+class Keras3(tfp.KerasPaths, Adapter):  # execution paths: adapters/tf_paths.py
     framework = "keras"
     channel_axes = "any"
     conventional_layout = "channels_last"  # keras.config.image_data_format() defaults to it (backend/config.py)
@@ -50,7 +50,8 @@ class Keras3(Adapter):
                                      running_var="biased", batch_var_estimator="biased", averaging="ema",
                                      variance="fast" if backend == "torch" else "two_pass")
         self.layers: dict = {}
-        self.paths = (EAGER_PATH, *tfp.keras_paths(self.convention, tf_backend=backend == "tensorflow"))
+        self.paths = (EAGER_PATH, *tfp.keras_paths(self.convention, tf_backend=backend == "tensorflow",
+                                                           jax_backend=backend == "jax"))
         # TensorFlow's threads and XLA's CPU client flush subnormals (tf_common/jax_common.SUBNORMALS); torch not
         self.subnormals = "flush" if backend in ("tensorflow", "jax") else "gradual"
 
@@ -146,50 +147,81 @@ class Keras3(Adapter):
                                num_batches_tracked="Keras BatchNormalization keeps no step counter")
         return obs
 
-    # -- execution paths (adapters/tf_paths.py)
-    def run_path(self, p: Problem, path: str) -> Observation:
-        return tfp.run_keras(self, p, path)
+    # -- what tf_paths.KerasPaths needs of this flavour
+    frozen_parameters_are_state = True  # steps(): a non-trainable layer's stateless call takes gamma, beta as state
 
-    def path_unsupported(self, p: Problem, path: str) -> str | None:
-        return tfp.unsupported(p, path)
+    @property
+    def keras_module(self):
+        return self.keras
 
-    def path_precision(self, p: Problem, path: str) -> Precision:
-        return tfp.mixed_precision(p) if path in tfp.MIXED else self.precision(p)
+    def path_step(self, layer, training):
+        return lambda tv, ntv, x: layer.stateless_call(tv, ntv, x, training=training)
 
-    def path_expected_dtype(self, quantity: str, p: Problem, path: str) -> str:
-        return tfp.expected_dtype(self, quantity, p, path)
+    def dtype_policy(self):
+        return self.keras.config.dtype_policy()
 
-    def path_snippet(self, p: Problem, path: str) -> str:
-        return tfp.keras_snippet(self.snippet(p), p, path)
+    def set_dtype_policy(self, policy) -> None:
+        self.keras.config.set_dtype_policy(policy)
 
-    def snippet(self, p: Problem) -> str:
+    def variable_numpy(self, variable):
+        return self.keras.ops.convert_to_numpy(variable)
+
+    def snippet_imports(self) -> list[str]:
+        """The lines that import Keras 3 on this adapter's backend as `keras` (and the backend itself)."""
+        ops = getattr(self, "ops", None) or kb.BACKENDS[self.backend]()
+        return [f"import os; os.environ['KERAS_BACKEND'] = {self.backend!r}", ops.header, "import keras"]
+
+    def snippet(self, p: Problem, path: str = EAGER) -> str:
+        """The steps through the layer's stateless_call, as `steps` runs them on `path`: eager; graph/xla (each
+        mode's stateless_call in a tf.function); frozen (trainable=False: gamma and beta join the state); mixed-*
+        (the global policy, float32 input); no-jit (everything under jax.disable_jit())."""
         ops, grads = getattr(self, "ops", None) or kb.BACKENDS[self.backend](), self.wants_gradients(p)
-        lines = [
-            f"import os; os.environ['KERAS_BACKEND'] = {self.backend!r}",
-            ops.header,
-            "import keras",
-            f"layer = keras.layers.BatchNormalization(**{self.native_config(p)!r})",
-            f"dt, _ = {p.dtype!r}, layer.build({p.shape!r})",
+        frozen, mixed = path == "frozen", tfp.POLICY_OF.get(path)
+        cfg = {k: v for k, v in self.native_config(p).items() if not (mixed and k == "dtype")}
+        step, last = ops.forward_expr, ops.last(self.wants_second_order(p))
+        lines = self.snippet_imports()
+        if mixed:
+            lines += [f"keras.config.set_dtype_policy({mixed!r})  # the path: a global mixed policy"]
+        lines += [
+            f"layer = keras.layers.BatchNormalization(**{cfg!r})",
+            f"dt, xdt, _ = {p.dtype!r}, {'float32' if mixed else p.dtype!r}, layer.build({p.shape!r})",
+        ]
+        if mixed:
+            lines += ["keras.config.set_dtype_policy('float32')"]
+        if frozen:
+            lines += ["layer.trainable = False  # the path: frozen, then called with training=True"]
+        if path in ("graph", "xla"):
+            lines += ["fns = {t: tf.function(lambda tv, ntv, x, t=t: layer.stateless_call(tv, ntv, x, training=t), "
+                      f"jit_compile={path == 'xla'!r}, reduce_retracing=False) for t in (True, False)}}"]
+            stateless = "layer.stateless_call(tv, ntv, xt, training=training)"
+            step, last = step.replace(stateless, "fns[training](tv, ntv, xt)"), \
+                [line.replace(stateless, "fns[training](tv, ntv, xt)") for line in last]
+        params = "[to(p.gamma, pdt), to(p.beta, pdt)]" if p.affine else "[]"
+        lines += [
             "to = lambda a, d: keras.ops.convert_to_tensor(np.array(a), dtype=d)",
             "num = lambda t: np.asarray(keras.ops.convert_to_numpy(t), dtype=np.float64)",
             "pdt, ys, means, vars_ = layer.variable_dtype, [], [], []",
-            "tv = " + ("[to(p.gamma, pdt), to(p.beta, pdt)]" if p.affine else "[]"),
-            "ntv = [to(p.running_mean, pdt), to(p.running_var, pdt)]",
+            f"tv, ntv = {'[]' if frozen else params}, "
+            f"{params + ' + ' if frozen and p.affine else ''}[to(p.running_mean, pdt), to(p.running_var, pdt)]",
             "for k, (x, mode) in enumerate(zip(p.xs, p.modes)):",
-            "    xt, training = to(x, dt), mode == 'train'",
+            "    xt, training = to(x, xdt), mode == 'train'",
             f"    if k < len(p.xs) - 1 or not {grads!r}:",
-            f"        y, ntv = {ops.forward_expr}",
+            f"        y, ntv = {step}",
             "    else:",
-            *["        " + line for line in ops.last(self.wants_second_order(p))],
-            "    ys.append(num(y)); means.append(num(ntv[0])); vars_.append(num(ntv[1]))",
+            *["        " + line for line in last],
+            "    ys.append(num(y)); means.append(num(ntv[-2])); vars_.append(num(ntv[-1]))",
             "observed = {'y': np.stack(ys), 'running_mean': np.stack(means), 'running_var': np.stack(vars_)}",
         ]
+        has_gamma = p.affine and not frozen
         if grads:
             lines += ["observed['dx'] = num(g[0])"]
-            lines += ["observed.update(dgamma=num(g[1]), dbeta=num(g[2]))"] if p.affine else []
+            lines += ["observed.update(dgamma=num(g[1]), dbeta=num(g[2]))"] if has_gamma else []
         if self.wants_second_order(p):
             lines += [*ops.after, "observed['d2x'] = num(d2x)"]
-            lines += ["observed['d2gamma'] = num(d2g)"] if p.affine else []
+            lines += ["observed['d2gamma'] = num(d2g)"] if has_gamma else []
+        if path == tfp.NO_JIT.name:
+            return "import jax\nwith jax.disable_jit():  # the path: op by op\n" + \
+                "\n".join("    " + line for line in "\n".join(lines).splitlines())
         return "\n".join(lines)
 
     def bench(self, shape, dtype, what):

@@ -5,7 +5,8 @@ gradients), and the matching lines of a repro snippet. Each framework is importe
 `gradients` returns (y, new non-trainable values, {quantity: tensor}): dx, and dgamma/dbeta when the layer has
 trainable variables [gamma, beta]; second order: d<dx, v>/dx and d<dx, v>/dgamma.
 Snippet lines: `last(second)` runs the last step (leaves y, ntv and g = [dx, dgamma, dbeta]); `after` sets
-d2x and d2g (None without gamma) once the loop is done.
+d2x and d2g (None without gamma) once the loop is done. They use `to(array, dtype)`, `dt` (the case dtype: dy)
+and `xdt` (the input's dtype: x, v).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ class TensorFlowBackend:
     name = "tensorflow"
     header = "import tensorflow as tf"
     forward_expr = "layer.stateless_call(tv, ntv, xt, training=training)"
-    after = ["g2 = outer.gradient(g[0], [xt] + tv[:1], output_gradients=to(p.v, dt))",
+    after = ["g2 = outer.gradient(g[0], [xt] + tv[:1], output_gradients=to(p.v, xdt))",
              "d2x = tf.zeros_like(xt) if g2[0] is None else g2[0]",
              "d2g = (tf.zeros_like(tv[0]) if g2[1] is None else g2[1]) if tv else None"]
 
@@ -71,7 +72,7 @@ class JaxBackend:
                     "(tv, ntv, xt)")
     after = ["def second(x, tv, ntv, dy, v):",
              "    return jax.vjp(lambda x_, tv_: first(x_, tv_, ntv, dy)[2], x, tv)[1](v)",
-             "d2x, d2tv = jax.jit(second)(xt, tv, ntv_in, to(p.dy, dt), to(p.v, dt))",
+             "d2x, d2tv = jax.jit(second)(xt, tv, ntv_in, to(p.dy, dt), to(p.v, xdt))",
              "d2g = d2tv[0] if tv else None"]
 
     def last(self, second):
@@ -146,7 +147,7 @@ class TorchBackend:
     name = "torch"
     header = "import torch"
     forward_expr = "layer.stateless_call(tv, ntv, xt, training=training)"
-    after = ["g2 = (torch.autograd.grad(g[0], [xt] + tv[:1], grad_outputs=to(p.v, dt), allow_unused=True)",
+    after = ["g2 = (torch.autograd.grad(g[0], [xt] + tv[:1], grad_outputs=to(p.v, xdt), allow_unused=True)",
              "      if g[0].requires_grad else [None, None])",
              "d2x = torch.zeros_like(xt) if g2[0] is None else g2[0]",
              "d2g = (torch.zeros_like(tv[0]) if g2[1] is None else g2[1]) if tv else None"]

@@ -52,6 +52,18 @@ def split_cpu(tf) -> None:
         pass
 
 
+_MIRRORED: list = []  # the process's one MirroredStrategy (mirrored_strategy)
+
+
+def mirrored_strategy(tf, devices: list[str]):
+    """One tf.distribute.MirroredStrategy per process, shared by every adapter in it: strategies over the same
+    devices number their collectives alike (group and instance keys), so a second one reuses the first one's
+    keys and its collectives abort ('Collective instance N expected ... data_type 1 but got ... 2')."""
+    if not _MIRRORED:
+        _MIRRORED.append(tf.distribute.MirroredStrategy(devices))
+    return _MIRRORED[0]
+
+
 def logical_cpus(tf) -> list[str]:
     return [d.name for d in tf.config.list_logical_devices("CPU")]
 
@@ -132,15 +144,17 @@ def constant(tf, a, dtype):
     return tf.cast(tf.constant(np.array(a, dtype=np.float64)), dtype)
 
 
-def snippet_program(head: list[str], step: list[str], params: str, grads: bool, second: bool) -> str:
+def snippet_program(head: list[str], step: list[str], params: str, grads: bool, second: bool,
+                    input_dtype: str = "dt") -> str:
     """A runnable TensorFlow repro: `head` defines `dt`, `c(array, dtype)` and the state; `step` (run under
     the tapes for every step, with `xt` and `mode`) sets `y` and `rec`, this step's quantities (per-channel
     ones flattened); `params` is the expression of the parameters to differentiate. The gradients are taken as
-    `with_gradients` takes them: of <y, dy> at the last step, and of <dx, v> for the second order."""
+    `with_gradients` takes them: of <y, dy> at the last step, and of <dx, v> for the second order.
+    input_dtype: the expression of the dtype x and v are given in (dy is given in `dt`)."""
     lines = ["import tensorflow as tf", *head, f"params, obs = {params}, {{}}",
              "with tf.GradientTape(persistent=True) as outer:",
              "    for x, mode in zip(p.xs, p.modes):",
-             "        xt = c(x, dt)",
+             f"        xt = c(x, {input_dtype})",
              "        outer.watch([xt] + params)",
              "        with tf.GradientTape() as tape:",
              "            tape.watch([xt] + params)",
@@ -156,7 +170,7 @@ def snippet_program(head: list[str], step: list[str], params: str, grads: bool, 
                   "if params:",
                   "    observed.update(dgamma=num(g[1]), dbeta=num(g[2]))"]
     if second:
-        lines += ["g2 = outer.gradient(g[0], [xt] + params[:1], output_gradients=c(p.v, dt))",
+        lines += [f"g2 = outer.gradient(g[0], [xt] + params[:1], output_gradients=c(p.v, {input_dtype}))",
                   "d2x = tf.zeros_like(xt) if g2[0] is None else g2[0]",
                   "observed['d2x'] = num(d2x).reshape(tuple(xt.shape))",
                   "if params:",

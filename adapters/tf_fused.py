@@ -87,7 +87,7 @@ class TFFused(Adapter):
         return obs
 
     def path_snippet(self, p: Problem, path: str) -> str:
-        return tfp.function_snippet(self.snippet(p), path)
+        return self.snippet(p, path)
 
     def path_expected_dtype(self, quantity: str, problem: Problem, path: str) -> str:
         return self.expected_dtype(quantity, problem)  # the same op on every path
@@ -152,7 +152,9 @@ class TFFused(Adapter):
         obs.unsupported["num_batches_tracked"] = "FusedBatchNormV3 keeps no step counter"
         return obs
 
-    def snippet(self, p: Problem) -> str:
+    def snippet(self, p: Problem, path: str = "eager") -> str:
+        """The steps as run_on runs them: the raw op called directly (eager) or as a tf.function (graph; xla:
+        jit_compile=True)."""
         cfg, track = self.native_config(p), p.track_running_stats
         fac = "{}"
         if "exponential_avg_factor" in cfg:
@@ -163,12 +165,15 @@ class TFFused(Adapter):
             "c = lambda v, d=u: tf.cast(tf.constant(np.array(v)), d)",
             "gamma, beta, e = c(p.gamma_or_ones()), c(p.beta_or_zeros()), tf.constant([], u)",
             "rm, rv, t = c(p.running_mean), c(p.running_var), 0",
+            "op = " + ("tf.raw_ops.FusedBatchNormV3" if path not in ("graph", "xla") else
+                       "tf.function(lambda **kw: tf.raw_ops.FusedBatchNormV3(**kw), "
+                       f"jit_compile={path == 'xla'!r}, reduce_retracing=False)  # the path"),
         ]
         step = [
             "train = mode == 'train'",
             "t += train and track",
             f"kw = {fac} if train and track else {{}}",
-            "out = tf.raw_ops.FusedBatchNormV3(x=xt, scale=gamma, offset=beta, mean=rm if track else e,",
+            "out = op(x=xt, scale=gamma, offset=beta, mean=rm if track else e,",
             "    variance=rv if track else e, is_training=train or not track, **cfg, **kw)",
             "y, rm, rv = out.y, *((out.batch_mean, out.batch_variance) if train and track else (rm, rv))",
             "rec = {'y': y, **({'running_mean': rm, 'running_var': rv} if track else {})}",

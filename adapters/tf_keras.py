@@ -20,13 +20,13 @@ from reference import QUANTITIES, Convention, Problem
 
 from . import tf_common as tfc
 from . import tf_paths as tfp
-from .base import EAGER_PATH, Adapter, Observation, Precision
+from .base import EAGER, EAGER_PATH, Adapter, Observation, Precision
 from .keras3 import POLICY  # the dtype policy names are the same in tf_keras (Keras 2) and Keras 3
 
 SOURCE = "tf_keras/src/layers/normalization/batch_normalization.py (BatchNormalizationBase)"
 
 
-class TFKeras(Adapter):
+class TFKeras(tfp.KerasPaths, Adapter):  # execution paths: adapters/tf_paths.py
     framework = "tf_keras"
     channel_axes = "any"
     conventional_layout = "channels_last"  # tf_keras backend.image_data_format() default
@@ -136,40 +136,67 @@ class TFKeras(Adapter):
         obs.unsupported["num_batches_tracked"] = "tf_keras BatchNormalization keeps no step counter"
         return obs
 
-    # -- execution paths (adapters/tf_paths.py)
-    def run_path(self, p: Problem, path: str) -> Observation:
-        return tfp.run_tf_keras(self, p, path)
-
+    # -- execution paths: tf_paths.KerasPaths, and one refusal of tf_keras' own
     def path_unsupported(self, p: Problem, path: str) -> str | None:
         if path == "sync" and self.fused:
             return ("tf_keras refuses synchronized=True with fused=True ('`fused=True` is not supported when "
                     "`synchronized=True`.', batch_normalization.py, BatchNormalizationBase.__init__)")
-        return tfp.unsupported(p, path)
+        return super().path_unsupported(p, path)
 
-    def path_precision(self, p: Problem, path: str) -> Precision:
-        return tfp.mixed_precision(p) if path in tfp.MIXED else self.precision(p)
+    # -- what tf_paths.KerasPaths needs of this flavour
+    @property
+    def keras_module(self):
+        return self.tf_keras
 
-    def path_expected_dtype(self, quantity: str, p: Problem, path: str) -> str:
-        return tfp.expected_dtype(self, quantity, p, path)
+    def path_step(self, layer, training):
+        return lambda x: layer(x, training=training)
 
-    def path_snippet(self, p: Problem, path: str) -> str:
-        return tfp.keras_snippet(self.snippet(p), p, path)
+    def dtype_policy(self):
+        return self.tf_keras.mixed_precision.global_policy()
 
-    def snippet(self, p: Problem) -> str:
-        head = [
-            "import tf_keras",
-            f"dt, layer = {p.dtype!r}, tf_keras.layers.BatchNormalization(**{self.native_config(p)!r})",
+    def set_dtype_policy(self, policy) -> None:
+        self.tf_keras.mixed_precision.set_global_policy(policy)
+
+    @staticmethod
+    def variable_numpy(variable):
+        return variable.numpy()
+
+    def snippet_imports(self) -> list[str]:
+        return ["import tensorflow as tf", "import tf_keras as keras"]
+
+    def snippet(self, p: Problem, path: str = EAGER) -> str:
+        """The steps through the layer, as `steps` runs them on `path`: eager; graph/xla (each mode's layer call
+        in a tf.function); frozen (trainable=False); mixed-* (the global policy, float32 input)."""
+        mixed = tfp.POLICY_OF.get(path)
+        cfg = {k: v for k, v in self.native_config(p).items() if not (mixed and k == "dtype")}
+        head = ["import tf_keras"]
+        if mixed:
+            head += [f"tf_keras.mixed_precision.set_global_policy({mixed!r})  # the path: a global mixed policy"]
+        head += [
+            f"dt, xdt, layer = {p.dtype!r}, {'float32' if mixed else p.dtype!r}, "
+            f"tf_keras.layers.BatchNormalization(**{cfg!r})",
             f"layer.build({p.shape!r})",
+        ]
+        if mixed:
+            head += ["tf_keras.mixed_precision.set_global_policy('float32')"]
+        if path == "frozen":
+            head += ["layer.trainable = False  # the path: frozen, then called with training=True"]
+        head += [
             "c = lambda v, d=dt: tf.cast(tf.constant(np.array(v)), d)",
             "pdt = layer.moving_mean.dtype",
             *(["layer.gamma.assign(c(p.gamma, pdt)); layer.beta.assign(c(p.beta, pdt))"] if p.affine else []),
             "layer.moving_mean.assign(c(p.running_mean, pdt))",
             "layer.moving_variance.assign(c(p.running_var, pdt))",
         ]
-        step = ["y = layer(xt, training=mode == 'train')",
+        call = "layer(xt, training=mode == 'train')"
+        if path in ("graph", "xla"):
+            head += ["fns = {t: tf.function(lambda x, t=t: layer(x, training=t), "
+                     f"jit_compile={path == 'xla'!r}, reduce_retracing=False) for t in (True, False)}}"]
+            call = "fns[mode == 'train'](xt)"
+        step = [f"y = {call}",
                 "rec = {'y': y, 'running_mean': layer.moving_mean, 'running_var': layer.moving_variance}"]
         return tfc.snippet_program(head, step, "[layer.gamma, layer.beta]" if p.affine else "[]",
-                                   self.wants_gradients(p), self.wants_second_order(p))
+                                   self.wants_gradients(p), self.wants_second_order(p), input_dtype="xdt")
 
     def bench(self, shape, dtype, what):
         """The layer on NHWC (axis=-1, its default) called in a tf.function, as Keras 2's fit() runs it; in

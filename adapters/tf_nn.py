@@ -136,9 +136,11 @@ class TFNN(Adapter):
         return obs
 
     def path_snippet(self, p: Problem, path: str) -> str:
-        return tfp.function_snippet(self.snippet(p), path)
+        return self.snippet(p, path)
 
-    def snippet(self, p: Problem) -> str:
+    def snippet(self, p: Problem, path: str = "eager") -> str:
+        """The steps as run_on runs them: one side-effect-free step function, called directly (eager) or as a
+        tf.function (graph; xla: jit_compile=True)."""
         cfg = self.native_config(p)
         bshape = [1] * len(p.shape)
         bshape[p.axis] = p.channels
@@ -149,19 +151,25 @@ class TFNN(Adapter):
             f"b = lambda v: tf.reshape(c(v), {bshape!r})",
             "gamma, beta = " + ("b(p.gamma), b(p.beta)" if p.affine else "None, None"),
             f"rm, rv, t, track = b(p.running_mean), b(p.running_var), 0, {p.track_running_stats!r}",
+            "def pure(x, g, b, rm, rv, w, train):  # one step: y, new rm, new rv, mean, var",
+            "    if train or not track:",
+            "        mean, var = tf.nn.moments(x, axes, keepdims=True)",
+            "        if train and track:",
+            "            rm, rv = (1 - w) * rm + w * mean, (1 - w) * rv + w * var",
+            "    else:",
+            "        mean, var = rm, rv",
+            "    return tf.nn.batch_normalization(x, mean, var, b, g, eps), rm, rv, mean, var",
+            "fn = " + ("pure" if path not in ("graph", "xla") else
+                       f"tf.function(pure, jit_compile={path == 'xla'!r}, reduce_retracing=False)  # the path"),
         ]
         step = [
-            "if mode == 'train' or not track:",
-            "    mean, var = tf.nn.moments(xt, axes, keepdims=True)",
-            "if mode == 'train' and track:",
+            "train, w = mode == 'train', 0.0",
+            "if train and track:",
             "    t += 1; w = a if a is not None else 1.0 / t",
-            "    rm, rv = (1 - w) * rm + w * mean, (1 - w) * rv + w * var",
-            "if mode != 'train' and track:",
-            "    mean, var = rm, rv",
-            "y = tf.nn.batch_normalization(xt, mean, var, beta, gamma, eps)",
+            "y, rm, rv, mean, var = fn(xt, gamma, beta, rm, rv, w, train)",
             "rec = {'y': y, **({'running_mean': tf.reshape(rm, [-1]), 'running_var': tf.reshape(rv, [-1])}"
             " if track else {})}",
-            "if mode == 'train':",
+            "if train:",
             "    rec.update(batch_mean=tf.reshape(mean, [-1]), batch_var=tf.reshape(var, [-1]))",
         ]
         return tfc.snippet_program(head, step, "[gamma, beta]" if p.affine else "[]", self.wants_gradients(p),

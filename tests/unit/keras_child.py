@@ -23,6 +23,11 @@ SNIPPET_CASES = (
     "f32-4x3x2x3-ax1-TE-a0.1-eps1e-05-noaffine-s0",  # center=False, scale=False
     "f64-8x4-ax1-T3E-defaults-s0",  # Keras' own defaults, float64
 )
+# execution paths whose repro snippet must reproduce the adapter's observation (model-level and TensorFlow-only
+# paths: tests/unit/tf_paths_child.py)
+PATH_SNIPPETS = (("frozen", "f32-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0"),
+                 ("mixed-f16", "f16-4x3x2x3-ax1-T2E-a0.1-eps1e-05-rstats-s0"),
+                 ("no-jit", "f32-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0"))
 FROZEN_CASE = "f32-4x3x2x3-ax1-T2E-a0.1-eps1e-05-rstats-s0"
 
 
@@ -52,6 +57,29 @@ def main(backend: str) -> dict:
             "different": sorted(q for q, v in got.items()
                                 if not np.array_equal(v, obs.values[q], equal_nan=True)),
         })
+
+    from adapters.base import OnPath
+
+    declared = {spec.name for spec in adapter.paths}
+    for path, cid in PATH_SNIPPETS:
+        if path not in declared:
+            continue
+        on, p = OnPath(adapter, path), materialize(CASES[cid])
+        obs = on.run(p)
+        ns = {"p": p, "np": np}
+        exec(compile(on.snippet(p), f"<snippet keras.{backend}@{path} {cid}>", "exec"), ns)  # noqa: S102
+        got = ns["observed"]
+        out["snippets"].append({
+            "case": f"{cid}@{path}",
+            "missing": sorted(set(obs.values) - set(got)),
+            "different": sorted(q for q, v in got.items()
+                                if not np.array_equal(v, obs.values[q], equal_nan=True)),
+        })
+
+    # the fit paths: what compile() resolved jit_compile and run_eagerly to (facts of the observation)
+    p = materialize(CASES[PATH_SNIPPETS[0][1]])
+    out["fit_facts"] = {path: {k: v for k, v in OnPath(adapter, path).run(p).facts.items()
+                               if k in ("jit_compile", "run_eagerly")} for path in ("fit", "fit-eager")}
 
     # trainable=False: the documented "frozen" behaviour, exercised as users do (stateful calls)
     p = materialize(CASES[FROZEN_CASE])

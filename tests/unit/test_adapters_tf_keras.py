@@ -154,6 +154,23 @@ def test_tf_snippet_computes_what_the_adapter_observed(tf_adapters, name, case_i
         assert np.array_equal(v, observed.values[q], equal_nan=True), q
 
 
+@pytest.mark.parametrize("name", ["tf.nn.batch_normalization", "tf.raw_ops.FusedBatchNormV3"])
+@pytest.mark.parametrize("path", ["graph", "xla"])
+def test_tf_path_snippet_computes_what_the_path_observed(tf_adapters, name, path):
+    """The repro of a graph/xla check runs the step as that path does (a tf.function, with XLA for xla)."""
+    from adapters.base import OnPath
+
+    on, p = OnPath(tf_adapters(name), path), problem(T2)
+    observed = on.run(p)
+    code = on.snippet(p)
+    assert "tf.function(" in code and f"jit_compile={path == 'xla'}" in code
+    ns = {"p": p, "np": np}
+    exec(compile(code, f"<snippet {name}@{path}>", "exec"), ns)  # noqa: S102
+    assert set(observed.values) <= set(ns["observed"])
+    for q, v in ns["observed"].items():
+        assert np.array_equal(v, observed.values[q], equal_nan=True), q
+
+
 def test_fused_op_reports_its_own_float64_refusal(tf_adapters):
     obs = tf_adapters("tf.raw_ops.FusedBatchNormV3").run(problem(F64))
     assert not obs.values and set(obs.unsupported) >= {"y", "dx", "running_var"}
@@ -233,3 +250,7 @@ def test_keras3_in_a_fresh_process(keras_child, backend):
     frozen = out["frozen"]
     assert frozen["equal_to_inference"] and frozen["stats_unchanged"], frozen
     assert frozen["max_abs_vs_oracle_inference"] < 1e-5 < 1e-2 < frozen["max_abs_vs_oracle_training"], frozen
+    # Keras' own jit_compile default ("auto", keras/src/trainers/trainer.py _resolve_auto_jit_compile): jax
+    # compiles the train step, torch runs it eagerly, tensorflow on a CPU-only machine runs it without XLA
+    assert out["fit_facts"]["fit"] == {"jit_compile": str(backend == "jax"), "run_eagerly": "False"}
+    assert out["fit_facts"]["fit-eager"] == {"jit_compile": "False", "run_eagerly": "True"}

@@ -1,6 +1,7 @@
 """A TensorFlow/Keras execution path's checks can fail: a broken path of each kind (xla/graph, frozen, mixed
-precision, fit, tflite, sync) is caught on that path, with the path in the check id, and named by the diagnosis where
-the diagnosis has a hypothesis for it; the same adapter's eager path passes."""
+precision, fit, fit-jit, no-jit, tflite, sync: statistics and gradients) is caught on that path, with the path
+in the check id, and named by the diagnosis where the diagnosis has a hypothesis for it; the same adapter's
+eager path passes."""
 from __future__ import annotations
 
 import pytest
@@ -23,6 +24,11 @@ DIAGNOSIS = {
     "fit_updates_twice": None,
     "tflite_eps_dropped": None,
     "sync_mean_of_device_stats": None,
+    "fit_jit_state_not_written_back": None,
+    "no_jit_default_eps": "eps=0.001",
+    "sync_backward_local_sums": None,
+    "sync_param_grads_one_replica": None,
+    "sync_param_grads_reduced_twice": None,
 }
 
 
