@@ -335,7 +335,12 @@ def synchronized(jax, apply, shards: tuple[int, ...]):
 def path_unsupported(adapter, p, path: str, masks: bool = False) -> str | None:
     """What the JAX adapters share about their paths (see the module docstring)."""
     if path == SYNC:
-        return sync_unsupported(adapter.jax, p, masks, adapter.api, getattr(adapter, "sync_by_sharding", False))
+        why = sync_unsupported(adapter.jax, p, masks, adapter.api, getattr(adapter, "sync_by_sharding", False))
+        if why or p.shards or few_cases(p):
+            return why
+        return ("the sync path (a compilation per case for the device mesh, ~0.5 s per case and adapter) runs the "
+                "sharded cases (equal and unequal shards, training or inference last) and the two-step path cases "
+                "that start with training; jit runs them all")
     if path == NO_JIT and not few_cases(p):
         return ("op by op, every primitive compiles once per new shape and dtype (~1 s each): the no-jit path "
                 "runs only the two-step path cases that start with training (training and inference, float32 "
