@@ -159,12 +159,12 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
             # |w| and |1 - w|: an error bound adds magnitudes. A weight outside [0, 1] (a debiased or hypothesized
             # update) would otherwise make the bound negative, and a negative bound passes anything.
             w = trace.weights[t]
-            keep, take = abs(1 - w), abs(w)
+            on_old, on_new = abs(1 - w), abs(w)
             rm_new, rv_new = trace["running_mean"][t], trace["running_var"][t]
-            d_rm = (keep * d_rm + take * d_mu + 4 * u_c * (keep * np.abs(rm_prev) + take * np.abs(mu))
+            d_rm = (on_old * d_rm + on_new * d_mu + 4 * u_c * (on_old * np.abs(rm_prev) + on_new * np.abs(mu))
                     + u_s * np.abs(rm_new) + 4 * eta_c + eta_s)
-            d_rv = (keep * d_rv + take * run_fac * d_v
-                    + 4 * u_c * (keep * np.abs(rv_prev) + take * run_fac * np.abs(v)) + u_s * np.abs(rv_new)
+            d_rv = (on_old * d_rv + on_new * run_fac * d_v
+                    + 4 * u_c * (on_old * np.abs(rv_prev) + on_new * run_fac * np.abs(v)) + u_s * np.abs(rv_new)
                     + 4 * eta_c + eta_s)
         rm_prev, rv_prev = trace["running_mean"][t], trace["running_var"][t]
         rms.append(d_rm.copy())
@@ -208,11 +208,13 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
 
     put("y", y_bound, "|gamma| r (d_m + |x-m| d_s2 / 2(s2+eps)) + 4 u_c (|gamma| r (|x|+|m|) + |beta|) + u_o |y|",
         final=True)
-    put("running_mean", np.stack(rms), "EMA recursion: (1-w) d_R + w d_mu + 4 u_c ((1-w)|R| + w|mu|) + u_s |R|")
-    put("running_var", np.stack(rvs), "EMA recursion: (1-w) d_R + w f d_v + 4 u_c ((1-w)|R| + w f v) + u_s |R|")
+    put("running_mean", np.stack(rms),
+        "EMA recursion: |1-w| d_R + |w| d_mu + 4 u_c (|1-w| |R| + |w| |mu|) + u_s |R| + 4 eta_c + eta_s")
+    put("running_var", np.stack(rvs),
+        "EMA recursion: |1-w| d_R + |w| f d_v + 4 u_c (|1-w| |R| + |w| f v) + u_s |R| + 4 eta_c + eta_s")
     put("num_batches_tracked", np.zeros(problem.steps), "exact (an integer counter)", exact=True)
     if bms:
-        put("batch_mean", np.stack(bms), "d_mu = (n+1) u_c mean|x| + u |mu|")
+        put("batch_mean", np.stack(bms), "d_mu = (n+1) (u_c mean|x| + eta_c) + u |mu|")
         put("batch_var", np.stack(bvs), f"d_v ({stats_model}) + u |v|")
 
     # -- gradients of the last step. Reductions are NumPy's over the whole x-shaped term, as written in the
@@ -245,6 +247,8 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
     # infinite input its factor is infinite, and 0 * inf would make the bound of a finite gradient NaN.
     aM1 = a * M1 if a else 0.0
 
+    eta_dx = underflow("dx")
+
     def bound_dx(x, ady, dx, gamma, m, mu, r, d_m, rel_s2, M2, aM1, mean_ady, mean_dy_xhat, mean_dy_dxhat):
         xhat_mu = np.abs((x - mu) * r)
         cM2 = c * xhat_mu * M2 if c else 0.0
@@ -253,7 +257,7 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
                              + (c * (d_xhat(x, m, r, d_m, rel_s2) * M2
                                      + xhat_mu * ((n + 2) * u_c * mean_dy_xhat + mean_dy_dxhat)) if c else 0.0))
                 + (4 * u_c + 2 * rel_s2) * T + u_o * np.abs(dx))
-        return SAFETY * (b_dx + underflow("dx"))
+        return SAFETY * (b_dx + eta_dx)
 
     # (reuses the buffer: every term above is reduced already)
     put("dx", _elementwise(term, bound_dx, x, ady, trace["dx"], gamma, m, mu, r, d_m, rel_s2, M2, aM1, mean_ady,
