@@ -217,7 +217,7 @@ class BNSession:
         if hasattr(self.config, "workerinput"):
             names = [adapter]
             if getattr(self.config.option, "loadgroup", False):  # xdist sets it on workers; else tests spread
-                group = {spec.name: _group(spec) for spec in _selection(self.config)}
+                group = _groups(self.config)
                 names = [n for n in self.wanted if n == adapter or group.get(n, n) == group.get(adapter, adapter)]
         runs = []
         for name in names:
@@ -436,11 +436,11 @@ def pytest_xdist_make_scheduler(config, log):
         return None
     from xdist.scheduler import LoadGroupScheduling
 
-    groups = {spec.name: _group(spec) for spec in _selection(config)}
+    groups = _groups(config)
 
     class FamilyScheduling(LoadGroupScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            head, sep, rest = nodeid.partition("::test_batchnorm[")
+            _, sep, rest = nodeid.partition("::test_batchnorm[")
             if sep:
                 adapter = rest.split("/", 1)[0].split("@", 1)[0]  # adapter[@path]/case/quantity]
                 return "bnconform:" + groups.get(adapter, adapter)
@@ -453,6 +453,11 @@ def _group(spec) -> str:
     """The xdist group of an adapter's checks: its framework family's process (adapters sharing one worker
     process in `bnconform run`), else the adapter alone."""
     return getattr(spec, "process", "") or spec.name
+
+
+def _groups(config) -> dict[str, str]:
+    """Adapter name -> its xdist group, for the selected adapters."""
+    return {spec.name: _group(spec) for spec in _selection(config)}
 
 
 def _xdist_worker(config) -> str:
