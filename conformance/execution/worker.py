@@ -687,7 +687,7 @@ class Pool:
                 self.interruption, self.exit_status = "terminated", 128 + signal.SIGTERM
             asked.set()
 
-        with self._signals_to(note):
+        with self._signals_to(note, stopping=asked.is_set):
             self.start()
             while not self.join(0.25):
                 if asked.is_set():
@@ -707,10 +707,14 @@ class Pool:
                 self.interruption, self.exit_status = "terminated", 128 + signal.SIGTERM
             self.late_signal = True
 
-        return self._signals_to(note)
+        return self._signals_to(note, stopping=lambda: self.late_signal)
 
     @staticmethod
-    def _signals_to(handler):
+    def _signals_to(handler, stopping: Callable[[], bool]):
+        """`handler` for SIGINT and SIGTERM while inside. Once a signal has stopped the run (`stopping()`), the
+        process ignores further ones instead of getting the previous handlers back: a second Ctrl-C between
+        two such blocks, or during interpreter shutdown (which resets Python-level handlers to SIG_DFL), would
+        otherwise kill it by the signal (exit -2) with its files half-finished or its exit status lost."""
         import contextlib
         import signal
 
@@ -724,7 +728,7 @@ class Pool:
                 yield
             finally:
                 for s, h in previous.items():
-                    signal.signal(s, h)
+                    signal.signal(s, signal.SIG_IGN if stopping() else h)
 
         return installed()
 

@@ -168,15 +168,23 @@ def _wait_gone(pids: Path, seconds: float = 15) -> list[str]:
 @pytest.mark.parametrize("signals, status, word", [
     ((signal.SIGTERM,), 143, "terminated"),
     ((signal.SIGINT, signal.SIGINT), 130, "interrupted"),  # a double Ctrl-C: still one clean stop
-], ids=["sigterm", "double-ctrl-c"])
+    ((signal.SIGINT,) * 400, 130, "interrupted"),  # Ctrl-C held down until the process is gone
+    ((signal.SIGTERM,) + (signal.SIGINT,) * 400, 143, "terminated"),
+], ids=["sigterm", "double-ctrl-c", "ctrl-c-held", "sigterm-then-ctrl-c-held"])
 def test_a_signal_finishes_the_run_cleanly(tmp_path, signals, status, word):
-    """SIGTERM (CI runners, `timeout`) or Ctrl-C, even twice: exit 128 + the first signal, meta.json
-    'interrupted', the finished checks and the report kept, no traceback, no process left."""
+    """SIGTERM (CI runners, `timeout`) or Ctrl-C, even twice or held down: exit 128 + the first signal,
+    meta.json 'interrupted', the finished checks and the report kept, no traceback, no process left.
+
+    The held key sends a signal every 20 ms until the process exits, so one lands in every window: while the
+    workers stop, between that and the finishing of the files, and during interpreter shutdown (a second
+    Ctrl-C there once ended a CI run's process by the signal, exit -2)."""
     proc, pids = _hang_run(tmp_path, "fork_then_hang")
     try:
         for s in signals:
+            if proc.poll() is not None:
+                break
             proc.send_signal(s)
-            time.sleep(0.3)
+            time.sleep(0.3 if len(signals) <= 2 else 0.02)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
