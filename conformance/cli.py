@@ -702,7 +702,10 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "func", None) is None:  # a bare `bnconform`: the help, not an error
             parser.print_help()
             return 0
-        return args.func(args)
+        status = args.func(args)
+        if status in (130, 143):  # stopped by a signal: exit as such even if another arrives while exiting
+            _ignore_signals()
+        return status
     except UsageError as e:
         print(_one_line(str(e)), file=sys.stderr)
         return 2
@@ -720,14 +723,25 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
+        _ignore_signals()
         print("bnconform: interrupted", file=sys.stderr)
         return 130
     except Terminated:
+        _ignore_signals()
         print("bnconform: terminated", file=sys.stderr)
         return 143
     finally:
-        if previous is not None:
+        if previous is not None and signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _ignore_signals() -> None:
+    """Once a command has been stopped by a signal, the process only exits: a further Ctrl-C or SIGTERM (a
+    key held down, a CI runner's second signal) would otherwise end it by that signal (exit -2, the status
+    lost; at interpreter shutdown Python's handlers are already back to the default)."""
+    if threading_is_main():
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
 
 
 def threading_is_main() -> bool:

@@ -136,7 +136,7 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
     began = time.monotonic()
     console = console or _console()
     specs, registry, cases, available, work = _plan(opts)
-    jobs = min(opts.jobs or os.cpu_count() or 1, len(available))
+    jobs = max(1, opts.jobs or os.cpu_count() or 1)  # more than the adapters: a free slot helps a long one
     threads = WORKER_THREADS  # not cores // jobs: a framework's thread count changes its rounding (and the ratios)
     flags = {"frameworks": opts.frameworks, "tier": opts.tier, "paths": opts.paths, "jobs": jobs,
              "threads_per_worker": threads,
@@ -153,7 +153,7 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
     results.write_meta(run_dir, meta)
     meta["paths"] = {name: sorted({split(i)[1] for i in items}) for name, items in work.items()}
     console.print(f"bnconform run {meta['run_id']}: tier {opts.tier}, {len(cases)} cases, {len(available)} of "
-                  f"{len(specs)} adapters installed, {jobs} at a time, {threads} thread(s) each", highlight=False,
+                  f"{len(specs)} adapters installed, {jobs} worker process(es) at a time, {threads} thread(s) each", highlight=False,
                   soft_wrap=True)
 
     show = progress_mod.make(console)
@@ -164,18 +164,20 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
                        adapter_timeout=opts.adapter_timeout, cache_dir=str((out / CACHE).resolve()),
                        log_dir=str(logs))
     pool = Pool([got.run_for(s.name, work[s.name], cfg) for s in available], jobs)
-    with show:
-        for s in specs:
-            if s in available:
-                show.add(s.name, len(work[s.name]))
-            else:
-                show.skipped(s.name, f"{', '.join(s.missing())} not installed; {install_hint(s.install)}")
-        interrupted = pool.wait(on_interrupt=lambda: console.print(
-            f"{pool.interruption}: stopping the workers, keeping the finished checks", highlight=False))
-    got.writer.close()
-    for line in pool.failures:
-        console.print(f"internal error driving {line}", highlight=False, markup=False)
-    with pool.deferred_signals():  # a second Ctrl-C or SIGTERM now would cut meta.json and the report short
+    # Signals are noted, never raised, from here to the end: Pool.wait stops the workers on the first; one
+    # after it (a second Ctrl-C) must not cut meta.json and the report short.
+    with pool.deferred_signals():
+        with show:
+            for s in specs:
+                if s in available:
+                    show.add(s.name, len(work[s.name]))
+                else:
+                    show.skipped(s.name, f"{', '.join(s.missing())} not installed; {install_hint(s.install)}")
+            interrupted = pool.wait(on_interrupt=lambda: console.print(
+                f"{pool.interruption}: stopping the workers, keeping the finished checks", highlight=False))
+        got.writer.close()
+        for line in pool.failures:
+            console.print(f"internal error driving {line}", highlight=False, markup=False)
         status = _finish(opts, console, specs, registry, meta, got, run_dir, out, interrupted, logs)
     console.print(f"finished in {progress_mod.elapsed(time.monotonic() - began)}", highlight=False, markup=False)
     if interrupted or pool.late_signal:

@@ -417,9 +417,6 @@ class AdapterRun:
     key: str = ""  # the worker process it can share (process_key)
     finished: threading.Event = field(default_factory=threading.Event)
 
-    def __post_init__(self):
-        self.key = self.key or process_key(self.adapter_name)
-
     warnings: list[dict] = field(default_factory=list)  # Python warnings the framework raised (quiet_frameworks)
 
     def _warned(self, caught) -> None:
@@ -453,41 +450,73 @@ class AdapterRun:
         got = worker.setup(self.adapter_name, timeout, self.stopped)
         if isinstance(got, str):
             return got
-        self.versions = got[0]
-        self._warned(got[1])
-        self.startup_seconds += time.monotonic() - t0
+        with self._lock:
+            self.versions = got[0]
+            self._warned(got[1])
+            self.startup_seconds += time.monotonic() - t0
         return None
 
     def _wait(self, conn, timeout: float, proc=None) -> bool:
         return _await(conn, timeout, proc, self.stopped)
 
+    def __post_init__(self):
+        self.key = self.key or process_key(self.adapter_name)
+        self._queue = list(self.case_ids)  # items not yet sent to a worker, shared by every thread serving this run
+        self._lock = threading.Lock()
+        self._active = 0  # threads serving this run now (the Pool may add a second: `share`)
+        self._began: float | None = None
+        self._item_seconds = 0.0  # time the items sent so far took, for the rate `remaining_seconds` uses
+        self._items_done = 0
+
+    def _next(self) -> str | None:
+        with self._lock:
+            return self._queue.pop(0) if self._queue else None
+
+    def _drain(self) -> list[str]:
+        with self._lock:
+            rest, self._queue = self._queue, []
+            return rest
+
+    def remaining_seconds(self) -> float | None:
+        """Roughly how long the items not yet sent would take one process, at the rate of the items done so
+        far; None before two are done (no rate yet)."""
+        with self._lock:
+            if self._items_done < 2 or not self._queue:
+                return None
+            return len(self._queue) * self._item_seconds / self._items_done
+
     def run(self, worker: WorkerProcess | None = None) -> None:
         """Every case, in `worker` (left running for the next adapter of its key) or in a process of its own
-        (stopped at the end)."""
+        (stopped at the end). Several threads may serve one run at once, each with its own worker process
+        (Pool: a slot with nothing left to start helps a long run finish): each takes the next case from the
+        shared queue, and the last one out reports the run finished."""
         own = worker is None
         worker = worker or WorkerProcess(self.key, self.config)
-        began = time.monotonic()
+        with self._lock:
+            self._active += 1
+            if self._began is None:
+                self._began = time.monotonic()
+        began = self._began
         deadline = began + self.config.adapter_timeout
-        pending = list(self.case_ids)
         try:
-            while pending and not self.stopped.is_set():
+            while not self.stopped.is_set() and (case_id := self._next()) is not None:
                 if self.adapter_name not in worker.ready:
                     err = self._setup(worker, timeout=max(deadline - time.monotonic(), 0.0))
                     if self.stopped.is_set():
                         return
                     if err:
-                        for cid in pending:
+                        for cid in [case_id, *self._drain()]:
                             self.on_records(cid, self._error_records(cid, err.splitlines()[0], err))
                         return
                     self.on_event("started", {"versions": self.versions, "startup_seconds": self.startup_seconds})
-                case_id = pending[0]
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    for cid in pending:
+                    for cid in [case_id, *self._drain()]:
                         self.on_records(cid, self._error_records(
                             cid, f"adapter timeout: {self.config.adapter_timeout:.0f} s spent before this case"))
                     return
                 conn = worker.conn
+                sent = time.monotonic()
                 conn.send(("eval", self.adapter_name, case_id))
                 timeout = min(self.config.case_timeout, remaining)
                 reason = None
@@ -500,7 +529,9 @@ class AdapterRun:
                         code = worker.proc.exitcode
                         reason = f"worker crashed (exit code {code}{_signal_name(code)})"
                     else:
-                        pending.pop(0)
+                        with self._lock:
+                            self._item_seconds += time.monotonic() - sent
+                            self._items_done += 1
                         if msg[0] == "done":
                             self._warned(msg[3] if len(msg) > 3 else None)
                             self.on_records(case_id, msg[2])
@@ -515,12 +546,11 @@ class AdapterRun:
                     reason = f"timed out after {timeout:.0f} s"
                 # crash or hang: this case is an error, the rest continue in a fresh worker
                 worker.kill()
-                pending.pop(0)
                 self.on_records(case_id, self._error_records(case_id, reason))
                 self.restarts += 1
                 self.on_event("restart", {"case": case_id, "reason": reason})
                 if self.restarts > MAX_RESTARTS:
-                    for cid in pending:
+                    for cid in self._drain():
                         self.on_records(cid, self._error_records(
                             cid, f"adapter abandoned after {MAX_RESTARTS} worker failures (last: {reason})"))
                     return
@@ -529,9 +559,13 @@ class AdapterRun:
                 worker.kill()
             elif own:
                 worker.stop()
-            self.finished.set()
-            self.on_event("finished", {"wall_seconds": time.monotonic() - began,
-                                       "startup_seconds": self.startup_seconds, "warnings": self.warnings})
+            with self._lock:
+                self._active -= 1
+                last = self._active == 0 and (not self._queue or self.stopped.is_set())
+            if last:
+                self.finished.set()
+                self.on_event("finished", {"wall_seconds": time.monotonic() - began,
+                                           "startup_seconds": self.startup_seconds, "warnings": self.warnings})
 
 
 def _await(conn, timeout: float, proc=None, stopped: threading.Event | None = None) -> bool:
@@ -589,8 +623,18 @@ class Pool:
 
     A slot keeps its process for the next run of the same process key (the family's imports are paid once);
     when none is left it takes a run of a key no other slot is running (so the families spread over the
-    slots), else shares a running family that has two runs or more left, in a fresh process; else it is done.
-    Families with more adapters go first: they are the longest."""
+    slots), else shares a running family that has two runs or more left, in a fresh process. Families with
+    more adapters go first: they are the longest.
+
+    With no run left to start, a slot helps the run of another slot that has the most left to do, if that is
+    at least SHARE_SECONDS at its rate so far (its own process when it is of that family, else a fresh one):
+    both then take the run's next cases from one queue (AdapterRun.run). Without it the last long adapter
+    of a run (a JAX library compiling every case: 30-45 s cold) ran alone while the other core idled, and a
+    run of one adapter used one core. A slot with nothing to take or help waits while another slot still
+    runs something it may yet help with; then it is done."""
+
+    SHARE_SECONDS = 8.0  # a fresh process costs 1-6 s (imports, set-up, first compilations): help only where it pays
+    POLL_SECONDS = 0.5
 
     def __init__(self, runs: Iterable, jobs: int):
         self.runs = list(runs)
@@ -602,24 +646,49 @@ class Pool:
             size[_key(run)] = size.get(_key(run), 0) + 1
         self._pending = sorted(self.runs, key=lambda r: -size[_key(r)])  # stable: catalogue order within a key
         self._running: dict[int, str] = {}  # slot -> key of its live process
+        self._serving: dict[int, object] = {}  # slot -> the run it serves now
         self._lock = threading.Lock()
 
     def _take(self, slot: int, current: str | None):
-        with self._lock:
-            if not self._pending or any(r.stopped.is_set() for r in self.runs):
-                return None
-            others = [k for s, k in self._running.items() if s != slot]
-            pending = [_key(r) for r in self._pending]
-            run = (next((r for r in self._pending if _key(r) == current), None)
-                   or next((r for r in self._pending if _key(r) not in others), None)
-                   # a second process of a running family pays its imports again: only for two runs or more
-                   or next((r for r in self._pending if pending.count(_key(r)) >= 2), None))
-            if run is None:
-                self._running.pop(slot, None)
-                return None
-            self._pending.remove(run)
-            self._running[slot] = _key(run)
-            return run
+        """The next run for `slot` (a pending one, or one to help), waiting while another slot runs something
+        that may yet need help; None when the slot is done."""
+        while True:
+            with self._lock:
+                self._serving.pop(slot, None)
+                if any(r.stopped.is_set() for r in self.runs):
+                    return None
+                run = self._pending_for(slot, current)
+                if run is not None:
+                    self._pending.remove(run)
+                else:
+                    run = self._to_help(slot)
+                if run is not None:
+                    self._running[slot], self._serving[slot] = _key(run), run
+                    return run
+                if not self._may_help_later(slot):
+                    self._running.pop(slot, None)
+                    return None
+            time.sleep(self.POLL_SECONDS)
+
+    def _may_help_later(self, slot: int) -> bool:
+        """Whether a run this slot may yet help is running in another slot or still to start there."""
+        return any(getattr(r, "key", "") and hasattr(r, "remaining_seconds")
+                   for r in [*self._pending, *(r for s, r in self._serving.items() if s != slot)])
+
+    def _pending_for(self, slot: int, current: str | None):
+        others = [k for s, k in self._running.items() if s != slot]
+        pending = [_key(r) for r in self._pending]
+        return (next((r for r in self._pending if _key(r) == current), None)
+                or next((r for r in self._pending if _key(r) not in others), None)
+                # a second process of a running family pays its imports again: only for two runs or more
+                or next((r for r in self._pending if pending.count(_key(r)) >= 2), None))
+
+    def _to_help(self, slot: int):
+        """The run of another slot with the most time left, if it is worth a second process (SHARE_SECONDS)."""
+        left = [(r.remaining_seconds() or 0.0, r) for s, r in self._serving.items()
+                if s != slot and getattr(r, "key", "") and hasattr(r, "remaining_seconds")]
+        best = max(left, key=lambda pair: pair[0], default=(0.0, None))
+        return best[1] if best[0] >= self.SHARE_SECONDS else None
 
     def _drive(self, slot: int) -> None:
         worker = None
@@ -652,7 +721,7 @@ class Pool:
         return bool(mine) and not finished and any(t.is_alive() for t in self.threads)
 
     def start(self) -> None:
-        for slot in range(min(self.jobs, len(self.runs))):
+        for slot in range(self.jobs if self.runs else 0):  # a slot left without a run may help one
             t = threading.Thread(target=self._drive, args=(slot,), name=f"drive[{slot}]", daemon=True)
             t.start()
             self.threads.append(t)
@@ -687,7 +756,7 @@ class Pool:
                 self.interruption, self.exit_status = "terminated", 128 + signal.SIGTERM
             asked.set()
 
-        with self._signals_to(note, stopping=asked.is_set):
+        with self._signals_to(note):
             self.start()
             while not self.join(0.25):
                 if asked.is_set():
@@ -707,14 +776,10 @@ class Pool:
                 self.interruption, self.exit_status = "terminated", 128 + signal.SIGTERM
             self.late_signal = True
 
-        return self._signals_to(note, stopping=lambda: self.late_signal)
+        return self._signals_to(note)
 
     @staticmethod
-    def _signals_to(handler, stopping: Callable[[], bool]):
-        """`handler` for SIGINT and SIGTERM while inside. Once a signal has stopped the run (`stopping()`), the
-        process ignores further ones instead of getting the previous handlers back: a second Ctrl-C between
-        two such blocks, or during interpreter shutdown (which resets Python-level handlers to SIG_DFL), would
-        otherwise kill it by the signal (exit -2) with its files half-finished or its exit status lost."""
+    def _signals_to(handler):
         import contextlib
         import signal
 
@@ -728,7 +793,7 @@ class Pool:
                 yield
             finally:
                 for s, h in previous.items():
-                    signal.signal(s, signal.SIG_IGN if stopping() else h)
+                    signal.signal(s, h)
 
         return installed()
 

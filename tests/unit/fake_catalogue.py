@@ -9,6 +9,8 @@ conformance.core.catalogue), so the runner and the pytest plugin drive them in w
   fake.family.oracle, fake.family.killer
                        the oracle and the killer sharing one worker process (process "fake-family"); each
                        writes the pid it was set up in to $BNCONFORM_FAKE_PIDS/<name>.<pid> when that is set
+  fake.slow            the oracle, taking BNCONFORM_FAKE_SLEEP seconds (default 0.2) per case, like a framework
+                       that compiles every case; writes its pids as fake.family.* does
   fake.noisy           the oracle, logging like a framework: C-level lines on stderr and stdout at import and
                        on every case, and a FutureWarning per case
   torch.nn.BatchNorm[misdeclared]  the real torch module declared with a biased running variance: real
@@ -53,6 +55,12 @@ class FamilyMember(SelfKilling):
         return super().run(p) if self.name.endswith("killer") else OracleAdapter.run(self, p)
 
 
+class Slow(FamilyMember):
+    def run(self, p):
+        time.sleep(float(os.environ.get("BNCONFORM_FAKE_SLEEP", "0.2")))
+        return OracleAdapter.run(self, p)
+
+
 class Noisy(OracleAdapter):
     NOISE = "I0000 00:00:1 port.cc:153] oneDNN custom operations are on (fake framework log line)"
 
@@ -81,6 +89,7 @@ SPECS = (
     AdapterSpec("fake.wrong_var", HERE, "OracleAdapter", ("numpy",), _NUMPY, "fake",
                 {"name": "fake.wrong_var", "scale_running_var": 1.5}, False),
     AdapterSpec("fake.killer", HERE, "SelfKilling", ("numpy",), _NUMPY, "fake", {"name": "fake.killer"}, False),
+    AdapterSpec("fake.slow", HERE, "Slow", ("numpy",), _NUMPY, "fake", {"name": "fake.slow"}, False),
     AdapterSpec("fake.noisy", HERE, "Noisy", ("numpy",), _NUMPY, "fake", {"name": "fake.noisy"}, False),
     AdapterSpec("fake.absent", HERE, "OracleAdapter", ("bnconform_no_such_framework",),
                 "pip install bnconform-no-such-framework", "fake", {"name": "fake.absent"}, False),

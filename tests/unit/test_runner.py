@@ -271,3 +271,37 @@ def test_compiled_code_caches_go_under_the_results_directory_unless_chosen(monke
     persistent_caches(str(tmp_path / ".cache"))
     assert os.environ["BNCONFORM_CACHE_DIR"] == "/mine" and os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/mine/inductor"
     assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/mine/xla"
+
+
+def test_a_free_slot_helps_the_longest_run_and_every_case_is_recorded_once(tmp_path, monkeypatch):
+    """One slow adapter, two slots: the second starts a process of its own and takes cases from the same queue
+    (Pool._to_help), every case is recorded exactly once with the verdicts of an unshared run, and the run
+    reports finished once, after both processes are done."""
+    from conformance.execution.worker import AdapterRun, Pool, WorkerConfig
+
+    from .clirun import FAKES
+
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    for k, v in {"BNCONFORM_EXTRA_ADAPTERS": FAKES, "BNCONFORM_FAKE_PIDS": str(pids),
+                 "BNCONFORM_FAKE_SLEEP": "0.15"}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(Pool, "SHARE_SECONDS", 1.0)
+    items = [c.id for c in cases_for_tier("default")[:24]]
+
+    def run(jobs: int):
+        got, events = {}, []
+        r = AdapterRun("fake.slow", items, WorkerConfig(threads=1),
+                       on_records=lambda cid, recs: got.setdefault(cid, []).append(recs),
+                       on_event=lambda kind, info: events.append(kind))
+        assert Pool([r], jobs).wait() is False
+        return got, events
+
+    shared, events = run(2)
+    assert len(list(pids.iterdir())) == 2, "set up in two processes"
+    assert sorted(shared) == sorted(items) and all(len(v) == 1 for v in shared.values())
+    assert events.count("finished") == 1 and events.count("started") == 2
+    alone, _ = run(1)
+    verdicts = {cid: [(x["quantity"], x["verdict"], x.get("metrics")) for x in v[0]] for cid, v in shared.items()}
+    assert verdicts == {cid: [(x["quantity"], x["verdict"], x.get("metrics")) for x in v[0]] for cid, v in alone.items()}
+    assert len(list(pids.iterdir())) == 3, "alone: one process"
