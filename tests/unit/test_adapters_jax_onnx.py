@@ -358,6 +358,34 @@ def test_flax_nnx_keeps_float32_running_statistics_in_a_float64_model():
     assert within_bound(a, p, a.convention, "running_var")
 
 
+@pytest.mark.parametrize("name", ["flax.linen", "flax.nnx"])
+def test_flax_float16_dx_is_the_float16_sum_of_two_converted_uses_of_x(name):
+    """The evidence behind flax-float16-input-cotangent-summed-in-float16: flax's float16 dx on the n = 2
+    corpus case is, bit for bit, jax.vjp of the same float32 steps with x converted to float32 twice (once for
+    the statistics, once where the normalization promotes it), and converting it once gives the oracle's
+    answer to float16 rounding."""
+    import jax
+    import jax.numpy as jnp
+
+    a = ready(name)
+    p = problem("f16-2x1-ax1-T-a0.1-eps1e-05-s0")
+    x, dy = jnp.asarray(p.xs[0], jnp.float16), jnp.asarray(p.dy, jnp.float16)
+    g, b, eps = jnp.asarray(p.gamma, jnp.float16), jnp.asarray(p.beta, jnp.float16), p.eps
+
+    def normalized(x_for_stats, x_for_y):
+        m = x_for_stats.mean(0)
+        v = ((x_for_stats - m) ** 2).mean(0)
+        return ((x_for_y - m) * (jax.lax.rsqrt(v + eps) * g) + b).astype(jnp.float16)
+
+    twice = jax.vjp(lambda x: normalized(x.astype(jnp.float32), x), x)[1](dy)[0]
+    once = jax.vjp(lambda x: (lambda x32: normalized(x32, x32))(x.astype(jnp.float32)), x)[1](dy)[0]
+    observed = a.run(p).values["dx"]
+    expected = simulate(p, a.convention)["dx"]
+    np.testing.assert_array_equal(observed, np.asarray(twice, np.float64))
+    assert np.max(np.abs(observed - expected)) > 5 * np.max(np.abs(expected))  # 8x the answer
+    assert np.max(np.abs(np.asarray(once, np.float64) - expected)) < 1e-3 * np.max(np.abs(expected))
+
+
 def _equinox_under_shard_map(mode: str, check_vma: bool):
     """One training step of equinox BatchNorm(mode) under jax.shard_map over the sync path's devices, the way
     the sync path would run it (axis_name = the vmapped batch and the device axis)."""
