@@ -358,17 +358,19 @@ def test_flax_nnx_keeps_float32_running_statistics_in_a_float64_model():
     assert within_bound(a, p, a.convention, "running_var")
 
 
+@pytest.mark.parametrize("case_id, worse", [("f16-2x1-ax1-T-a0.1-eps1e-05-s0", 5.0),
+                                             ("f16-8x4-ax1-T-a0.1-eps1e-05-sc0.01-s0", 4e-4)])
 @pytest.mark.parametrize("name", ["flax.linen", "flax.nnx"])
-def test_flax_float16_dx_is_the_float16_sum_of_two_converted_uses_of_x(name):
-    """The evidence behind flax-float16-input-cotangent-summed-in-float16: flax's float16 dx on the n = 2
-    corpus case is, bit for bit, jax.vjp of the same float32 steps with x converted to float32 twice (once for
-    the statistics, once where the normalization promotes it), and converting it once gives the oracle's
-    answer to float16 rounding."""
+def test_flax_float16_dx_is_the_float16_sum_of_two_converted_uses_of_x(name, case_id, worse):
+    """The evidence behind flax-float16-input-cotangent-summed-in-float16: flax's float16 dx is, bit for bit,
+    jax.vjp of the same float32 steps with x converted to float32 twice (once for the statistics, once where
+    the normalization promotes it), and converting it once gives the oracle's answer to float16 rounding. On
+    the n = 2 corpus case dx is 8x the answer; with std 0.01 the error is 5e-4 of max |dx|, 2.7x its bound."""
     import jax
     import jax.numpy as jnp
 
     a = ready(name)
-    p = problem("f16-2x1-ax1-T-a0.1-eps1e-05-s0")
+    p = problem(case_id)
     x, dy = jnp.asarray(p.xs[0], jnp.float16), jnp.asarray(p.dy, jnp.float16)
     g, b, eps = jnp.asarray(p.gamma, jnp.float16), jnp.asarray(p.beta, jnp.float16), p.eps
 
@@ -382,7 +384,7 @@ def test_flax_float16_dx_is_the_float16_sum_of_two_converted_uses_of_x(name):
     observed = a.run(p).values["dx"]
     expected = simulate(p, a.convention)["dx"]
     np.testing.assert_array_equal(observed, np.asarray(twice, np.float64))
-    assert np.max(np.abs(observed - expected)) > 5 * np.max(np.abs(expected))  # 8x the answer
+    assert np.max(np.abs(observed - expected)) > worse * np.max(np.abs(expected))
     assert np.max(np.abs(np.asarray(once, np.float64) - expected)) < 1e-3 * np.max(np.abs(expected))
 
 
