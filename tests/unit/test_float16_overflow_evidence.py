@@ -1,0 +1,54 @@
+"""The evidence behind the float16 overflow findings of the std-0.01 case (registry: haiku-float16-rsqrt-
+derivative-overflows, tf-xla-float16-rsqrt-grad-cubes-first), reduced to the one operation each names: the
+derivative of 1/sqrt(v) at v = var + eps = 1.1e-4, where y = v^(-1/2) = 95 and dy is small, so that the
+gradient itself (-0.5 dy y^3) is representable in float16 but y^3 = 8.6e5 is not. Each runs in a fresh
+Python (the frameworks' own flags and devices)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+TF = """
+import json, tensorflow as tf
+y = tf.constant([95.0], tf.float16)   # rsqrt(1.1e-4)
+dy = tf.constant([0.01], tf.float16)
+eager = tf.raw_ops.RsqrtGrad(y=y, dy=dy)
+xla = tf.function(lambda y, dy: tf.raw_ops.RsqrtGrad(y=y, dy=dy), jit_compile=True)(y, dy)
+print(json.dumps({"eager": float(eager[0]), "xla": float(xla[0])}))
+"""
+
+JAX = """
+import json, jax, jax.numpy as jnp
+v = jnp.asarray([1.1e-4], jnp.float16)
+f = lambda v: (jax.lax.rsqrt(v) * 0.01).sum()     # a small cotangent reaching 1/sqrt(var + eps)
+print(json.dumps({"float16": float(jax.grad(f)(v)[0]),
+                  "float32": float(jax.grad(f)(v.astype(jnp.float32))[0])}))
+"""
+
+
+def _run(code: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_tf_rsqrt_grad_is_finite_eagerly_and_infinite_under_xla_in_float16():
+    pytest.importorskip("tensorflow")
+    got = _run(TF)
+    assert abs(got["eager"] - (-0.5 * 0.01 * 95.0**3)) < 0.01 * 4287  # -4287: within float16's range
+    assert got["xla"] == float("-inf")  # (y * y) * y overflows before dy / -2 scales it
+
+
+def test_jax_rsqrt_derivative_overflows_in_float16():
+    pytest.importorskip("jax")
+    got = _run(JAX)
+    assert got["float16"] == float("-inf")  # 0.01 * -0.5 * (ans / x): ans / x = 8.7e5 > 65504
+    assert -4500 < got["float32"] < -4000
