@@ -6,8 +6,9 @@
 
 1. a cold run (`bnconform run`, JAX/Keras persistent compilation caches emptied) and a warm rerun, each timed
    end to end as a user sees it (imports, compilation, checks, results, analysis, report);
-2. from each run's records and metadata: per adapter its wall time, start-up (process, imports, setup: the
-   first adapter of a shared family process pays the family's imports), time inside the framework, time in
+2. from each run's records and metadata: per adapter its worker time (every process that served it, a
+   helping one too), start-up (process, imports, setup: the first adapter of a shared family process pays
+   the family's imports), time inside the framework, time in
    the harness (oracle, bounds, comparison, diagnosis, evidence), other (IPC, conversions, compilation outside
    `run()`), checks and checks per second; per execution path (records' `path`, "eager" when absent) its
    checks, framework and harness time; and the ratios the targets are stated in: start-up / worker time,
@@ -83,7 +84,9 @@ def breakdown(meta: dict, records: list[dict], report_seconds: float) -> tuple[l
         if m["name"] not in per:
             continue
         a, t = per[m["name"]], m.get("timing") or {}
-        wall, startup = float(t.get("wall_seconds", 0.0)), float(t.get("startup_seconds", 0.0))
+        # worker_seconds: every process that served the adapter (a helper's too); wall_seconds in older runs
+        wall = float(t.get("worker_seconds", t.get("wall_seconds", 0.0)))
+        startup = float(t.get("startup_seconds", 0.0))
         other = wall - startup - a["framework"] - a["harness"]
         rows.append([m["name"], wall, startup, a["framework"], a["harness"], other, a["checks"],
                      a["checks"] / wall if wall else 0.0])
@@ -106,7 +109,7 @@ def print_breakdown(label: str, end_to_end: float, rows, totals, path_rows) -> N
           f"{totals['report']:.1f} s of {worker:.1f} s worker time + report)")
     print(f"  wall / framework time: {end_to_end / fw if fw else float('nan'):.2f} "
           f"({end_to_end:.1f} s end to end / {fw:.1f} s inside the frameworks)\n")
-    print("| adapter | wall s | start-up s | framework s | harness s | other s | checks | checks/s |")
+    print("| adapter | worker s | start-up s | framework s | harness s | other s | checks | checks/s |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, wall, startup, fw_s, hs, oth, checks, rate in sorted(rows, key=lambda r: -r[1]):
         print(f"| {name} | {wall:.1f} | {startup:.1f} | {fw_s:.1f} | {hs:.2f} | {oth:.1f} | {checks} | {rate:.0f} |")

@@ -467,6 +467,7 @@ class AdapterRun:
         self._began: float | None = None
         self._item_seconds = 0.0  # time the items sent so far took, for the rate `remaining_seconds` uses
         self._items_done = 0
+        self._worker_seconds = 0.0  # every serving thread's time, added (wall_seconds where none helped)
 
     def _next(self) -> str | None:
         with self._lock:
@@ -492,6 +493,7 @@ class AdapterRun:
         shared queue, and the last one out reports the run finished."""
         own = worker is None
         worker = worker or WorkerProcess(self.key, self.config)
+        entered = time.monotonic()
         with self._lock:
             self._active += 1
             if self._began is None:
@@ -561,10 +563,12 @@ class AdapterRun:
                 worker.stop()
             with self._lock:
                 self._active -= 1
+                self._worker_seconds += time.monotonic() - entered
                 last = self._active == 0 and (not self._queue or self.stopped.is_set())
             if last:
                 self.finished.set()
                 self.on_event("finished", {"wall_seconds": time.monotonic() - began,
+                                           "worker_seconds": self._worker_seconds,
                                            "startup_seconds": self.startup_seconds, "warnings": self.warnings})
 
 
