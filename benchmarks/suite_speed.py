@@ -33,9 +33,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+CPU_SECONDS: list[float] = []  # per bnconform run: user + system time of the run and every worker it started
+
+
+def _cpu_of_children() -> float:
+    import resource
+
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
+
+
 def _run(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
-    t0 = time.perf_counter()
+    """Wall seconds and the finished process. The CPU seconds it and its reaped children used go to
+    CPU_SECONDS: on a shared machine wall time moves with the neighbours' load (the same run measured
+    175-205 s cold here), CPU time less, so the two together tell a slower machine from a slower suite."""
+    t0, c0 = time.perf_counter(), _cpu_of_children()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    CPU_SECONDS.append(_cpu_of_children() - c0)
     return time.perf_counter() - t0, proc
 
 
@@ -192,6 +206,10 @@ def main(argv=None) -> int:
     cold, cold_dir = bnconform_run(args, out / "cold", env)
     warm, warm_dir = bnconform_run(args, out / "warm", env)
     summary(args, cold, warm)
+    cores = os.cpu_count() or 1
+    print(f"  CPU time (the run and its workers, user + system): cold {CPU_SECONDS[0]:.1f} s, warm "
+          f"{CPU_SECONDS[1]:.1f} s ({cores} cores: a perfectly packed cold run would take "
+          f"{CPU_SECONDS[0] / cores:.1f} s)")
     for label, wall, run_dir in (("cold", cold, cold_dir), ("warm", warm, warm_dir)):
         meta, records = _load(run_dir)
         rendering = report_seconds(run_dir, out / f"report-{label}.html", env)
