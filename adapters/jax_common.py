@@ -368,7 +368,6 @@ def device(jax) -> str:
     return f"{d.platform}:{d.id}"
 
 
-
 class JaxAdapter(Adapter):
     """What every JAX-based adapter shares: importing JAX once per worker (`setup`; the subclass then imports
     its framework), one jitted set of functions per configuration (`jitted`, `modules`), the paths of this

@@ -153,8 +153,9 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
     results.write_meta(run_dir, meta)
     meta["paths"] = {name: sorted({split(i)[1] for i in items}) for name, items in work.items()}
     console.print(f"bnconform run {meta['run_id']}: tier {opts.tier}, {len(cases)} cases, {len(available)} of "
-                  f"{len(specs)} adapters installed, {jobs} worker process(es) at a time, {threads} thread(s) each", highlight=False,
-                  soft_wrap=True)
+                  f"{len(specs)} adapters installed, {jobs} worker process(es) at a time, "
+                  f"{threads} thread(s) each",
+                  highlight=False, soft_wrap=True)
 
     show = progress_mod.make(console)
     got = _Collector(results.RecordWriter(run_dir / results.RECORDS), [s.name for s in available], show)

@@ -461,7 +461,7 @@ class AdapterRun:
 
     def __post_init__(self):
         self.key = self.key or process_key(self.adapter_name)
-        self._queue = list(self.case_ids)  # items not yet sent to a worker, shared by every thread serving this run
+        self._queue = list(self.case_ids)  # not yet sent to a worker; shared by every thread serving the run
         self._lock = threading.Lock()
         self._active = 0  # threads serving this run now (the Pool may add a second: `share`)
         self._began: float | None = None
@@ -497,7 +497,7 @@ class AdapterRun:
         with self._lock:
             self._active += 1
             if self._began is None:
-                self._began = time.monotonic()
+                self._began = entered
         began = self._began
         deadline = began + self.config.adapter_timeout
         try:
@@ -637,7 +637,7 @@ class Pool:
     run of one adapter used one core. A slot with nothing to take or help waits while another slot still
     runs something it may yet help with; then it is done."""
 
-    SHARE_SECONDS = 8.0  # a fresh process costs 1-6 s (imports, set-up, first compilations): help only where it pays
+    SHARE_SECONDS = 8.0  # a fresh process costs 1-6 s (imports, set-up, first compiles): help where it pays
     POLL_SECONDS = 0.5
 
     def __init__(self, runs: Iterable, jobs: int):
@@ -676,8 +676,7 @@ class Pool:
 
     def _may_help_later(self, slot: int) -> bool:
         """Whether a run this slot may yet help is running in another slot or still to start there."""
-        return any(getattr(r, "key", "") and hasattr(r, "remaining_seconds")
-                   for r in [*self._pending, *(r for s, r in self._serving.items() if s != slot)])
+        return any(map(_helpable, [*self._pending, *(r for s, r in self._serving.items() if s != slot)]))
 
     def _pending_for(self, slot: int, current: str | None):
         others = [k for s, k in self._running.items() if s != slot]
@@ -688,9 +687,9 @@ class Pool:
                 or next((r for r in self._pending if pending.count(_key(r)) >= 2), None))
 
     def _to_help(self, slot: int):
-        """The run of another slot with the most time left, if it is worth a second process (SHARE_SECONDS)."""
+        """Another slot's run with the most time left, if that is worth a second process (SHARE_SECONDS)."""
         left = [(r.remaining_seconds() or 0.0, r) for s, r in self._serving.items()
-                if s != slot and getattr(r, "key", "") and hasattr(r, "remaining_seconds")]
+                if s != slot and _helpable(r)]
         best = max(left, key=lambda pair: pair[0], default=(0.0, None))
         return best[1] if best[0] >= self.SHARE_SECONDS else None
 
@@ -800,6 +799,12 @@ class Pool:
                     signal.signal(s, h)
 
         return installed()
+
+
+def _helpable(run) -> bool:
+    """Whether a second process can serve `run`: an AdapterRun (a process key, a shared queue); tests' bare
+    stand-ins are not."""
+    return bool(getattr(run, "key", "")) and hasattr(run, "remaining_seconds")
 
 
 def _key(run) -> str:
