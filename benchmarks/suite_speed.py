@@ -33,10 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-CPU_SECONDS: list[float] = []  # per bnconform run: user + system time of the run and every worker it started
-
-
 def _cpu_of_children() -> float:
+    """User + system seconds of every child this process has reaped (and of the children they reaped)."""
     import resource
 
     use = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -44,12 +42,8 @@ def _cpu_of_children() -> float:
 
 
 def _run(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
-    """Wall seconds and the finished process. The CPU seconds it and its reaped children used go to
-    CPU_SECONDS: on a shared machine wall time moves with the neighbours' load (the same run measured
-    175-205 s cold here), CPU time less, so the two together tell a slower machine from a slower suite."""
-    t0, c0 = time.perf_counter(), _cpu_of_children()
+    t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    CPU_SECONDS.append(_cpu_of_children() - c0)
     return time.perf_counter() - t0, proc
 
 
@@ -64,14 +58,19 @@ def _load(run_dir: Path) -> tuple[dict, list[dict]]:
     return meta, records
 
 
-def bnconform_run(args, out: Path, env: dict) -> tuple[float, Path]:
+def bnconform_run(args, out: Path, env: dict) -> tuple[float, float, Path]:
+    """Wall seconds, CPU seconds (the run and every worker it started) and the run's directory. CPU time too:
+    on a shared machine wall time moves with the neighbours' load (the same run measured 175-205 s cold
+    here), CPU time less, so the two together tell a slower machine from a slower suite."""
     cmd = [sys.executable, "-m", "conformance", "run", "--frameworks", args.frameworks, "--tier", args.tier,
            "--out", str(out), "--paths", args.paths] + (["--jobs", str(args.jobs)] if args.jobs else [])
     cmd += ["-k", args.k] if args.k else []
+    cpu = _cpu_of_children()
     wall, proc = _run(cmd, env)
+    cpu = _cpu_of_children() - cpu
     if proc.returncode not in (0, 1):
         sys.exit(f"bnconform run failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    return wall, _latest_run(out)
+    return wall, cpu, _latest_run(out)
 
 
 def breakdown(meta: dict, records: list[dict], report_seconds: float) -> tuple[list[list], dict, list[list]]:
@@ -203,13 +202,12 @@ def main(argv=None) -> int:
     shutil.rmtree(out, ignore_errors=True)
     cache = out / "cache"
     env["BNCONFORM_CACHE_DIR"] = str(cache)  # a private, initially empty compilation cache
-    cold, cold_dir = bnconform_run(args, out / "cold", env)
-    warm, warm_dir = bnconform_run(args, out / "warm", env)
+    cold, cold_cpu, cold_dir = bnconform_run(args, out / "cold", env)
+    warm, warm_cpu, warm_dir = bnconform_run(args, out / "warm", env)
     summary(args, cold, warm)
     cores = os.cpu_count() or 1
-    print(f"  CPU time (the run and its workers, user + system): cold {CPU_SECONDS[0]:.1f} s, warm "
-          f"{CPU_SECONDS[1]:.1f} s ({cores} cores: a perfectly packed cold run would take "
-          f"{CPU_SECONDS[0] / cores:.1f} s)")
+    print(f"  CPU time (the run and its workers, user + system): cold {cold_cpu:.1f} s, warm "
+          f"{warm_cpu:.1f} s ({cores} cores: a perfectly packed cold run would take {cold_cpu / cores:.1f} s)")
     for label, wall, run_dir in (("cold", cold, cold_dir), ("warm", warm, warm_dir)):
         meta, records = _load(run_dir)
         rendering = report_seconds(run_dir, out / f"report-{label}.html", env)
