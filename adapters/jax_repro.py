@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from reference import FIRST_ORDER, SECOND_ORDER
+
 from . import jax_common as jc
 
 
@@ -36,22 +38,43 @@ def snippet(p, define: list[str], params: str, state: str, read: str, path: str 
         *_path_lines(p, path, ensemble, sharded),
     ]
     place = "jax.device_put(cast(x, dt), shard)" if path == jc.SYNC and sharded else "cast(x, dt)"
+    gradients = bool(p.quantities & (FIRST_ORDER | SECOND_ORDER))  # as Adapter.wants_gradients
+    read_line = (f"    ys.append(y); stats.append(read({pick}(state)))" if pick else
+                 "    ys.append(y); stats.append(read(state))")
     body = [
         "step = {t: jax.jit(lambda params, state, x, t=t: apply(params, state, x, t)) for t in (True, False)}",
+        *(_gradient_program(p) if gradients else []),
         f"read = lambda state: {read}",
         "ys, stats = [], []",
-        "for x, mode in zip(p.xs, p.modes):",
-        f"    train, before, x = {train}, state, {place}",
-        "    y, state = step[train](params, state, x)",
-        f"    ys.append(y); stats.append(read({pick}(state)))" if pick else
-        "    ys.append(y); stats.append(read(state))",
+    ]
+    if gradients:  # as jax_common._steps: a last training step is one program with its gradients
+        body += [
+            "for k, (x, mode) in enumerate(zip(p.xs, p.modes)):",
+            f"    train, before, x = {train}, state, {place}",
+            "    if k == len(p.xs) - 1 and train:  # a train step: forward, update and gradients together",
+            "        y, state, *d = grads[train](params, state, x, dy, v)",
+            "    else:",
+            "        y, state = step[train](params, state, x)",
+            read_line,
+            "if not train:  # the inference forward ran alone; its gradients are a program of their own",
+            "    d = grads[train](params, before, x, dy, v)[2:]",
+            "dx, dp, d2x, d2g = d",
+        ]
+    else:
+        body += [
+            "for x, mode in zip(p.xs, p.modes):",
+            f"    train, before, x = {train}, state, {place}",
+            "    y, state = step[train](params, state, x)",
+            read_line,
+        ]
+    body += [
         "f64 = lambda a: np.asarray(a).astype(np.float64)",
         "observed = {'y': np.stack([f64(y) for y in ys])}",
     ]
     if p.track_running_stats:
         body += ["observed.update({k: np.stack([f64(s[k]).reshape(-1) if k != 'num_batches_tracked' else f64(s[k])"
                  " for s in stats]) for k in stats[0]})"]
-    if p.quantities & {"dx", "dgamma", "dbeta"}:
+    if gradients:
         body += _gradient_lines(p, pick)
     if path == jc.NO_JIT:  # as jax_common.run: every step and gradient op by op
         return "\n".join(lines + ["with jax.disable_jit():  # op by op, as the no-jit path runs"]
@@ -59,27 +82,42 @@ def snippet(p, define: list[str], params: str, state: str, read: str, path: str 
     return "\n".join(lines + body)
 
 
-def _gradient_lines(p, pick: str) -> list[str]:
+def _gradient_program(p) -> list[str]:
+    """jax_common.gradients, written out: the forward and its gradients as one jitted program per mode."""
+    second = bool(p.quantities & SECOND_ORDER)
     lines = [
-        "grad = jax.jit(lambda params, state, x, dy:"
-        " jax.vjp(lambda x, params: apply(params, state, x, train)[0], x, params)[1](dy))",
-        "dx, dp = grad(params, before, x, cast(p.dy, y.dtype))",
-        "observed['dx'] = f64(dx)",
+        "def first(params, state, x, dy, train):  # y, the new state and the gradients of <y, dy>",
+        "    y, vjp, new = jax.vjp(lambda x, prm: apply(prm, state, x, train), x, params, has_aux=True)",
+        "    return (y, new, *vjp(dy.astype(y.dtype)))",
+        "def gradients(params, state, x, dy, v, train):",
+        "    y, new, dx, dp = first(params, state, x, dy, train)",
     ]
+    if second:
+        lines += [
+            "    def inner(x, gamma):  # <dx, v> as a function of x and gamma",
+            "        prm = dict(params, gamma=gamma) if gamma is not None else params",
+            "        return jnp.sum(first(prm, state, x, dy, train)[2] * v.astype(dx.dtype))",
+            "    d2x, d2g = (jax.grad(inner, argnums=(0, 1))(x, params['gamma']) if params else",
+            "                (jax.grad(lambda x: inner(x, None))(x), None))",
+            "    return y, new, dx, dp, d2x, d2g",
+        ]
+    else:
+        lines += ["    return y, new, dx, dp, None, None"]
+    return lines + [
+        "grads = {t: jax.jit(lambda params, state, x, dy, v, t=t: gradients(params, state, x, dy, v, t))"
+        " for t in (True, False)}",
+        "dy = cast(p.dy, dt)",
+        "v = cast(p.v, dt)" if second else "v = dy  # read by the second order only",
+    ]
+
+
+def _gradient_lines(p, pick: str) -> list[str]:
+    lines = ["observed['dx'] = f64(dx)"]
     if p.affine:
         lines += [f"dp = {pick}(dp)" if pick else "",
                   "observed.update(dgamma=f64(dp['gamma']).reshape(-1), dbeta=f64(dp['beta']).reshape(-1))"]
-    if p.quantities & {"d2x", "d2gamma"}:  # gradients of <dx, v> with respect to x and gamma
-        lines += [
-            "def inner(x, gamma, params, state, dy, v):",
-            "    prm = dict(params, gamma=gamma) if gamma is not None else params",
-            "    dx = jax.vjp(lambda x, p: apply(p, state, x, train)[0], x, prm)[1](dy)[0]",
-            "    return jnp.sum(dx * v)",
-            "grad2 = jax.jit(lambda params, state, x, dy, v: jax.grad(inner, argnums=(0, 1))(x, params['gamma'], params,"
-            " state, dy, v) if params else (jax.grad(inner)(x, None, params, state, dy, v), None))",
-            "d2x, d2g = grad2(params, before, x, cast(p.dy, y.dtype), cast(p.v, dx.dtype))",
-            "observed['d2x'] = f64(d2x)",
-        ]
+    if p.quantities & SECOND_ORDER:
+        lines += ["observed['d2x'] = f64(d2x)"]
         if p.affine:
             lines += [f"observed['d2gamma'] = f64({pick}(d2g)).reshape(-1)" if pick else
                       "observed['d2gamma'] = f64(d2g).reshape(-1)"]
