@@ -68,8 +68,9 @@ DEVICE_AXIS = "devices"
 NO_JIT, VMAP, SYNC = "no-jit", "vmap", "sync"
 JITTED = PathSpec(EAGER, "jax.jit of the step, as JAX code runs (the suite's eager path)", tier="smoke")
 NO_JIT_PATH = PathSpec(NO_JIT, "the same step under jax.disable_jit(): op by op, as when debugging", tier="nightly")
+# nightly: its 3 cases x 6 libraries compile ~15 s of the cold default run's CPU, and that run keeps to 180 s
 VMAP_PATH = PathSpec(VMAP, "an ensemble of 2 model copies: jax.vmap over stacked parameters and state (in_axes 0), "
-                           "the input shared (None); copy 1 is read")
+                           "the input shared (None); copy 1 is read", tier="nightly")
 SYNC_PATH = PathSpec(SYNC, f"synchronized BatchNorm: the batch split over {DEVICES} logical CPU devices under "
                            "jax.shard_map, statistics combined over the device axis (equinox mode='ema': jax.jit "
                            "over the batch sharded across the devices)", sharded=True)
