@@ -17,7 +17,9 @@ Running statistics, R_t = (1 - w) R_{t-1} + w B_t (w the step's weight on the ne
   d_R_t = |1 - w| d_R_{t-1} + |w| d_B_t + 4 u_c (|1 - w| |R_{t-1}| + |w| |B_t|) + u_s |R_t|
   d_R_0 = u_s |R_0| when statistics are stored in a format narrower than the case's (else 0: R_0 is exact)
 Statistics held in a narrower format u_h between reduction and normalization (torch's CPU kernel keeps the
-saved mean and inverse std in the parameter dtype): d_m += u_h |m|, d_s2 += 2 u_h (s2 + eps).
+saved mean and inverse std in the parameter dtype): d_m += u_h |m| + eta_h, d_s2 += 2 (u_h + eta_h / r) (s2 + eps)
+(eta_h: that format's rounding near zero, below; a float16 mean of subnormal inputs is rounded to float16's
+subnormal grid, an error of up to 3e-8 that r and sum|dy| then magnify in y, dx and dgamma).
 Output, with (d_m, d_s2) the error of whatever the step normalized with (batch, or running statistics):
   d_y = |gamma| r (d_m + |x - m| d_s2 / (2 (s2 + eps))) + 4 u_c (|gamma| r (|x| + |m|) + |beta|) + u_o |y|
   The 4 u_c term covers both usual evaluation orders: gamma (x - m) r + beta and x inv + (beta - m inv),
@@ -178,8 +180,9 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
             d_m, d_s2 = d_mu, norm_fac * d_v
         m, s2 = ch(trace.norm_mean[t]), ch(trace.norm_var[t])
         if u_h:
-            d_m = d_m + u_h * np.abs(trace.norm_mean[t])
-            d_s2 = d_s2 + 2 * u_h * (trace.norm_var[t] + eps)
+            eta_h = tiny(saved)
+            d_m = d_m + u_h * np.abs(trace.norm_mean[t]) + eta_h
+            d_s2 = d_s2 + 2 * (u_h + eta_h * np.sqrt(trace.norm_var[t] + eps)) * (trace.norm_var[t] + eps)
         r = 1.0 / np.sqrt(s2 + eps)
         rel_s2 = ch(d_s2) / (s2 + eps)
         _elementwise(y_bound[t], lambda x, y, gamma, r, d_m, m, rel_s2, beta: SAFETY * (
