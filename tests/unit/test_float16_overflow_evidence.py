@@ -1,7 +1,7 @@
-"""The evidence behind the float16 overflow findings of the std-0.01 case (registry: haiku-float16-rsqrt-
-derivative-overflows, tf-xla-float16-rsqrt-grad-cubes-first), reduced to the one operation each names: the
-derivative of 1/sqrt(v) at v = var + eps = 1.1e-4, where y = v^(-1/2) = 95 and dy is small, so that the
-gradient itself (-0.5 dy y^3) is representable in float16 but y^3 = 8.6e5 is not. Each runs in a fresh
+"""The evidence behind the float16 overflow findings (registry: haiku-float16-rsqrt-derivative-overflows,
+tf-xla-float16-rsqrt-grad-cubes-first; further below, the var + eps = 1e-5 ones), reduced to the one operation
+each names: the derivative of 1/sqrt(v) at v = var + eps = 1.1e-4, where y = v^(-1/2) = 95 and dy is small, so
+that the gradient itself (-0.5 dy y^3) is representable in float16 but y^3 = 8.6e5 is not. Each runs in a fresh
 Python (the frameworks' own flags and devices)."""
 from __future__ import annotations
 
@@ -52,3 +52,36 @@ def test_jax_rsqrt_derivative_overflows_in_float16():
     got = _run(JAX)
     assert got["float16"] == float("-inf")  # 0.01 * -0.5 * (ans / x): ans / x = 8.7e5 > 65504
     assert -4500 < got["float32"] < -4000
+
+
+# -- var + eps = 1.0e-5 (fuzz case f16-7x1-...-denormal: subnormal float16 inputs), y = v^(-1/2) = 316
+# (registry: tf-nn-float16-rsqrt-grad-squares-y, equinox-float16-division-derivative-overflows)
+
+TF_EAGER = """
+import json, tensorflow as tf
+grad = lambda y, dy: float(tf.raw_ops.RsqrtGrad(y=tf.constant([y], tf.float16), dy=tf.constant([dy], tf.float16))[0])
+print(json.dumps({"y316": grad(316.2, 1e-5), "y250": grad(250.0, 1e-4)}))
+"""
+
+JAX_DIVISION = """
+import json, jax, jax.numpy as jnp
+c = jnp.asarray([1e-6, -1e-6], jnp.float16)   # (x - m) * dy: a small cotangent of each element
+f = lambda v: (c / jnp.sqrt(v + jnp.float16(1e-5))).sum()   # equinox's (y - m) / sqrt(v + eps)
+v = jnp.float16(0.0)
+print(json.dumps({"division": float(jax.grad(f)(v)),
+                  "float32": float(jax.grad(lambda v: (c.astype(jnp.float32) / jnp.sqrt(v + 1e-5)).sum())(0.0))}))
+"""
+
+
+def test_tf_rsqrt_grad_overflows_eagerly_once_y_squared_leaves_float16():
+    pytest.importorskip("tensorflow")
+    got = _run(TF_EAGER)
+    assert got["y316"] == float("-inf")  # the answer, -0.5 * 1e-5 * 316.2^3 = -158, is representable
+    assert got["y250"] == pytest.approx(-0.5 * 1e-4 * 250.0**3, rel=1e-3)  # y * y = 62500 < 65504: right
+
+
+def test_jax_division_derivative_is_nan_in_float16_where_the_answer_is_finite():
+    pytest.importorskip("jax")
+    got = _run(JAX_DIVISION)
+    assert got["division"] != got["division"]  # NaN: -g x y^-2 with y^-2 = 1e5 = inf, and +inf - inf
+    assert abs(got["float32"]) < 1e-6  # the two cotangents cancel: the answer is ~0
