@@ -180,9 +180,9 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
             d_m, d_s2 = d_mu, norm_fac * d_v
         m, s2 = ch(trace.norm_mean[t]), ch(trace.norm_var[t])
         if u_h:
-            eta_h = tiny(saved)
+            eta_h, held = tiny(saved), trace.norm_var[t] + eps  # held: 1 / r^2, r the inverse std it holds
             d_m = d_m + u_h * np.abs(trace.norm_mean[t]) + eta_h
-            d_s2 = d_s2 + 2 * (u_h + eta_h * np.sqrt(trace.norm_var[t] + eps)) * (trace.norm_var[t] + eps)
+            d_s2 = d_s2 + 2 * (u_h + eta_h * np.sqrt(held)) * held
         r = 1.0 / np.sqrt(s2 + eps)
         rel_s2 = ch(d_s2) / (s2 + eps)
         _elementwise(y_bound[t], lambda x, y, gamma, r, d_m, m, rel_s2, beta: SAFETY * (
