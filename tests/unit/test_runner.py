@@ -302,6 +302,8 @@ def test_a_free_slot_helps_the_longest_run_and_every_case_is_recorded_once(tmp_p
     assert sorted(shared) == sorted(items) and all(len(v) == 1 for v in shared.values())
     assert events.count("finished") == 1 and events.count("started") == 2
     alone, _ = run(1)
-    verdicts = {cid: [(x["quantity"], x["verdict"], x.get("metrics")) for x in v[0]] for cid, v in shared.items()}
-    assert verdicts == {cid: [(x["quantity"], x["verdict"], x.get("metrics")) for x in v[0]] for cid, v in alone.items()}
+
+    def verdicts(got):
+        return {cid: [(x["quantity"], x["verdict"], x.get("metrics")) for x in v[0]] for cid, v in got.items()}
+    assert verdicts(shared) == verdicts(alone)
     assert len(list(pids.iterdir())) == 3, "alone: one process"

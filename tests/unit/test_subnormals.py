@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adapters.base import OnPath
+from adapters.base import OnPath, Precision
 from conformance.core.cases import CASES, Case
 from conformance.core.engine import evaluate
 from conformance.core.inputs import materialize
@@ -97,8 +97,6 @@ class SavedMeanInFloat16(OracleAdapter):
     off = 0
 
     def precision(self, p):
-        from adapters.base import Precision
-
         return Precision(io=p.dtype, compute="float32", stats=p.dtype, params=p.dtype, saved=p.dtype)
 
     def run(self, p):
