@@ -116,7 +116,9 @@ def test_report_at_800px_and_anchors_below_the_sticky_bar(sync_playwright, small
             page.goto((out / "index.html").as_uri())
             page.locator("#findings details.finding").first.wait_for()
             page.locator("#all-checks > summary").click()
-            page.wait_for_function("document.querySelectorAll('#checks-table tbody tr').length > 0")
+            # a locator, not wait_for_function: a string predicate that is polled is eval'd in the page, which
+            # the report's Content-Security-Policy (no 'unsafe-eval') refuses whenever the rows come late
+            page.locator("#checks-table tbody tr").first.wait_for(state="attached")
             assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1")
             page.screenshot(path=str(SCREENSHOTS / "report-800-top.png"))
             target = page.locator("#key table.key a[href^='#c-']").first.get_attribute("href")
@@ -208,7 +210,7 @@ def _check_page(page, out):
     # -- a matrix cell lists its checks in the (opened) checks table
     page.locator(f'#matrix-table tr[data-adapter="{FAILING}"] td.cell[data-q="running_var"]').first.click()
     assert page.locator("#all-checks").evaluate("e => e.open")
-    page.wait_for_function("document.querySelectorAll('#checks-table tbody tr:not([hidden])').length > 0")
+    page.locator("#checks-table tbody tr:not([hidden])").first.wait_for(state="attached")  # as above: no eval
     rows = _visible(page, "#checks-table tbody tr")
     assert rows and {r.get_attribute("data-quantity") for r in rows} == {"running_var"}
     assert {r.get_attribute("data-adapter") for r in rows} == {FAILING}
