@@ -21,6 +21,7 @@ the categories a user asks for into reasons to fail (the exit status of `bnconfo
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..core.paths import label
@@ -131,7 +132,14 @@ def _phrase(verdict, ratio, note="") -> str:
 
 
 def _times(factor: float) -> str:
+    if factor == 0.0 or math.isinf(factor):  # one of the two ratios is infinite (a NaN/Inf pattern mismatch)
+        return "now infinite" if factor else "no longer infinite"
     return f"{factor:.3g}x larger" if factor >= 1 else f"{1 / factor:.3g}x smaller"
+
+
+def _magnitude(factor: float) -> float:
+    """How far a ratio moved, either way: max(f, 1/f), infinite where one of the two ratios is."""
+    return math.inf if factor == 0.0 or math.isinf(factor) else max(factor, 1 / factor)
 
 
 def diff(old, new, drift_factor: float = 10.0, drift_floor: float = 1e-3) -> Diff:
@@ -439,7 +447,7 @@ def summarize(d: Diff) -> list[Group]:
         elif g.category == "drift":
             factors = [max(c.new_ratio or 0, 1e-3) / max(c.old_ratio or 0, 1e-3) for c in cs]
             g.sentence = (f"{checks}: error/bound {'grew' if factors[0] > 1 else 'shrank'} "
-                          f"{_span((max(f, 1 / f) for f in factors), lambda m: f'{m:.3g}x')} from {ov} to {nv}, "
+                          f"{_span((_magnitude(f) for f in factors), lambda m: 'infinitely' if math.isinf(m) else f'{m:.3g}x')} from {ov} to {nv}, "
                           f"verdicts unchanged ({', '.join(sorted({c.new for c in cs}))}): {_where(cs)}{_ratios(cs)}")
         elif g.category == "convention":
             g.sentence = first.sentence

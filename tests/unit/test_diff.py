@@ -295,3 +295,17 @@ def test_selection_differences_are_stated():
            [{"input_checksum": "abc", "selection": "all", "tier": "smoke"}])
     ctx = diff(o, n).context
     assert "the selection differs: OLD 'torch', NEW 'all'" in ctx and "adapters only in NEW: b" in ctx
+
+
+def test_a_ratio_that_stops_or_starts_being_infinite_is_a_drift_in_words():
+    """A NaN/Inf pattern mismatch has ratio inf; when the same check's ratio becomes finite (or the other way),
+    the factor between them is 0 (or inf): the sentence and the grouped summary say so instead of dividing by it."""
+    o = RS([rec("dgamma", "xfail", float("inf")), rec("dx", "xfail", 0.5)])
+    n = RS([rec("dgamma", "xfail", 0.5, version="2"), rec("dx", "xfail", float("inf"), version="2")])
+    d = diff(o, n)
+    sentences = {c.quantity: c.sentence for c in d.changes}
+    assert sentences == {"dgamma": "error/bound shrank inf -> 0.5 (no longer infinite; still xfail)",
+                         "dx": "error/bound grew 0.5 -> inf (now infinite; still xfail)"}
+    assert any("shrank infinitely from 1 to 2" in g.sentence for g in summarize(d))
+    same = diff(RS([rec("y", "xfail", float("inf"))]), RS([rec("y", "xfail", float("inf"), version="2")]))
+    assert same.changes == []
