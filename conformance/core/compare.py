@@ -72,13 +72,14 @@ def compare(quantity: str, expected: np.ndarray, observed: np.ndarray, bound: np
         return Comparison(False, "dtype", f"dtype {observed_dtype} != expected {expected_dtype}",
                           ratio=float("inf"), total=expected.size)
     total = expected.size
+    bound = np.asarray(bound, dtype=np.float64)
+    expected = _overflow_the_format_forces(expected, observed, bound, expected_dtype)
     # A sum is finite only if every term is (an overflowing sum of finite values merely takes the exact route).
     masked = not (_finite_sum(expected) and _finite_sum(observed))
     if masked:
         mismatch = _nonfinite_mismatch(quantity, expected, observed, axis)
         if mismatch is not None:
             return mismatch
-    bound = np.asarray(bound, dtype=np.float64)
     if not total:
         return Comparison(ok=True, total=0, error_hist=[0] * (len(HIST_EDGES) - 1))
     m = _metrics(expected, observed, bound, expected_dtype if expected_dtype in FORMATS else "float64", masked)
@@ -101,6 +102,32 @@ def compare(quantity: str, expected: np.ndarray, observed: np.ndarray, bound: np
         error_hist=m.hist.tolist(),
         exact_matches=m.exact,
     )
+
+
+def overflow_threshold(fmt_name: str) -> float:
+    """The smallest magnitude that rounds to infinity in the format (round to nearest, ties to even): its largest
+    finite value plus half an ulp there, e.g. 65520 for float16 (inf for float64, whose half-ulp sum overflows)."""
+    f = FORMATS[fmt_name]
+    _, e = np.frexp(f.max_value)  # max_value = m * 2**e, 0.5 <= m < 1: its ulp is 2**(e - p), half of it 2**(e - p - 1)
+    with np.errstate(over="ignore"):
+        return float(np.float64(f.max_value) + np.ldexp(1.0, int(e) - f.mantissa_bits - 1))
+
+
+def _overflow_the_format_forces(expected, observed, bound, fmt_name: str) -> np.ndarray:
+    """`expected` with +-inf where the observed infinity is the format's own answer: an element whose admissible
+    values (expected +- bound) reach the magnitude that rounds to infinity in the result's format, on the
+    infinity's side. A framework that returns float16 cannot return 7.3e4; every correctly rounded result is
+    inf there. Everywhere else `expected` is returned as it is (the same array when nothing changes)."""
+    if fmt_name not in FORMATS or not np.isinf(observed).any():
+        return expected
+    threshold = overflow_threshold(fmt_name)
+    with np.errstate(invalid="ignore", over="ignore"):
+        forced = ((observed == np.inf) & (expected + bound >= threshold)) | (
+            (observed == -np.inf) & (expected - bound <= -threshold))
+    forced &= np.isfinite(expected)
+    if not forced.any():
+        return expected
+    return np.where(forced, observed, expected)
 
 
 def _finite_sum(a: np.ndarray) -> bool:

@@ -127,3 +127,29 @@ def test_ulp_distance_in_float64s_subnormal_range():
     exp, obs = np.array([1e-310, 1.0]), np.array([3e-310, 1.0])
     c = compare("dx", exp, obs, 1.0, expected_dtype="float64", observed_dtype="float64", axis=0)
     assert c.max_ulp == _whole_array("dx", exp, obs, 1.0, "float64")["max_ulp"] == (3e-310 - 1e-310) / 2.0**-1074
+
+
+def test_an_infinity_the_format_forces_is_its_answer():
+    """float16 cannot hold 7.28e4: every correctly rounded float16 result is +inf there (the fuzz finding
+    f16-15x1, torch's dgamma), so +inf matches; -inf, or an infinity where the answer is representable, does not."""
+    exp = np.array([7.28e4, 1.0])
+    assert _cmp(exp, [np.inf, 1.0], bound=1.0, q="dgamma", dt="float16").ok
+    c = _cmp(exp, [-np.inf, 1.0], bound=1.0, q="dgamma", dt="float16")
+    assert not c.ok and c.problem == "nonfinite"
+    c = _cmp([6.0e4, 1.0], [np.inf, 1.0], bound=1.0, q="dgamma", dt="float16")
+    assert not c.ok and c.problem == "nonfinite"
+    assert _cmp(-exp, [-np.inf, -1.0], bound=1.0, q="dgamma", dt="float16").ok
+
+
+def test_the_forced_infinity_starts_where_float16_rounds_to_it():
+    """65520 = 65504 + half an ulp rounds to inf (ties to even), 65519 does not; the bound widens the admissible
+    values both ways, so an answer that might round either way admits inf and the largest finite value."""
+    with np.errstate(over="ignore"):
+        assert np.float16(65520.0) == np.inf and np.float16(65519.0) == 65504.0
+    assert _cmp([65520.0], [np.inf], bound=0.0, q="dgamma", dt="float16").ok
+    assert not _cmp([65519.0], [np.inf], bound=0.0, q="dgamma", dt="float16").ok
+    assert _cmp([65510.0], [np.inf], bound=10.0, q="dgamma", dt="float16").ok
+    assert _cmp([65510.0], [65504.0], bound=10.0, q="dgamma", dt="float16").ok
+    # float32 and float64 results are held to their own ranges: 7.28e4 is no overflow there
+    assert not _cmp([7.28e4], [np.inf], bound=1.0, q="dgamma", dt="float32").ok
+    assert not _cmp([1e308], [np.inf], bound=1e300, q="dgamma", dt="float64").ok
