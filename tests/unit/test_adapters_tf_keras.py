@@ -254,3 +254,20 @@ def test_keras3_in_a_fresh_process(keras_child, backend):
     # compiles the train step, torch runs it eagerly, tensorflow on a CPU-only machine runs it without XLA
     assert out["fit_facts"]["fit"] == {"jit_compile": str(backend == "jax"), "run_eagerly": "False"}
     assert out["fit_facts"]["fit-eager"] == {"jit_compile": "False", "run_eagerly": "True"}
+
+
+def test_fused_kernel_clamps_bessels_correction_with_one_element_per_channel():
+    """The evidence behind tf-fused-one-element-bessel-correction-clamped: FusedBatchNormV3's CPU kernel corrects
+    the batch variance by n / max(n - 1, 1), so with one element per channel its unbiased variance is the biased
+    one, 0, where n / (n - 1) = 1 / 0 makes it undefined (NaN: 0 * inf); with two elements it is unbiased."""
+    tf = pytest.importorskip("tensorflow")
+
+    def batch_variance(values):
+        x = tf.constant(np.asarray(values, np.float32).reshape(1, len(values), 1, 1))
+        one, zero = tf.ones([1]), tf.zeros([1])
+        out = tf.raw_ops.FusedBatchNormV3(x=x, scale=one, offset=zero, mean=zero, variance=one, epsilon=1e-5,
+                                          exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
+        return float(out.batch_variance.numpy()[0])
+
+    assert batch_variance([0.75]) == 0.0
+    assert batch_variance([0.25, 0.75]) == pytest.approx(0.125)  # unbiased: ((0.25)^2 * 2) / (2 - 1)
