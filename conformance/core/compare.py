@@ -1,8 +1,9 @@
 """Compare one observed quantity with the oracle under an elementwise bound.
 
 Order, as torch.testing.assert_close does it: shape, dtype, then the NaN/Inf pattern (compared exactly, never
-nan_to_num'ed away), then values. Metrics are taken over the finite elements: max abs, max rel, max ULP in
-the format the framework produced, and the worst element by error/bound ratio, with its channel.
+nan_to_num'ed away; one rule comes from the format: an infinity matches where a correctly rounded result may be
+one, _overflow_the_format_forces), then values. Metrics are taken over the finite elements: max abs, max rel,
+max ULP in the format the framework produced, and the worst element by error/bound ratio, with its channel.
 """
 from __future__ import annotations
 
