@@ -271,3 +271,20 @@ def test_fused_kernel_clamps_bessels_correction_with_one_element_per_channel():
 
     assert batch_variance([0.75]) == 0.0
     assert batch_variance([0.25, 0.75]) == pytest.approx(0.125)  # unbiased: ((0.25)^2 * 2) / (2 - 1)
+
+
+def test_fused_kernel_takes_its_weight_on_the_new_batch_as_a_float32_attribute():
+    """The evidence behind tf-fused-exponential-avg-factor-float32-attribute: FusedBatchNormV3's
+    exponential_avg_factor (the weight on the new batch) is a float32 attribute, so at 0.99999 the weight left on
+    the old statistic is 1 - fl32(0.99999) = 1.00136e-5, 0.14 % more than 1e-5: the op's moving variance is that
+    float32 formula bit for bit."""
+    tf = pytest.importorskip("tensorflow")
+    factor = 0.99999
+    x = tf.constant(np.array([0.25, 0.75], np.float32).reshape(1, 2, 1, 1))
+    one, zero = tf.ones([1]), tf.zeros([1])
+    out = tf.raw_ops.FusedBatchNormV3(x=x, scale=one, offset=zero, mean=zero, variance=one, epsilon=1e-5,
+                                      exponential_avg_factor=factor, data_format="NHWC", is_training=True)
+    f32 = np.float32(factor)
+    assert 1.0 - float(f32) == 1.0013580322265625e-05
+    assert out.batch_variance.numpy()[0] == (np.float32(1) - f32) * np.float32(1) + f32 * np.float32(0.125)
+    assert float(out.batch_variance.numpy()[0]) != pytest.approx((1 - factor) + factor * 0.125, rel=1e-8)
