@@ -71,11 +71,14 @@ class Entry:
     def on_path(self, path: str) -> bool:
         return any(fnmatch.fnmatchcase(path, g) for g in self.paths)
 
+    def covers_case(self, case_id: str) -> bool:
+        return (any(fnmatch.fnmatchcase(case_id, g) for g in self.cases)
+                and not any(fnmatch.fnmatchcase(case_id, g) for g in self.except_cases))
+
     def matches(self, adapter: str, version: str, case_id: str, quantity: str, path: str = "eager") -> bool:
         return (self.applies_to(adapter, version)
                 and self.on_path(path)
-                and any(fnmatch.fnmatchcase(case_id, g) for g in self.cases)
-                and not any(fnmatch.fnmatchcase(case_id, g) for g in self.except_cases)
+                and self.covers_case(case_id)
                 and any(fnmatch.fnmatchcase(quantity, g) for g in self.quantities))
 
     def as_dict(self) -> dict:

@@ -131,15 +131,20 @@ def _phrase(verdict, ratio, note="") -> str:
     return f"{verdict} (error/bound {_g(ratio)})"
 
 
+def _magnitude(factor: float) -> float:
+    """How far a ratio moved, either way: max(f, 1/f), infinite where one of the two ratios is (a NaN/Inf
+    pattern mismatch has ratio inf, so the factor between it and a finite ratio is 0 or inf)."""
+    return math.inf if factor == 0.0 or math.isinf(factor) else max(factor, 1 / factor)
+
+
 def _times(factor: float) -> str:
-    if factor == 0.0 or math.isinf(factor):  # one of the two ratios is infinite (a NaN/Inf pattern mismatch)
+    if math.isinf(_magnitude(factor)):
         return "now infinite" if factor else "no longer infinite"
     return f"{factor:.3g}x larger" if factor >= 1 else f"{1 / factor:.3g}x smaller"
 
 
-def _magnitude(factor: float) -> float:
-    """How far a ratio moved, either way: max(f, 1/f), infinite where one of the two ratios is."""
-    return math.inf if factor == 0.0 or math.isinf(factor) else max(factor, 1 / factor)
+def _fold(magnitude: float) -> str:
+    return "infinitely" if math.isinf(magnitude) else f"{magnitude:.3g}x"
 
 
 def diff(old, new, drift_factor: float = 10.0, drift_floor: float = 1e-3) -> Diff:
@@ -447,7 +452,7 @@ def summarize(d: Diff) -> list[Group]:
         elif g.category == "drift":
             factors = [max(c.new_ratio or 0, 1e-3) / max(c.old_ratio or 0, 1e-3) for c in cs]
             g.sentence = (f"{checks}: error/bound {'grew' if factors[0] > 1 else 'shrank'} "
-                          f"{_span((_magnitude(f) for f in factors), lambda m: 'infinitely' if math.isinf(m) else f'{m:.3g}x')} from {ov} to {nv}, "
+                          f"{_span((_magnitude(f) for f in factors), _fold)} from {ov} to {nv}, "
                           f"verdicts unchanged ({', '.join(sorted({c.new for c in cs}))}): {_where(cs)}{_ratios(cs)}")
         elif g.category == "convention":
             g.sentence = first.sentence

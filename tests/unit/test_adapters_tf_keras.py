@@ -256,21 +256,25 @@ def test_keras3_in_a_fresh_process(keras_child, backend):
     assert out["fit_facts"]["fit-eager"] == {"jit_compile": "False", "run_eagerly": "True"}
 
 
+def _fused_moving_variance(tf, values, factor: float) -> np.float32:
+    """FusedBatchNormV3 in training on one channel of `values` from a moving variance of 1, with
+    exponential_avg_factor `factor` (its weight on the new batch): the moving variance it returns
+    (batch_variance, as the layer stores it)."""
+    x = tf.constant(np.asarray(values, np.float32).reshape(1, len(values), 1, 1))
+    one, zero = tf.ones([1]), tf.zeros([1])
+    out = tf.raw_ops.FusedBatchNormV3(x=x, scale=one, offset=zero, mean=zero, variance=one, epsilon=1e-5,
+                                      exponential_avg_factor=factor, data_format="NHWC", is_training=True)
+    return out.batch_variance.numpy()[0]
+
+
 def test_fused_kernel_clamps_bessels_correction_with_one_element_per_channel():
     """The evidence behind tf-fused-one-element-bessel-correction-clamped: FusedBatchNormV3's CPU kernel corrects
     the batch variance by n / max(n - 1, 1), so with one element per channel its unbiased variance is the biased
     one, 0, where n / (n - 1) = 1 / 0 makes it undefined (NaN: 0 * inf); with two elements it is unbiased."""
     tf = pytest.importorskip("tensorflow")
-
-    def batch_variance(values):
-        x = tf.constant(np.asarray(values, np.float32).reshape(1, len(values), 1, 1))
-        one, zero = tf.ones([1]), tf.zeros([1])
-        out = tf.raw_ops.FusedBatchNormV3(x=x, scale=one, offset=zero, mean=zero, variance=one, epsilon=1e-5,
-                                          exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
-        return float(out.batch_variance.numpy()[0])
-
-    assert batch_variance([0.75]) == 0.0
-    assert batch_variance([0.25, 0.75]) == pytest.approx(0.125)  # unbiased: ((0.25)^2 * 2) / (2 - 1)
+    assert float(_fused_moving_variance(tf, [0.75], 1.0)) == 0.0
+    unbiased = (0.25**2 * 2) / (2 - 1)
+    assert float(_fused_moving_variance(tf, [0.25, 0.75], 1.0)) == pytest.approx(unbiased)
 
 
 def test_fused_kernel_takes_its_weight_on_the_new_batch_as_a_float32_attribute():
@@ -280,11 +284,8 @@ def test_fused_kernel_takes_its_weight_on_the_new_batch_as_a_float32_attribute()
     float32 formula bit for bit."""
     tf = pytest.importorskip("tensorflow")
     factor = 0.99999
-    x = tf.constant(np.array([0.25, 0.75], np.float32).reshape(1, 2, 1, 1))
-    one, zero = tf.ones([1]), tf.zeros([1])
-    out = tf.raw_ops.FusedBatchNormV3(x=x, scale=one, offset=zero, mean=zero, variance=one, epsilon=1e-5,
-                                      exponential_avg_factor=factor, data_format="NHWC", is_training=True)
+    got = _fused_moving_variance(tf, [0.25, 0.75], factor)
     f32 = np.float32(factor)
     assert 1.0 - float(f32) == 1.0013580322265625e-05
-    assert out.batch_variance.numpy()[0] == (np.float32(1) - f32) * np.float32(1) + f32 * np.float32(0.125)
-    assert float(out.batch_variance.numpy()[0]) != pytest.approx((1 - factor) + factor * 0.125, rel=1e-8)
+    assert got == (np.float32(1) - f32) * np.float32(1) + f32 * np.float32(0.125)
+    assert float(got) != pytest.approx((1 - factor) + factor * 0.125, rel=1e-8)

@@ -47,17 +47,13 @@ def test_fuzz_findings_in_the_corpus_are_registered():
     """A fuzz finding the default tier replays is a known deviation, or says how it was settled otherwise (a
     declared convention, a fix to our model): it must not fail the suite."""
     registry = Registry.load()
-
-    def covers(e, adapter: str, case_id: str) -> bool:  # as Entry.matches does it, without version and quantity
-        return (fnmatch.fnmatchcase(adapter, e.adapter) and any(fnmatch.fnmatchcase(case_id, g) for g in e.cases)
-                and not any(fnmatch.fnmatchcase(case_id, g) for g in e.except_cases))
-
     for r in regressions.load():
         if r.meta["origin"] != "fuzz" or r.meta.get("resolved"):
             continue
         for adapter in (a.strip() for a in r.meta["adapter"].split(",")):
             # the adapter and the case; the corpus file's versions are prose (what the finding was made with)
-            assert any(covers(e, adapter, r.case.id) for e in registry.entries), (adapter, r.path)
+            assert any(fnmatch.fnmatchcase(adapter, e.adapter) and e.covers_case(r.case.id)
+                       for e in registry.entries), (adapter, r.path)
 
 
 @pytest.mark.parametrize("size", [0, 1, 7, inputs._BLOCK - 1, inputs._BLOCK, inputs._BLOCK + 3, 100_003])
