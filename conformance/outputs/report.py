@@ -8,8 +8,8 @@ partial report behind.
 The first screen leads with the why: the key findings (deviations grouped by cause, most severe first, each
 with its size and a link) and the convention differences between frameworks, then the matrix. What only a
 click shows (a finding's body, the table of every check, a case's values side by side) is rendered here as
-HTML too, but kept as gzip'd JSON inside the page (`<script type="application/octet-stream">`, base64) and
-inserted when opened (the browser's DecompressionStream; no library): the report of a default run over every
+HTML too, but kept as gzip'd JSON inside the page (`<script type="application/octet-stream">`, base64; each
+distinct line once, see `_pack`) and inserted when opened (the browser's DecompressionStream; no library): the report of a default run over every
 adapter stays ~2 MB and opens at once. `expand(html)` inlines those parts again (tests, grep).
 """
 from __future__ import annotations
@@ -362,10 +362,27 @@ def _step_plots(records) -> list[dict]:
     return out
 
 
-def _pack(obj, sort_keys: bool = True) -> str:
-    """JSON, gzip'd (no timestamp: the same report bit for bit) and base64: compact data inside the page.
-    sort_keys=False keeps the (deterministic) order the caller built."""
-    raw = json.dumps(obj, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+def _pack(texts, sort_keys: bool = True) -> str:
+    """Texts (a str, a list of them or a dict of them) as compact data inside the page: their distinct lines
+    once, in order of first use ("lines"), each text a list of indices into them ("text", "list" or "map"
+    after the shape); then JSON, gzip'd (no timestamp: the same report bit for bit) and base64.
+
+    The pool is what keeps the page small: the texts repeat whole lines far apart, beyond gzip's 32 kB
+    window (a repro snippet differs from its siblings of the same adapter x case x path only in the
+    quantity's lines; a registry reason recurs in every finding it covers; 0.57 -> 0.34 MB for a default
+    run's 1,499 finding bodies). sort_keys=False keeps the (deterministic) order the caller built."""
+    lines: dict[str, int] = {}
+
+    def indices(text: str) -> list[int]:
+        return [lines.setdefault(line, len(lines)) for line in text.split("\n")]
+
+    if isinstance(texts, str):
+        shape = {"text": indices(texts)}
+    elif isinstance(texts, dict):
+        shape = {"map": {k: indices(texts[k]) for k in (sorted(texts) if sort_keys else texts)}}
+    else:
+        shape = {"list": [indices(t) for t in texts]}
+    raw = json.dumps({"lines": list(lines), **shape}, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     return base64.b64encode(gzip.compress(raw, compresslevel=9, mtime=0)).decode("ascii")
 
 
@@ -375,7 +392,18 @@ def _by_cause(detail: dict) -> tuple:
 
 
 def unpack(text: str):
-    return json.loads(gzip.decompress(base64.b64decode(text)).decode("utf-8"))
+    """The texts `_pack` packed, in their shape (report.js's `unpack` does the same in the browser)."""
+    data = json.loads(gzip.decompress(base64.b64decode(text)).decode("utf-8"))
+    lines = data["lines"]
+
+    def text_of(indices: list[int]) -> str:
+        return "\n".join(lines[i] for i in indices)
+
+    if "text" in data:
+        return text_of(data["text"])
+    if "map" in data:
+        return {k: text_of(v) for k, v in data["map"].items()}
+    return [text_of(v) for v in data["list"]]
 
 
 def expand(html: str) -> str:
@@ -543,8 +571,8 @@ def render(rs: results.ResultSet) -> str:
     ctx = build(rs)
     part = env.get_template("parts.html.j2").module
     ctx["data"] = {
-        # bodies of one cause side by side: their long shared texts (registry reason, repro) fall within
-        # gzip's 32 kB window (1.06 MB -> 0.42 MB for a default run's 1,094 findings)
+        # bodies of one cause side by side: what the line pool leaves (their index lists, the lines that
+        # differ only a little) falls within gzip's 32 kB window
         "findings": _pack({d["anchor"]: str(part.finding_body(d)) for d in sorted(ctx["details"], key=_by_cause)},
                           sort_keys=False),
         "checks": _pack([str(part.check_row(c)) for c in ctx["checks"]]),

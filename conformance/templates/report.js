@@ -5,7 +5,20 @@
   var $$ = function (sel, root) { return Array.prototype.slice.call((root || document).querySelectorAll(sel)); };
 
   /* -- lazy parts: finding bodies, the checks table, the cross-framework cases are gzip'd JSON in the page
-     (<script type="application/octet-stream" id="data-NAME">, base64), inserted when first opened */
+     (<script type="application/octet-stream" id="data-NAME">, base64), inserted when first opened. The JSON
+     holds each distinct line once ("lines") and every text as indices into them, in the part's shape: one
+     text ("text"), a list ("list") or a map ("map") of them (conformance.outputs.report._pack) */
+  function texts(data) {
+    var lines = data.lines;
+    function text(indices) { return indices.map(function (i) { return lines[i]; }).join("\n"); }
+    if (data.text) { return text(data.text); }
+    if (data.map) {
+      var out = {};
+      Object.keys(data.map).forEach(function (k) { out[k] = text(data.map[k]); });
+      return out;
+    }
+    return data.list.map(text);
+  }
   var packs = {};
   function unpack(name) {
     if (!packs[name]) {
@@ -17,7 +30,7 @@
         var bin = atob(el.textContent.trim()), bytes = new Uint8Array(bin.length);
         for (var i = 0; i < bin.length; i += 1) { bytes[i] = bin.charCodeAt(i); }
         var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
-        packs[name] = new Response(stream).text().then(JSON.parse);
+        packs[name] = new Response(stream).text().then(JSON.parse).then(texts);
       }
     }
     return packs[name];

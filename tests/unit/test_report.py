@@ -2,11 +2,15 @@
 each finding needs (diagnosis summary, histogram, tolerance, channel statistics, values side by side)."""
 from __future__ import annotations
 
+import base64
+import gzip
 import json
 import random
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conformance.outputs import report, results, svg
 from conformance.core.cases import case_by_id, cases_for_tier
@@ -162,6 +166,21 @@ def test_finding_bodies_and_the_checks_table_are_inserted_when_opened(records):
     assert all('class="hist"' in b for b in bodies.values() if "Metrics" in b)
     ran = [r for r in records if r["verdict"] != "skip"]
     assert len(_data(html, "checks")) == len(ran)  # skips are on the adapters' cards (the "skips" part)
+
+
+@given(st.one_of(st.text(), st.lists(st.text(), max_size=6),
+                 st.dictionaries(st.text(max_size=8), st.text(), max_size=6)))
+@settings(max_examples=200, deadline=None)
+def test_a_packed_part_unpacks_to_the_same_texts(texts):
+    # lines end in "\n", "\r\n" or nothing, texts may be empty, repeat lines or hold only newlines
+    assert report.unpack(report._pack(texts)) == texts
+
+
+def test_a_packed_part_holds_each_distinct_line_once():
+    repro = "\n".join(f"line {i}" for i in range(50))
+    packed = report._pack({"a": repro + "\ny", "b": repro + "\ndx", "c": ""})
+    data = json.loads(gzip.decompress(base64.b64decode(packed)))
+    assert len(data["lines"]) == 53 and data["map"]["c"] == [52]
 
 
 def test_an_interrupted_run_without_failures_is_labelled_incomplete(records):

@@ -173,7 +173,9 @@ def _check_page(page, out):
     assert "Tolerance provenance".upper() in body.upper() and "safety" in body
     if HAVE_TORCH:
         assert finding.locator("pre.code").is_visible()
-        assert "import torch" in finding.locator("pre.code").inner_text()
+        repro = finding.locator("pre.code").inner_text()  # rebuilt in the page from the part's line pool
+        assert repro.startswith("# bnconform repro: ") and "\nimport numpy as np\n" in repro
+        assert "import torch" in repro
     finding.screenshot(path=str(SCREENSHOTS / "finding.png"))
 
     # -- verdict filter hides and shows it again
