@@ -51,15 +51,23 @@ def open_in_chromium(html: str) -> None:
         path.write_text(html, encoding="utf-8")
         browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        for attempt in ("cold", "warm"):
+        # the page's own clock when the findings' list is in the DOM (the driver's round trips left out)
+        page.add_init_script("new MutationObserver(function (m, o) {"
+                             " if (document.querySelector('#findings details.finding')) {"
+                             " window.__listed = performance.now(); o.disconnect(); } })"
+                             ".observe(document, {subtree: true, childList: true});")
+        for attempt in ("cold", "warm", "warm"):
             t0 = time.perf_counter()
             page.goto(path.as_uri())
             page.locator("#findings details.finding").first.wait_for(timeout=60_000)
-            listed = time.perf_counter() - t0
-            timing = page.evaluate("JSON.stringify(performance.getEntriesByType('navigation')[0].toJSON())")
-            nav = __import__("json").loads(timing)
+            driver = time.perf_counter() - t0
+            timing = page.evaluate("JSON.stringify({nav: performance.getEntriesByType('navigation')[0].toJSON(),"
+                                   " listed: window.__listed})")
+            t = __import__("json").loads(timing)
+            nav = t["nav"]
             print(f"  chromium ({attempt}): DOMContentLoaded {nav['domContentLoadedEventEnd']:.0f} ms, load "
-                  f"{nav['loadEventEnd']:.0f} ms, findings listed after {listed * 1000:.0f} ms")
+                  f"{nav['loadEventEnd']:.0f} ms, findings listed at {t['listed']:.0f} ms "
+                  f"(the driver saw them after {driver * 1000:.0f} ms)")
         browser.close()
 
 
