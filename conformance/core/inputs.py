@@ -19,7 +19,10 @@ cases is what "normal" gives, so the special values are the only difference.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -99,8 +102,57 @@ def _fast(size: int):
     return _kernels or None
 
 
+# -- a run's large streams, generated once: the parent of `bnconform run` generates every case's inputs to
+# checksum them before a worker starts, and writes the streams of FAST values and more into a directory of
+# the run's; its workers read them back (np.load: the same float64 bits) instead of generating them again,
+# which on the default tier's realistic cases took ~0.35 s per worker process plus ~0.9 s to load numba's
+# kernels (2 Dec 2026, 2 cores). A file that is missing, unreadable or not the array its name says is
+# generated again, so the store changes only where the bits are computed.
+_store: Path | None = None
+_store_writes = False
+
+
+@contextlib.contextmanager
+def shared_streams(directory: str | os.PathLike | None, write: bool = False):
+    """Within the block, large streams are read from `directory` when there, and (write=True) written there
+    when generated; None: neither."""
+    global _store, _store_writes
+    saved = _store, _store_writes
+    _store, _store_writes = (Path(directory) if directory else None), write
+    try:
+        yield
+    finally:
+        _store, _store_writes = saved
+
+
+def _stored(kind: str, seed: int, stream: str, size: int, generate) -> np.ndarray:
+    if _store is None or size < FAST:
+        return generate()
+    path = _store / f"{kind}-{seed}-{size}-{stream.encode().hex()}.npy"
+    try:
+        out = np.load(path, allow_pickle=False)
+        if out.dtype == np.float64 and out.shape == (size,):
+            return out
+    except (OSError, ValueError):
+        pass
+    out = generate()
+    if _store_writes:
+        try:  # written whole, then renamed: a reader sees the whole array or no file
+            part = path.with_name(f"{path.stem}.{os.getpid()}.part")
+            with open(part, "wb") as f:
+                np.save(f, out, allow_pickle=False)
+            os.replace(part, path)
+        except OSError:
+            pass  # the store only saves time: the workers generate what it lacks
+    return out
+
+
 def uniform(seed: int, stream: str, size: int) -> np.ndarray:
     """size values in [0, 1), multiples of 2**-53."""
+    return _stored("uniform", seed, stream, size, lambda: _uniform(seed, stream, size))
+
+
+def _uniform(seed: int, stream: str, size: int) -> np.ndarray:
     out = np.empty(size)
     kernels = _fast(size)
     if kernels:
@@ -117,6 +169,10 @@ def standard(seed: int, stream: str, size: int) -> np.ndarray:
 
     Element j is the sum of uniforms j, size + j, ..., 11 size + j of the stream, added in that order, then
     6 subtracted (block by block: the same operations per element as whole-array sums)."""
+    return _stored("standard", seed, stream, size, lambda: _standard(seed, stream, size))
+
+
+def _standard(seed: int, stream: str, size: int) -> np.ndarray:
     out = np.empty(size)
     kernels = _fast(size)
     if kernels:

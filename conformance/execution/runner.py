@@ -12,8 +12,10 @@ did not finish; the others go on. Ctrl-C stops the workers and keeps every recor
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from ..outputs import runmeta
 from ..core.catalogue import select
 from ..core.cases import cases_for_tier
 from ..core.engine import input_checksum
+from ..core.inputs import shared_streams
 from ..core.install import hint as install_hint
 from ..core.paths import split
 from ..core.registry import Registry, RegistryError
@@ -132,7 +135,25 @@ class _Collector:
         self.show.event(name, kind, info)
 
 
+@contextlib.contextmanager
+def _streams_dir():
+    """A temporary directory for the run's large input streams (conformance.core.inputs.shared_streams),
+    removed when the run ends; None where none can be made (the workers then generate their inputs)."""
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix="bnconform-inputs-", ignore_cleanup_errors=True)
+    except OSError:
+        yield None
+        return
+    with tmp as directory:
+        yield directory
+
+
 def run(opts: RunOptions, console: Console | None = None) -> int:
+    with _streams_dir() as streams:
+        return _run(opts, console, streams)
+
+
+def _run(opts: RunOptions, console: Console | None, streams: str | None) -> int:
     began = time.monotonic()
     console = console or _console()
     specs, registry, cases, available, work = _plan(opts)
@@ -142,8 +163,10 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
              "threads_per_worker": threads,
              "case_timeout": opts.case_timeout, "adapter_timeout": opts.adapter_timeout,
              "registry": opts.registry, "strict": opts.strict}
+    with shared_streams(streams, write=True):  # every case's inputs are generated here: the workers read them
+        checksum = input_checksum(cases)
     meta = runmeta.base(source="cli", tier=opts.tier, selection=opts.frameworks, specs=specs, cases=cases,
-                        flags=flags, checksum=input_checksum(cases))
+                        flags=flags, checksum=checksum)
     out = Path(opts.out)
     if opts.report:
         _prepare_dir(out)
@@ -163,7 +186,7 @@ def run(opts: RunOptions, console: Console | None = None) -> int:
     _prepare_dir(logs)
     cfg = WorkerConfig(registry_path=opts.registry, threads=threads, case_timeout=opts.case_timeout,
                        adapter_timeout=opts.adapter_timeout, cache_dir=str((out / CACHE).resolve()),
-                       log_dir=str(logs))
+                       log_dir=str(logs), streams_dir=streams)
     pool = Pool([got.run_for(s.name, work[s.name], cfg) for s in available], jobs)
     # Signals are noted, never raised, from here to the end: Pool.wait stops the workers on the first; one
     # after it (a second Ctrl-C) must not cut meta.json and the report short.

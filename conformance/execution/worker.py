@@ -199,15 +199,19 @@ class _Hosted:
 
 
 def _worker_main(conn, registry_path: str | None, threads: int, diagnose: bool, cache_dir: str | None,
-                 log_dir: str | None = None, parent_pid: int = 0) -> None:
+                 log_dir: str | None = None, parent_pid: int = 0, streams_dir: str | None = None) -> None:
     """Runs in the child: set adapters up when asked (each once), evaluate their cases, until told to stop.
 
     Messages in: ("setup", adapter), ("eval", adapter, item), ("observe", adapter, Case), ("stop",); an item
     is a case id, or case-id@path (conformance.core.paths).
     Replies: ("ready", versions, device, warnings) | ("setup_error", message, traceback); ("done", item,
     records, warnings) | ("failed", item, message, traceback); observe's tuples (see `_observe`). Framework
-    output goes to LOG_DIR/<adapter>.log of the adapter being set up or run; warnings come back with replies."""
+    output goes to LOG_DIR/<adapter>.log of the adapter being set up or run; warnings come back with replies.
+    The cases' large input streams are read from STREAMS_DIR where the parent wrote them
+    (conformance.core.inputs.shared_streams)."""
     import signal
+
+    from ..core.inputs import shared_streams
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us cleanly
     _own_group_dying_with(parent_pid)
@@ -245,7 +249,8 @@ def _worker_main(conn, registry_path: str | None, threads: int, diagnose: bool, 
             return None
         return ("failed", msg[2], cap(f"{type(e).__name__}: {e}", REASON_LIMIT), cap(traceback.format_exc(limit=8)))
 
-    serve(conn, answer, unsendable)
+    with shared_streams(streams_dir):
+        serve(conn, answer, unsendable)
 
 
 def serve(conn, answer: Callable[[tuple], tuple], unsendable: Callable[[tuple, BaseException], tuple | None]) -> None:
@@ -318,6 +323,7 @@ class WorkerConfig:
     diagnose: bool = True
     cache_dir: str | None = None  # compiled-artifact caches (None: the adapters' default, reports/.cache)
     log_dir: str | None = None  # the workers' stdout/stderr go to LOG_DIR/<adapter>.log (None: inherited)
+    streams_dir: str | None = None  # the run's large input streams, written by the parent (None: generated)
 
 
 def process_key(adapter_name: str) -> str:
@@ -349,7 +355,7 @@ class WorkerProcess:
         c = self.config
         self.proc = ctx.Process(target=_worker_main, name=f"bnconform[{self.key}]", daemon=True,
                                 args=(child, c.registry_path, c.threads, c.diagnose, c.cache_dir, c.log_dir,
-                                      os.getpid()))
+                                      os.getpid(), c.streams_dir))
         self.proc.start()
         child.close()
 

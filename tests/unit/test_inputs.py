@@ -96,3 +96,35 @@ def test_without_numba_large_inputs_take_the_numpy_path(monkeypatch):
     monkeypatch.setattr(inputs, "_kernels", False)
     assert inputs._fast(1 << 20) is None
     assert uniform(7, "probe", 3).tolist() == [0.13818670895732177, 0.9548869904246492, 0.28980555621913084]
+
+
+def test_a_run_generates_its_large_streams_once(tmp_path, monkeypatch):
+    """The parent of a run writes the large streams it generates; a worker reads them back with the same bits
+    and generates none of them. A stream the store lacks or holds damaged is generated again."""
+    from conformance.core import inputs
+
+    size = inputs.FAST + 3
+    with inputs.shared_streams(tmp_path, write=True):
+        u0, z0 = uniform(3, "probe/x", size), standard(3, "probe/x", size)
+        assert uniform(3, "small", 5).size == 5  # small streams are not stored
+    assert len(list(tmp_path.glob("*.npy"))) == 2 and not list(tmp_path.glob("*.part"))
+
+    def generated(*args):
+        raise AssertionError("generated although stored")
+
+    with monkeypatch.context() as m:
+        m.setattr(inputs, "_uniform", generated)
+        m.setattr(inputs, "_standard", generated)
+        with inputs.shared_streams(tmp_path):
+            u1, z1 = uniform(3, "probe/x", size), standard(3, "probe/x", size)
+    assert np.array_equal(u0.view(np.int64), u1.view(np.int64))
+    assert np.array_equal(z0.view(np.int64), z1.view(np.int64))
+    for damaged, content in zip(sorted(tmp_path.glob("*.npy")), (b"not an array", None)):
+        if content is None:
+            np.save(damaged, np.zeros(7))  # a valid file of the wrong shape
+        else:
+            damaged.write_bytes(content)
+    with inputs.shared_streams(tmp_path):
+        assert np.array_equal(uniform(3, "probe/x", size).view(np.int64), u0.view(np.int64))
+        assert np.array_equal(standard(3, "probe/x", size).view(np.int64), z0.view(np.int64))
+    assert inputs._store is None  # outside the block: neither read nor written

@@ -68,6 +68,26 @@ def test_two_runs_in_the_same_second_never_share_a_directory(tmp_path, monkeypat
         assert json.loads((d / "meta.json").read_text())["run_id"] == d.name
 
 
+def test_a_run_removes_its_shared_input_streams(tmp_path, monkeypatch):
+    """The directory the parent writes the large input streams to for its workers is gone after the run, and
+    the workers were told where it was."""
+    import tempfile
+
+    from conformance.execution import runner, worker
+
+    monkeypatch.setenv("BNCONFORM_EXTRA_ADAPTERS", FAKES)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    told = []
+    monkeypatch.setattr(runner, "AdapterRun",
+                        lambda name, ids, cfg, **kw: told.append(cfg.streams_dir) or worker.AdapterRun(name, ids, cfg, **kw))
+    assert runner.run(runner.RunOptions(frameworks="fake.oracle", tier="smoke", out=str(tmp_path / "out"), jobs=1,
+                                        report=False)) == 0
+    assert told and all(d and d.startswith(str(scratch / "bnconform-inputs-")) for d in told)
+    assert not list(scratch.iterdir())
+
+
 def test_a_results_directory_has_one_writing_session(tmp_path):
     """Two pytest sessions with the same --bn-results: the second is refused (it used to delete the first
     one's files); once the first has finished, the directory is free again."""
