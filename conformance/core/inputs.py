@@ -20,6 +20,7 @@ cases is what "normal" gives, so the special values are the only difference.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -50,6 +51,10 @@ def _splitmix(counter: np.ndarray, key: np.uint64) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+_COUNTERS = np.arange(_BLOCK, dtype=np.uint64)
+_COUNTERS.setflags(write=False)
+
+
 class _Stream:
     """Uniforms of one stream for counters [start, start + count), computed block by block in place.
 
@@ -57,11 +62,12 @@ class _Stream:
     conversion and an exact scaling), so the same bits; a large request no longer makes a dozen passes through
     memory with array-sized temporaries, which made input generation most of a realistic case's cost."""
 
-    def __init__(self, key: np.uint64):
+    def __init__(self, key: np.uint64, most: int = _BLOCK):
+        """most: the longest fill this stream will be asked for (<= _BLOCK): the size of its buffers."""
         self.key = key
-        self.base = np.arange(_BLOCK, dtype=np.uint64)
-        self.z = np.empty(_BLOCK, dtype=np.uint64)
-        self.t = np.empty(_BLOCK, dtype=np.uint64)
+        self.base = _COUNTERS[:most]
+        self.z = np.empty(most, dtype=np.uint64)
+        self.t = np.empty(most, dtype=np.uint64)
 
     def fill(self, start: int, out: np.ndarray) -> None:
         """out[:] = uniform values for counters start, start + 1, ... (len(out) <= _BLOCK)."""
@@ -158,7 +164,7 @@ def _uniform(seed: int, stream: str, size: int) -> np.ndarray:
     if kernels:
         kernels.uniform(_key(seed, stream), out)
         return out
-    gen = _Stream(_key(seed, stream))
+    gen = _Stream(_key(seed, stream), min(size, _BLOCK))
     for start in range(0, size, _BLOCK):
         gen.fill(start, out[start:start + _BLOCK])
     return out
@@ -178,7 +184,15 @@ def _standard(seed: int, stream: str, size: int) -> np.ndarray:
     if kernels:
         kernels.standard(_key(seed, stream), out)
         return out
-    gen = _Stream(_key(seed, stream))
+    if 12 * size <= _BLOCK:  # counters k size + j are the flat indices of a (12, size) array: one fill
+        u = np.empty((12, size))
+        _Stream(_key(seed, stream), 12 * size).fill(0, u.reshape(-1))
+        np.copyto(out, u[0])
+        for k in range(1, 12):
+            np.add(out, u[k], out=out)
+        np.subtract(out, 6.0, out=out)
+        return out
+    gen = _Stream(_key(seed, stream), min(size, _BLOCK))
     u = np.empty(min(size, _BLOCK))
     for start in range(0, size, _BLOCK):
         acc = out[start:start + _BLOCK]
@@ -202,16 +216,25 @@ def _sample(seed: int, stream: str, shape: tuple[int, ...], dist: str) -> np.nda
     return z.reshape(shape)
 
 
+@functools.lru_cache(maxsize=1024)
+def _channel_scale_loc(seed: int, C: int, case_scale: float, case_loc: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each channel's scale and location (read-only; the same for every step of a case, which may have 200).
+    Channels get distinct scales and locations, so a statistic taken over the wrong axis is visible."""
+    u_scale = uniform(seed, "channel_scale", C)
+    u_loc = uniform(seed, "channel_loc", C)
+    scale = case_scale * (0.5 + u_scale)
+    loc = case_loc * (0.75 + 0.5 * u_loc) if case_loc != 0.0 else (u_loc - 0.5) * case_scale
+    for a in (scale, loc):
+        a.setflags(write=False)
+    return scale, loc
+
+
 def batch(case, step: int) -> np.ndarray:
     """The input batch of one step, float64, before rounding to the case dtype."""
     shape, axis, C = case.shape, case.axis_index, case.channels
     stream = "x0" if case.same_batch else f"x{step}"
     z = _sample(case.seed, stream, shape, case.dist)
-    # Channels get distinct scales and locations, so a statistic taken over the wrong axis is visible.
-    u_scale = uniform(case.seed, "channel_scale", C)
-    u_loc = uniform(case.seed, "channel_loc", C)
-    scale = case.scale * (0.5 + u_scale)
-    loc = case.loc * (0.75 + 0.5 * u_loc) if case.loc != 0.0 else (u_loc - 0.5) * case.scale
+    scale, loc = _channel_scale_loc(case.seed, C, case.scale, case.loc)
     bshape = [1] * len(shape)
     bshape[axis] = C
     x = loc.reshape(bshape) + scale.reshape(bshape) * z

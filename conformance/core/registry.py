@@ -75,11 +75,11 @@ class Entry:
         return (any(fnmatch.fnmatchcase(case_id, g) for g in self.cases)
                 and not any(fnmatch.fnmatchcase(case_id, g) for g in self.except_cases))
 
+    def covers(self, case_id: str, quantity: str) -> bool:
+        return self.covers_case(case_id) and any(fnmatch.fnmatchcase(quantity, g) for g in self.quantities)
+
     def matches(self, adapter: str, version: str, case_id: str, quantity: str, path: str = "eager") -> bool:
-        return (self.applies_to(adapter, version)
-                and self.on_path(path)
-                and self.covers_case(case_id)
-                and any(fnmatch.fnmatchcase(quantity, g) for g in self.quantities))
+        return self.applies_to(adapter, version) and self.on_path(path) and self.covers(case_id, quantity)
 
     def as_dict(self) -> dict:
         return {"id": self.id, "reason": self.reason, "link": self.link, "action": self.action,
@@ -128,6 +128,17 @@ def _entry_line(text: str, index: int) -> int:
 class Registry:
     def __init__(self, entries: list[Entry]):
         self.entries = entries
+        # (adapter, version, path) -> the entries for it, in order: an adapter's every check asks the same
+        # three questions of every entry (~130 of them) before its case and quantity narrow them down
+        self._applicable: dict[tuple[str, str, str], tuple[Entry, ...]] = {}
+
+    def _for(self, adapter: str, version: str, path: str) -> tuple[Entry, ...]:
+        key = (adapter, version, path)
+        got = self._applicable.get(key)
+        if got is None:
+            got = self._applicable[key] = tuple(e for e in self.entries
+                                                if e.applies_to(adapter, version) and e.on_path(path))
+        return got
 
     @classmethod
     def load(cls, location: str | Path | None = None) -> "Registry":
@@ -163,15 +174,15 @@ class Registry:
         return cls(entries)
 
     def match(self, adapter: str, version: str, case_id: str, quantity: str, path: str = "eager") -> Entry | None:
-        for e in self.entries:
-            if e.matches(adapter, version, case_id, quantity, path):
-                e.hits += 1
-                return e
-        return None
+        """The first entry that matches the check (Entry.matches), its hit counted; None."""
+        e = self.peek(adapter, version, case_id, quantity, path)
+        if e is not None:
+            e.hits += 1
+        return e
 
     def peek(self, adapter: str, version: str, case_id: str, quantity: str, path: str = "eager") -> Entry | None:
         """Like match, without counting the hit."""
-        return next((e for e in self.entries if e.matches(adapter, version, case_id, quantity, path)), None)
+        return next((e for e in self._for(adapter, version, path) if e.covers(case_id, quantity)), None)
 
     def stale(self, selected: dict[str, str], hits: dict[str, int] | None = None,
               paths_run: dict[str, set[str]] | None = None,

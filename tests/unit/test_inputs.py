@@ -128,3 +128,4 @@ def test_a_run_generates_its_large_streams_once(tmp_path, monkeypatch):
         assert np.array_equal(uniform(3, "probe/x", size).view(np.int64), u0.view(np.int64))
         assert np.array_equal(standard(3, "probe/x", size).view(np.int64), z0.view(np.int64))
     assert inputs._store is None  # outside the block: neither read nor written
+
