@@ -42,6 +42,9 @@ def moments(x: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     centered = x - to_channels(mean, x.ndim, axis)
     residual = np.sum(centered, axis=axes) / n
     mean = _corrected(mean, residual)
+    if x.dtype == np.float64 and mean.dtype == np.float64:  # the same operations, in one x-sized array
+        np.subtract(x, to_channels(mean, x.ndim, axis), out=centered)
+        return mean, np.sum(np.multiply(centered, centered, out=centered), axis=axes) / n
     centered = x - to_channels(mean, x.ndim, axis)
     var = np.sum(centered * centered, axis=axes) / n
     return mean, var
