@@ -78,3 +78,12 @@ def test_inputs_an_adapter_wrote_into_are_not_handed_to_the_next_adapter():
     evaluate(WritesIntoInputs("fake.writes"), CASE)
     records = evaluate(OracleAdapter("fake.next"), CASE)
     assert records and {r["verdict"] for r in records} == {"pass"}
+
+
+def test_a_write_is_caught_against_the_copy_an_earlier_adapter_shared():
+    """The copy the guard compares with is taken once per case (engine.InputGuard): an adapter that writes
+    after another ran on the same inputs is still caught, and the copy goes with the altered inputs."""
+    assert {r["verdict"] for r in evaluate(OracleAdapter("fake.first"), CASE)} == {"pass"}
+    records = evaluate(WritesIntoInputs("fake.writes"), CASE)
+    assert {r["verdict"] for r in records} == {"error"} and "wrote into its inputs" in records[0]["reason"]
+    assert {r["verdict"] for r in evaluate(OracleAdapter("fake.next"), CASE)} == {"pass"}
