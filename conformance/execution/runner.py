@@ -135,17 +135,42 @@ class _Collector:
         self.show.event(name, kind, info)
 
 
+STREAMS_PREFIX = "bnconform-inputs-"
+
+
 @contextlib.contextmanager
 def _streams_dir():
     """A temporary directory for the run's large input streams (conformance.core.inputs.shared_streams),
-    removed when the run ends; None where none can be made (the workers then generate their inputs)."""
+    removed when the run ends; None where none can be made (the workers then generate their inputs). The
+    directories of runs that ended without removing theirs (killed: SIGTERM's default action, SIGKILL) go
+    first: their names hold their run's process id."""
+    _remove_orphaned_streams()
     try:
-        tmp = tempfile.TemporaryDirectory(prefix="bnconform-inputs-", ignore_cleanup_errors=True)
+        tmp = tempfile.TemporaryDirectory(prefix=f"{STREAMS_PREFIX}{os.getpid()}-", ignore_cleanup_errors=True)
     except OSError:
         yield None
         return
     with tmp as directory:
         yield directory
+
+
+def _remove_orphaned_streams() -> None:
+    import shutil
+
+    try:
+        found = list(Path(tempfile.gettempdir()).glob(f"{STREAMS_PREFIX}*-*"))
+    except OSError:
+        return
+    for d in found:
+        pid = d.name[len(STREAMS_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # its run is gone
+            shutil.rmtree(d, ignore_errors=True)
+        except OSError:  # alive (PermissionError: another user's) or unknowable: left alone
+            pass
 
 
 def run(opts: RunOptions, console: Console | None = None) -> int:

@@ -86,6 +86,19 @@ def test_a_run_removes_its_shared_input_streams(tmp_path, monkeypatch):
                                         report=False)) == 0
     assert told and all(d and d.startswith(str(scratch / "bnconform-inputs-")) for d in told)
     assert not list(scratch.iterdir())
+    # a killed run's directory (its process is gone) is removed by the next run; a live run's is kept
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    orphan = scratch / f"bnconform-inputs-{int(gone.stdout)}-abc"
+    alive = scratch / f"bnconform-inputs-{os.getppid()}-def"
+    for d in (orphan, alive):
+        d.mkdir()
+        (d / "standard-0-65536-7830.npy").write_bytes(b"")
+    assert runner.run(runner.RunOptions(frameworks="fake.oracle", tier="smoke", out=str(tmp_path / "out"), jobs=1,
+                                        report=False)) == 0
+    assert sorted(scratch.iterdir()) == [alive]
 
 
 def test_a_results_directory_has_one_writing_session(tmp_path):
