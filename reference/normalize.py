@@ -112,8 +112,8 @@ def backward(x, dy, gamma, norm: Normalizer, axes: tuple[int, ...], n: int):
 
 def _backward_float64(x, dy, gamma, norm: Normalizer, r, axes: tuple[int, ...], n: int):
     """`backward`'s expressions, element by element the same operations in the same order (so the same bits),
-    with three x-sized temporaries instead of eight: results are formed in place, and dy * (x - m), which the
-    expressions form twice, once."""
+    in two x-sized arrays instead of ten: results are formed in place, and dy * (x - m), which the expressions
+    form twice, once."""
     xm = x - norm.m
     p = dy * xm
     s = np.sum(p, axis=axes, keepdims=True) if norm.c != 0.0 else None

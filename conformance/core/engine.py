@@ -394,13 +394,10 @@ class InputGuard:
     bits whenever materialized, so the copy holds for a re-materialized Problem too; a guard that finds the
     inputs changed drops both (`Shared.forget`)."""
 
-    def __init__(self, problem, case: Case | None = None):
+    def __init__(self, problem, case: Case):
         self.problem = problem
-
-        def copies():
-            return tuple(None if a is None else np.array(a, copy=True) for a in _input_arrays(problem))
-
-        self.copies = copies() if case is None else SHARED.get(("pristine inputs", case), copies)
+        self.copies = SHARED.get(("pristine inputs", case), lambda: tuple(
+            None if a is None else np.array(a, copy=True) for a in _input_arrays(problem)))
 
     def changed(self) -> bool:
         for a, c in zip(_input_arrays(self.problem), self.copies):
