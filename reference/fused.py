@@ -74,20 +74,24 @@ def per_channel(a, C: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(np.asarray(a, dtype=np.float64).reshape(-1), (C,)))
 
 
-def _flat_ranges(shape):
-    """The flat [lo, hi) range of each block of blocked.blocks: C-order blocks with whole trailing axes are
-    contiguous. Large blocks: one kernel call each, so the per-call overhead vanishes."""
+def _flat_ranges(shape) -> tuple[np.ndarray, np.ndarray]:
+    """The flat [lo, hi) ranges of the blocks of blocked.blocks, as two int64 arrays (the kernels' threads take
+    them in turn): C-order blocks with whole trailing axes are contiguous. Large blocks, so the per-block
+    overhead vanishes."""
     strides = np.cumprod((1,) + tuple(shape[::-1]))[:-1][::-1]
+    los, his = [], []
     for b in blocked.blocks(shape, FORWARD_BLOCK):
         lo = sum(int(s.start or 0) * int(st) for s, st in zip(b, strides))
         size = 1
         for s, n in zip(b, shape):
             start, stop, _ = s.indices(n)
             size *= stop - start
-        yield lo, lo + size
+        los.append(lo)
+        his.append(lo + size)
+    return np.array(los, dtype=np.int64), np.array(his, dtype=np.int64)
 
 
-FORWARD_BLOCK = 1 << 20  # elements per kernel call on the elementwise passes (8 MB of float64)
+FORWARD_BLOCK = 1 << 20  # elements per block of the elementwise passes, the threads' unit of work (8 MB of float64)
 
 
 def moments(x, axis: int, dims: tuple[int, int, int]):
@@ -113,8 +117,7 @@ def forward(x, gamma, beta, m, r, dims):
     y = np.empty(x.shape)
     xf, yf = x.reshape(-1), y.reshape(-1)
     g, mm, rr, b = (per_channel(a, C) for a in (gamma, m, r, beta))
-    for lo, hi in _flat_ranges(x.shape):
-        _kernels.forward(xf, yf, lo, hi, C, T, g, mm, rr, b)
+    _kernels.forward(xf, yf, *_flat_ranges(x.shape), C, T, g, mm, rr, b)
     return y
 
 
@@ -140,7 +143,6 @@ def backward(x, dy, gamma, norm, r, axis: int, n: int, dims):
     dx = np.empty(x.shape)
     dxf = dx.reshape(-1)
     args = [per_channel(a, C) for a in (gr, k1, k2, norm.mu, dyxm)]
-    for lo, hi in _flat_ranges(x.shape):
-        _kernels.backward_dx(xf, dyf, dxf, lo, hi, C, T, args[0], args[1], norm.a != 0.0, args[2], args[3], args[4],
-                     norm.c != 0.0)
+    _kernels.backward_dx(xf, dyf, dxf, *_flat_ranges(x.shape), C, T, args[0], args[1], norm.a != 0.0, args[2],
+                         args[3], args[4], norm.c != 0.0)
     return dx, dgamma, dbeta
