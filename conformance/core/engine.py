@@ -150,8 +150,20 @@ def evaluate(adapter, case: Case, registry: Registry | None = None, *, path: str
     (not called for registered deviations; pairs: whether to search pairs of changes too, asked for failures
     only, not for characterizations);
     evidence(adapter, case, problem, obs) -> dict | None is what the case says about the adapter's conventions
-    (conformance.explain.infer); both are optional so the engine does not depend on them."""
+    (conformance.explain.infer); both are optional so the engine does not depend on them.
+
+    Every record carries `seconds`, the time inside adapter.run(), and `harness_seconds`, the rest of this
+    call (inputs, oracle, bounds, comparison, diagnosis, evidence): on every way out, the one-element-per-channel
+    and raised-problem records included."""
     began = time.perf_counter()
+    records = _evaluate(adapter, case, registry, path, diagnose, evidence)
+    harness = time.perf_counter() - began - (records[0]["seconds"] if records else 0.0)
+    for r in records:
+        r["harness_seconds"] = harness
+    return records
+
+
+def _evaluate(adapter, case: Case, registry: Registry | None, path: str, diagnose, evidence) -> list[dict]:
     adapter = on_path(adapter, path)
     registry = registry or Registry([])
     version = _version(adapter)
@@ -179,15 +191,22 @@ def evaluate(adapter, case: Case, registry: Registry | None = None, *, path: str
     try:
         obs = adapter.run(problem)
     except Exception as e:  # the adapter (or the framework under it) raised: error records, run continues
+        seconds = time.perf_counter() - start
         tb = traceback.format_exc(limit=8)
-        return records_for(adapter, case, "error", f"{type(e).__name__}: {e}", version, device, message=tb)
+        recs = records_for(adapter, case, "error", f"{type(e).__name__}: {e}", version, device, message=tb)
+        for r in recs:
+            r["seconds"] = seconds
+        return recs
     seconds = time.perf_counter() - start
     device = obs.facts.get("device", device)
     if guard.changed():
         SHARED.forget(case)  # its inputs (and nothing computed from them before the run) are no longer the case's
         why = (f"the adapter wrote into its inputs ({', '.join(_modified(case, problem))} changed while it ran); "
                "every comparison would be against altered data")
-        return records_for(adapter, case, "error", why, version, device)
+        recs = records_for(adapter, case, "error", why, version, device)
+        for r in recs:
+            r["seconds"] = seconds
+        return recs
 
     # One element per channel normalized with batch statistics: a training step, or any step of a case that
     # tracks no running statistics (inference then uses the batch's too).
@@ -201,10 +220,8 @@ def evaluate(adapter, case: Case, registry: Registry | None = None, *, path: str
         records = _rerun_if_nondeterministic(ctx, records, quantities)
     # evidence fits models to every observed array: only when each one has the shape the oracle has
     ev = evidence(adapter, case, problem, obs) if evidence is not None and not ctx.malformed else None
-    harness = time.perf_counter() - began - seconds  # inputs, oracle, bounds, comparison, diagnosis, evidence
     for r in records:
         r["evidence"] = ev
-        r["harness_seconds"] = harness  # oracle, bounds, comparison, diagnosis: the suite's own cost (per case)
     return records
 
 
