@@ -58,13 +58,53 @@ def test_shared_arrays_are_read_only():
             a.reshape(-1)[0] = 1.0
 
 
-def test_least_recently_used_entries_leave_first_and_oversized_ones_are_not_kept():
-    shared = Shared(budget=3 * 800)
-    make = lambda: np.zeros(100)  # noqa: E731  800 bytes
-    a, b, c = (shared.get(("oracle", k), make) for k in "abc")
-    assert shared.get(("oracle", "a"), make) is a  # a is now the most recent
-    shared.get(("oracle", "d"), make)  # evicts b
-    assert shared.get(("oracle", "a"), make) is a and shared.get(("oracle", "c"), make) is c
-    assert shared.get(("oracle", "b"), make) is not b
-    big = shared.get(("oracle", "big"), lambda: np.zeros(1000))
-    assert shared.get(("oracle", "big"), lambda: np.zeros(1000)) is not big and shared.held <= 3 * 800
+class Clock:
+    """A stand-in for time.perf_counter: each computation takes the cost set before it."""
+
+    def __init__(self):
+        self.now, self.cost, self.reads = 0.0, 1.0, 0
+
+    def __call__(self):
+        self.reads += 1
+        if self.reads % 2 == 0:  # the second read of a pair ends a computation
+            self.now += self.cost
+        return self.now
+
+
+def _computing(shared, clock, key, cost, n=100):
+    clock.cost = cost
+    return shared.get(("oracle", key), lambda: np.zeros(n))  # 8 n bytes
+
+
+def test_among_equally_costly_entries_the_least_recently_used_leave_first_and_oversized_ones_are_not_kept():
+    clock = Clock()
+    shared = Shared(budget=3 * 800, clock=clock)
+    a, b, c = (_computing(shared, clock, k, 1.0) for k in "abc")
+    assert _computing(shared, clock, "a", 1.0) is a  # a is now the most recent
+    assert _computing(shared, clock, "d", 2.0) is not None  # costlier: evicts b, the least recently used
+    assert _computing(shared, clock, "a", 1.0) is a and _computing(shared, clock, "c", 1.0) is c
+    assert _computing(shared, clock, "b", 1.0) is not b
+    big = _computing(shared, clock, "big", 9.0, n=1000)
+    assert _computing(shared, clock, "big", 9.0, n=1000) is not big and shared.held <= 3 * 800
+
+
+def test_a_walk_larger_than_the_budget_keeps_its_costliest_entries_for_the_next_adapter():
+    """Adapters of a process walk the same cases in the same order. With least-recently-used eviction a walk
+    over more than the budget evicts every entry before its next use; here the entries that save the most per
+    byte stay, and the next walk finds them."""
+    clock = Clock()
+    shared = Shared(budget=3 * 800, clock=clock)
+    costs = {"a": 3.0, "b": 1.0, "c": 2.0, "d": 0.5, "e": 2.5}
+    first = {k: _computing(shared, clock, k, cost) for k, cost in costs.items()}
+    again = {k: _computing(shared, clock, k, cost) for k, cost in costs.items()}
+    assert {k for k in costs if again[k] is first[k]} == {"a", "c", "e"}
+    assert shared.held == 3 * 800
+
+
+def test_a_cheaper_entry_displaces_nothing():
+    clock = Clock()
+    shared = Shared(budget=2 * 800, clock=clock)
+    a, b = _computing(shared, clock, "a", 2.0), _computing(shared, clock, "b", 2.0)
+    _computing(shared, clock, "c", 1.0)  # does not fit, and every entry is costlier per byte: not kept
+    assert _computing(shared, clock, "a", 2.0) is a and _computing(shared, clock, "b", 2.0) is b
+    assert ("oracle", "c") not in shared.entries
