@@ -98,6 +98,12 @@ def backward(x, dy, gamma, norm: Normalizer, axes: tuple[int, ...], n: int):
         return fused.backward(x, dy, gamma, norm, r, axis, n, dims)
     if all(np.asarray(a).dtype == np.float64 for a in (x, dy, *operands)):
         return _backward_float64(x, dy, gamma, norm, r, axes, n)
+    return _backward_expressions(x, dy, gamma, norm, r, axes, n)
+
+
+def _backward_expressions(x, dy, gamma, norm: Normalizer, r, axes: tuple[int, ...], n: int):
+    """The backward as the module docstring writes it; taken by complex-step and mixed-dtype inputs, and the
+    specification `_backward_float64` is held to bit for bit (tests/unit/test_oracle_gradients.py)."""
     xm = x - norm.m
     dgamma = np.sum(dy * xm * r, axis=axes, keepdims=True)
     dbeta = np.sum(dy, axis=axes, keepdims=True)

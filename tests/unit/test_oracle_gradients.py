@@ -137,3 +137,42 @@ def test_gradient_knobs_drop_exactly_their_term(knob):
         numeric[i] = np.imag(frozen_loss(p.reshape(x.shape))) / 1e-20
     # frozen statistics only change the derivative, not the value: the value sees the live statistics
     assert np.max(np.abs(analytic - numeric.reshape(x.shape))) <= 1e-12 * np.max(np.abs(numeric))
+
+
+# -- the in-place float64 backward against the expressions it replaces, bit for bit ---------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from reference import normalize as nz  # noqa: E402
+
+
+def _bits(a):
+    return np.ascontiguousarray(np.asarray(a, dtype=np.float64)).view(np.int64)
+
+
+@settings(max_examples=150, deadline=None)
+@given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4), axis_pick=st.integers(0, 3),
+       a=st.sampled_from([0.0, 1.0, 0.3]), c=st.sampled_from([0.0, 1.0, 0.3, 4.0 / 3.0]),
+       placement=st.sampled_from(["inside_sqrt", "outside_sqrt"]), seed=st.integers(0, 2**32 - 1))
+def test_the_in_place_float64_backward_is_the_expressions_bit_for_bit(shape, axis_pick, a, c, placement, seed):
+    """normalize._backward_float64 forms the expressions' results in place; every element must come out with the
+    same bits (the same operations in the same order), for every combination of the gradient's terms."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape) * rng.uniform(0.01, 100) + rng.uniform(-10, 10)
+    dy = rng.standard_normal(shape)
+    axis = axis_pick % len(shape)
+    axes = tuple(k for k in range(len(shape)) if k != axis)
+    per = [1] * len(shape)
+    per[axis] = shape[axis]
+    gamma = rng.uniform(-2, 2, per)
+    mu = x.mean(axis=axes, keepdims=True)
+    norm = nz.Normalizer(m=mu + rng.uniform(-0.1, 0.1, per), s2=rng.uniform(0.01, 4, per), mu=mu, a=a, c=c,
+                         eps=1e-5, eps_placement=placement)
+    n = int(np.prod([shape[k] for k in axes], dtype=np.int64))
+    r = nz.reciprocal_std(norm.s2, norm.eps, norm.eps_placement)
+    fast = nz._backward_float64(x, dy, gamma, norm, r, axes, n)
+    spec = nz._backward_expressions(x, dy, gamma, norm, r, axes, n)
+    for got, want in zip(fast, spec):
+        assert got.shape == want.shape
+        assert np.array_equal(_bits(got), _bits(want))
+
