@@ -75,6 +75,9 @@ def _elementwise(out: np.ndarray, fn, *operands) -> np.ndarray:
     """out[...] = fn(*operands), evaluated one cache-sized block at a time (reference/blocked.py): operands are
     x-shaped arrays or per-channel ones kept with keepdims. Every element goes through the same operations in the
     same order as the whole-array expression, so the same bits, without an x-sized temporary per operation."""
+    if out.size <= BLOCK:  # one block: the whole array (a many-step case makes thousands of small calls)
+        out[...] = fn(*operands)
+        return out
     for b in blocked.blocks(out.shape, BLOCK):
         out[b] = fn(*(blocked.part(a, b) for a in operands))
     return out

@@ -66,3 +66,16 @@ def test_an_adapter_that_raised_is_timed_too(slow_oracle):
     assert {r["verdict"] for r in records} == {"error"}
     seconds, harness = _timing(records)
     assert seconds >= DELAY and harness >= DELAY  # run() until it raised; the oracle computed before it
+
+
+def test_an_adapter_that_returns_nothing_to_compare_costs_no_oracle(monkeypatch):
+    """One element per channel: the oracle is computed after the run (there is nothing to protect it from), and
+    only when the adapter returned something to compare. On the 2000-step corpus case it cost ~0.6 s for an
+    adapter whose every quantity was unsupported."""
+    calls = []
+    real = engine.simulate
+    monkeypatch.setattr(engine, "simulate", lambda *a, **k: calls.append(a) or real(*a, **k))
+    records = evaluate(OracleAdapter("fake.none", drop=OracleAdapter.quantities), ONE_PER_CHANNEL)
+    assert {r["verdict"] for r in records} == {"skip"} and not calls
+    records = evaluate(OracleAdapter("fake.some", drop={"y"}), ONE_PER_CHANNEL)
+    assert calls and "pass" in {r["verdict"] for r in records}
