@@ -209,10 +209,13 @@ def test_pool_wait_turns_ctrl_c_into_a_clean_stop_and_waits_for_cleanup():
 
     runs = [SlowToStop(), SlowToStop()]
     seen = []
+    # What was there before: Python's default_int_handler, or SIG_IGN where the suite was started in the
+    # background by a non-interactive shell (which ignores SIGINT in background jobs)
+    before = signal.getsignal(signal.SIGINT)
     threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
     assert Pool(runs, jobs=2).wait(on_interrupt=lambda: seen.append("stopping")) is True
     assert seen == ["stopping"] and all(r.cleaned for r in runs)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # pytest's handler is back
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is restored
 
 
 def test_a_driver_bug_is_one_line_not_a_traceback():
