@@ -130,14 +130,15 @@ def _steps(name: str, expected: np.ndarray, observed: np.ndarray) -> dict | None
 
 
 def records_for(adapter, case: Case, verdict: str, reason: str, version: str = "", device: str = "",
-                message: str = "", path: str | None = None) -> list[dict]:
-    """The same verdict for every quantity of a case (skips, errors, registry skips)."""
+                message: str = "", path: str | None = None, seconds: float = 0.0) -> list[dict]:
+    """The same verdict for every quantity of a case (skips, errors, registry skips); `seconds`: the time the
+    adapter's run() took, where it ran."""
     if path is not None:
         adapter = on_path(adapter, path)
     out = []
     for q in applicable(case):
         r = _base(adapter, case, q, version, device)
-        r.update(verdict=verdict, reason=reason, message=message or reason)
+        r.update(verdict=verdict, reason=reason, message=message or reason, seconds=seconds)
         out.append(r)
     return out
 
@@ -193,20 +194,15 @@ def _evaluate(adapter, case: Case, registry: Registry | None, path: str, diagnos
     except Exception as e:  # the adapter (or the framework under it) raised: error records, run continues
         seconds = time.perf_counter() - start
         tb = traceback.format_exc(limit=8)
-        recs = records_for(adapter, case, "error", f"{type(e).__name__}: {e}", version, device, message=tb)
-        for r in recs:
-            r["seconds"] = seconds
-        return recs
+        return records_for(adapter, case, "error", f"{type(e).__name__}: {e}", version, device, message=tb,
+                           seconds=seconds)
     seconds = time.perf_counter() - start
     device = obs.facts.get("device", device)
     if guard.changed():
         SHARED.forget(case)  # its inputs (and nothing computed from them before the run) are no longer the case's
         why = (f"the adapter wrote into its inputs ({', '.join(_modified(case, problem))} changed while it ran); "
                "every comparison would be against altered data")
-        recs = records_for(adapter, case, "error", why, version, device)
-        for r in recs:
-            r["seconds"] = seconds
-        return recs
+        return records_for(adapter, case, "error", why, version, device, seconds=seconds)
 
     # One element per channel normalized with batch statistics: a training step, or any step of a case that
     # tracks no running statistics (inference then uses the batch's too).
