@@ -2,7 +2,8 @@
 
     python benchmarks/suite_speed.py [--frameworks all] [--tier default] [--paths default] [-k EXPR] [--jobs 2]
                                      [--out reports/speed] [--xdist]
-    python benchmarks/suite_speed.py --analyze COLD_RUN_DIR [WARM_RUN_DIR]   (figures of runs already made)
+    python benchmarks/suite_speed.py --analyze COLD_DIR [WARM_DIR]   (figures of runs already made: run directories,
+                                                                    or results directories for their latest run)
 
 1. a cold run (`bnconform run`, JAX/Keras persistent compilation caches emptied) and a warm rerun, each timed
    end to end as a user sees it (imports, compilation, checks, results, analysis, report);
@@ -21,7 +22,6 @@ The load average is printed with the figures: on a shared machine they are only 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import subprocess
@@ -53,8 +53,22 @@ def _latest_run(out: Path) -> Path:
 
 
 def _load(run_dir: Path) -> tuple[dict, list[dict]]:
-    meta = json.loads((run_dir / "meta.json").read_text())
-    records = [json.loads(line) for line in (run_dir / "records.jsonl").read_text().splitlines() if line.strip()]
+    """A run's metadata and records, read and checked against their schemas as `bnconform report` reads them;
+    `run_dir` may also be a results directory (its latest run). Anything else ends the script with one message."""
+    sys.path.insert(0, str(ROOT))
+    from conformance.outputs.results import META, RECORDS, ResultsError, read_meta, read_records, result_dirs
+
+    warnings: list[str] = []
+    try:
+        run_dir = result_dirs(run_dir)[-1][0]  # a results directory's runs sort by start time: the latest
+        meta = read_meta(run_dir)
+        if meta is None:
+            raise ResultsError(f"{run_dir}: no {META} next to its {RECORDS} (not a bnconform run directory)")
+        records = read_records(run_dir / RECORDS, warnings)
+    except ResultsError as e:
+        sys.exit(f"suite_speed: {e}")
+    for w in warnings:
+        print(f"suite_speed: {w}", file=sys.stderr)
     return meta, records
 
 
@@ -187,7 +201,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "reports" / "speed"))
     p.add_argument("--xdist", action="store_true", help="also compare serial and pytest-xdist verdicts")
     p.add_argument("--analyze", nargs="+", metavar="RUN_DIR", help="only print the figures of these runs "
-                   "(cold, then warm): their durations from meta.json, without report rendering")
+                   "or results directories (cold, then warm): their durations from meta.json, without report rendering")
     args = p.parse_args(argv)
     out = Path(args.out)
     env = dict(os.environ)
