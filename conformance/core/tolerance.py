@@ -69,6 +69,7 @@ from reference.statistics import reduce_axes
 SAFETY = 2.0
 ILL_POSED = 0.1
 BLOCK = blocked.BLOCK_ELEMENTS  # elements per block of the elementwise bounds (see `_elementwise`)
+STEP_ROWS = 1 << 13  # numbers per per-step array in a chunk of steps of `bounds` (64 KB of float64)
 
 
 def _elementwise(out: np.ndarray, fn, *operands) -> np.ndarray:
@@ -138,61 +139,94 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
     # r (d_m + ...): a mean of subnormal inputs is rounded to the subnormal grid, an error r = 1/sqrt(s2 + eps)
     # magnifies; Higham sec. 2.1)
     eta_c, eta_s = tiny(precision.compute), tiny(precision.stats)
-    # y's bound, SAFETY * (B + eta) as `put` makes it, written step by step into one array
-    y_bound = np.empty((problem.steps, *problem.shape))
     # The initial statistics are exact in the case dtype; stored in a narrower format they are rounded first.
     d_rm = (u_s if u_s > u_o else 0.0) * np.abs(problem.running_mean)
     d_rv = (u_s if u_s > u_o else 0.0) * np.abs(problem.running_var)
-    rm_prev, rv_prev = problem.running_mean.copy(), problem.running_var.copy()
-    rms, rvs, bms, bvs, rho_var, kappa = [], [], [], [], [], []
-    last = {}
-    for t, (x, mode) in enumerate(zip(problem.xs, convention.modes(problem))):
-        mu, v = trace.step_mean[t], trace.step_var[t]
+    # Steps are taken a chunk at a time (STEP_ROWS numbers per chunk and per-step array): every step of a chunk
+    # is formed at once, over (steps, C) rows, with the same operations in the same order on every element as one
+    # step's own expression, so the same bits. A case of 2000 small steps made ~80 NumPy calls per step in a
+    # Python loop; whole-case (steps, C) temporaries instead cost more than they saved, in first touches of fresh
+    # memory (~10x a pass over memory already touched, on this project's CI machines); a chunk's temporaries are
+    # small and reused. What stays a loop over steps is what is sequential or per batch: each step's reduction
+    # of |x| and the error recursion of the running statistics.
+    steps, modes, C = problem.steps, tuple(convention.modes(problem)), problem.channels
+    w = trace.weights
+    sources = np.array(trace.sources)
+    bfac = n / (n - 1) if (convention.batch_var_estimator == "unbiased" and n > 1) else 1.0
+    x_size = int(np.prod(problem.shape))
+    gamma_t, beta_t = gamma[None], beta[None]  # with the leading steps axis of a chunk's stacked x's
+
+    def stacked(rows):
+        """(k, C) rows -> broadcasting along the channel axis of k steps stacked: (k, *x.shape)."""
+        shape = [len(rows)] + [1] * nd
+        shape[1 + axis % nd] = C
+        return rows.reshape(shape)
+
+    def y_fn(x, y, gamma, r, d_m, m, rel_s2, beta):  # y's bound, SAFETY * (B + eta) as `put` makes it
+        return SAFETY * ((gamma * r * (d_m + 0.5 * np.abs(x - m) * rel_s2)
+                          + 4 * u_c * (gamma * r * (np.abs(x) + np.abs(m)) + beta) + u_o * np.abs(y)) + eta_y)
+
+    y_bound = np.empty((steps, *problem.shape))
+    rms, rvs = np.empty((steps, C)), np.empty((steps, C))
+    bms, bvs, kappa, rho_var = [], [], [], []
+    rm_last, rv_last = problem.running_mean, problem.running_var  # the running statistics before the chunk
+    for t0 in range(0, steps, max(1, STEP_ROWS // C)):
+        t1 = min(t0 + max(1, STEP_ROWS // C), steps)
+        ts = slice(t0, t1)
+        mu, v = trace.step_mean[ts], trace.step_var[ts]
         with np.errstate(divide="ignore", invalid="ignore"):
-            kappa.append(float(np.max(np.sqrt(1.0 + np.where(v > 0, mu * mu / v, 0.0)))))
-        d_mu = (n + 1) * u_c * np.mean(np.abs(x), axis=axes) + (n + 1) * eta_c
+            kappa += [float(k) for k in np.max(np.sqrt(1.0 + np.where(v > 0, mu * mu / v, 0.0)), axis=1)]
+        # mean |x| per step: np.mean's own bits (its sum divided by the count), without its ~25 us of Python
+        mean_abs = np.stack([np.add.reduce(np.abs(x), axis=axes) / n for x in problem.xs[ts]])
+        d_mu = (n + 1) * u_c * mean_abs + (n + 1) * eta_c
         d_v = ((n + 4) * u_c * (v + mu * mu) + (n + 4) * eta_c if fast
                else (n + 3) * u_c * v + d_mu * d_mu + (n + 3) * eta_c)
-        rho_var.append(float(np.max(d_v / np.maximum(v + eps, np.finfo(float).tiny))))
-        d_rm_before, d_rv_before = d_rm.copy(), d_rv.copy()
-        if mode == "train":
-            bms.append(d_mu + max(u_o, u_s) * np.abs(mu))
-            bfac = n / (n - 1) if (convention.batch_var_estimator == "unbiased" and n > 1) else 1.0
-            bvs.append(bfac * d_v + max(u_o, u_s) * bfac * np.abs(v))
-        # (an inference step updates the statistics only under a diagnosis hypothesis: forgot eval())
-        if problem.track_running_stats and (mode == "train" or trace.weights[t] != 0.0):
-            # |w| and |1 - w|: an error bound adds magnitudes. A weight outside [0, 1] (a debiased or hypothesized
-            # update) would otherwise make the bound negative, and a negative bound passes anything.
-            w = trace.weights[t]
-            on_old, on_new = abs(1 - w), abs(w)
-            rm_new, rv_new = trace["running_mean"][t], trace["running_var"][t]
-            d_rm = (on_old * d_rm + on_new * d_mu + 4 * u_c * (on_old * np.abs(rm_prev) + on_new * np.abs(mu))
-                    + u_s * np.abs(rm_new) + 4 * eta_c + eta_s)
-            d_rv = (on_old * d_rv + on_new * run_fac * d_v
-                    + 4 * u_c * (on_old * np.abs(rv_prev) + on_new * run_fac * np.abs(v)) + u_s * np.abs(rv_new)
-                    + 4 * eta_c + eta_s)
-        rm_prev, rv_prev = trace["running_mean"][t], trace["running_var"][t]
-        rms.append(d_rm.copy())
-        rvs.append(d_rv.copy())
-        source = trace.sources[t]
-        if source == "running":
-            d_m, d_s2 = d_rm_before, d_rv_before
-        elif source == "updated":
-            d_m, d_s2 = d_rm, d_rv
-        else:
-            d_m, d_s2 = d_mu, norm_fac * d_v
-        m, s2 = ch(trace.norm_mean[t]), ch(trace.norm_var[t])
+        rho_var += [float(r_) for r_ in np.max(d_v / np.maximum(v + eps, np.finfo(float).tiny), axis=1)]
+        train = [i for i, mode in enumerate(modes[ts]) if mode == "train"]
+        if train:
+            bms.append((d_mu + max(u_o, u_s) * np.abs(mu))[train])
+            bvs.append((bfac * d_v + max(u_o, u_s) * bfac * np.abs(v))[train])
+
+        # Running statistics, the error recursion: a step updates them in training (in inference only under a
+        # diagnosis hypothesis: forgot eval()). |w| and |1 - w|: an error bound adds magnitudes. A weight outside
+        # [0, 1] (a debiased or hypothesized update) would otherwise make the bound negative, and a negative
+        # bound passes anything. Every term but the recursion's own is formed for the chunk's steps at once.
+        on_old, on_new = np.abs(1 - w[ts])[:, None], np.abs(w[ts])[:, None]
+        rm, rv = trace["running_mean"][ts], trace["running_var"][ts]
+        rm_prev, rv_prev = np.concatenate([rm_last[None], rm[:-1]]), np.concatenate([rv_last[None], rv[:-1]])
+        new_m, new_v = on_new * d_mu, on_new * run_fac * d_v
+        rounding_m = 4 * u_c * (on_old * np.abs(rm_prev) + on_new * np.abs(mu))
+        rounding_v = 4 * u_c * (on_old * np.abs(rv_prev) + on_new * run_fac * np.abs(v))
+        stored_m, stored_v = u_s * np.abs(rm), u_s * np.abs(rv)
+        rms_before, rvs_before = np.empty_like(mu), np.empty_like(v)
+        for i, t in enumerate(range(t0, t1)):
+            rms_before[i], rvs_before[i] = d_rm, d_rv
+            if problem.track_running_stats and (modes[t] == "train" or w[t] != 0.0):
+                d_rm = on_old[i, 0] * d_rm + new_m[i] + rounding_m[i] + stored_m[i] + 4 * eta_c + eta_s
+                d_rv = on_old[i, 0] * d_rv + new_v[i] + rounding_v[i] + stored_v[i] + 4 * eta_c + eta_s
+            rms[t], rvs[t] = d_rm, d_rv
+        rm_last, rv_last = rm[-1], rv[-1]
+
+        # What each step normalized with, and its error: the batch's, or the running statistics before or after
+        source = sources[ts, None]
+        d_m = np.where(source == "running", rms_before, np.where(source == "updated", rms[ts], d_mu))
+        d_s2 = np.where(source == "running", rvs_before, np.where(source == "updated", rvs[ts], norm_fac * d_v))
+        m, s2 = trace.norm_mean[ts], trace.norm_var[ts]
         if u_h:
-            eta_h, held = tiny(saved), trace.norm_var[t] + eps  # held: 1 / r^2, r the inverse std it holds
-            d_m = d_m + u_h * np.abs(trace.norm_mean[t]) + eta_h
+            eta_h, held = tiny(saved), s2 + eps  # held: 1 / r^2, r the inverse std it holds
+            d_m = d_m + u_h * np.abs(m) + eta_h
             d_s2 = d_s2 + 2 * (u_h + eta_h * np.sqrt(held)) * held
         r = 1.0 / np.sqrt(s2 + eps)
-        rel_s2 = ch(d_s2) / (s2 + eps)
-        _elementwise(y_bound[t], lambda x, y, gamma, r, d_m, m, rel_s2, beta: SAFETY * (
-            (gamma * r * (d_m + 0.5 * np.abs(x - m) * rel_s2)
-             + 4 * u_c * (gamma * r * (np.abs(x) + np.abs(m)) + beta) + u_o * np.abs(y)) + eta_y),
-            x, trace["y"][t], gamma, r, ch(d_m), m, rel_s2, beta)
-        last = dict(x=x, m=m, s2=s2, r=r, d_m=ch(d_m), d_s2=ch(d_s2), rel_s2=rel_s2, mu=ch(mu))
+        rel_s2 = d_s2 / (s2 + eps)
+        if (t1 - t0) * x_size <= BLOCK:  # small batches: the chunk's steps stacked, one elementwise pass
+            _elementwise(y_bound[ts], y_fn, np.stack(problem.xs[ts]), trace["y"][ts], gamma_t, stacked(r),
+                         stacked(d_m), stacked(m), stacked(rel_s2), beta_t)
+        else:  # large ones: a pass per step, over its own x (no copy of the batches)
+            for i, t in enumerate(range(t0, t1)):
+                _elementwise(y_bound[t], y_fn, problem.xs[t], trace["y"][t], gamma, ch(r[i]), ch(d_m[i]), ch(m[i]),
+                             ch(rel_s2[i]), beta)
+    last = dict(x=problem.xs[-1], m=ch(m[-1]), s2=ch(s2[-1]), r=ch(r[-1]), d_m=ch(d_m[-1]), d_s2=ch(d_s2[-1]),
+                rel_s2=ch(rel_s2[-1]), mu=ch(mu[-1]))
 
     out: dict[str, Bound] = {}
     stats_model = "E[x^2]-E[x]^2 (fast)" if fast else "two-pass"
@@ -214,14 +248,14 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
 
     put("y", y_bound, "|gamma| r (d_m + |x-m| d_s2 / 2(s2+eps)) + 4 u_c (|gamma| r (|x|+|m|) + |beta|) + u_o |y|",
         final=True)
-    put("running_mean", np.stack(rms),
+    put("running_mean", rms,
         "EMA recursion: |1-w| d_R + |w| d_mu + 4 u_c (|1-w| |R| + |w| |mu|) + u_s |R| + 4 eta_c + eta_s")
-    put("running_var", np.stack(rvs),
+    put("running_var", rvs,
         "EMA recursion: |1-w| d_R + |w| f d_v + 4 u_c (|1-w| |R| + |w| f v) + u_s |R| + 4 eta_c + eta_s")
     put("num_batches_tracked", np.zeros(problem.steps), "exact (an integer counter)", exact=True)
     if bms:
-        put("batch_mean", np.stack(bms), "d_mu = (n+1) (u_c mean|x| + eta_c) + u |mu|")
-        put("batch_var", np.stack(bvs), f"d_v ({stats_model}) + u |v|")
+        put("batch_mean", np.concatenate(bms), "d_mu = (n+1) (u_c mean|x| + eta_c) + u |mu|")
+        put("batch_var", np.concatenate(bvs), f"d_v ({stats_model}) + u |v|")
 
     # -- gradients of the last step. Reductions are NumPy's over the whole x-shaped term, as written in the
     # docstring (their bits depend on NumPy's summation order); each term is formed once, block by block, into
