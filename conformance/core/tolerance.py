@@ -146,7 +146,7 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
     # is formed at once, over (steps, C) rows, with the same operations in the same order on every element as one
     # step's own expression, so the same bits. A case of 2000 small steps made ~80 NumPy calls per step in a
     # Python loop; whole-case (steps, C) temporaries instead cost more than they saved, in first touches of fresh
-    # memory (~10x a pass over memory already touched, on this project's CI machines); a chunk's temporaries are
+    # memory (~10x a pass over memory already touched, on the 2-core machines measured); a chunk's temporaries are
     # small and reused. What stays a loop over steps is what is sequential or per batch: each step's reduction
     # of |x| and the error recursion of the running statistics.
     steps, modes, C = problem.steps, tuple(convention.modes(problem)), problem.channels
@@ -170,8 +170,9 @@ def bounds(problem: Problem, trace: Trace, convention: Convention, precision) ->
     rms, rvs = np.empty((steps, C)), np.empty((steps, C))
     bms, bvs, kappa, rho_var = [], [], [], []
     rm_last, rv_last = problem.running_mean, problem.running_var  # the running statistics before the chunk
-    for t0 in range(0, steps, max(1, STEP_ROWS // C)):
-        t1 = min(t0 + max(1, STEP_ROWS // C), steps)
+    per_chunk = max(1, STEP_ROWS // C)
+    for t0 in range(0, steps, per_chunk):
+        t1 = min(t0 + per_chunk, steps)
         ts = slice(t0, t1)
         mu, v = trace.step_mean[ts], trace.step_var[ts]
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -1,6 +1,7 @@
 """The bounds (conformance/core/tolerance.py) are evaluated in cache-sized blocks and in chunks of steps: the same
-bits whatever the block size and however the steps are chunked, on every layout the cases use (channels first, last, 1-D batches, one channel) and every convention knob
-that changes a bound (inference, unbiased normalization, fast variance, narrower statistics, second order)."""
+bits whatever the block size and however the steps are chunked, on every layout the cases use (channels first,
+last, 1-D batches, one channel) and every convention knob that changes a bound (inference, unbiased
+normalization, fast variance, narrower statistics, second order)."""
 from __future__ import annotations
 
 import numpy as np
@@ -56,16 +57,15 @@ def test_bounds_do_not_depend_on_how_the_steps_are_chunked(monkeypatch, case, k)
     p = materialize(case)
     trace = simulate(p, conv, second_order=False)
     precision = Precision("float32", "float16" if case.dtype == "float16" else "float32", "float32", "float32")
+    block = tolerance.BLOCK
     with np.errstate(all="ignore"):
         monkeypatch.setattr(tolerance, "STEP_ROWS", 1 << 30)
         whole = _bits(tolerance.bounds(p, trace, conv, precision))
         for rows in (1, 2 * p.channels, 4 * p.channels - 1):
             monkeypatch.setattr(tolerance, "STEP_ROWS", rows)
-            assert _bits(tolerance.bounds(p, trace, conv, precision)) == whole, rows
-            monkeypatch.setattr(tolerance, "BLOCK", 5)
-            assert _bits(tolerance.bounds(p, trace, conv, precision)) == whole, (rows, "per-step y")
-            monkeypatch.undo()
-            monkeypatch.setattr(tolerance, "STEP_ROWS", 1 << 30)
+            for b in (block, 5):  # 5: a chunk's batches go to y's bound one step at a time
+                monkeypatch.setattr(tolerance, "BLOCK", b)
+                assert _bits(tolerance.bounds(p, trace, conv, precision)) == whole, (rows, b)
 
 
 @pytest.mark.parametrize("shape,axis", [((8, 6, 5, 7), 1), ((9, 5, 3, 4), 3), ((40, 7), 1), ((3, 1, 4, 4), 1),
