@@ -88,12 +88,17 @@ def _restore(monkey: list) -> None:
     monkey.clear()
 
 
-def realistic_cases(selection: str):
+def elements(case) -> int:
+    """A case's input elements over all its steps."""
     import numpy as np
 
+    return int(np.prod(case.shape)) * len(case.modes)
+
+
+def realistic_cases(selection: str):
     from conformance.core.cases import cases_for_tier
 
-    cases = [c for c in cases_for_tier("default") if int(np.prod(c.shape)) * len(c.modes) >= REALISTIC]
+    cases = [c for c in cases_for_tier("default") if elements(c) >= REALISTIC]
     if selection != "all":
         wanted = set(selection.split(","))
         unknown = wanted - {c.id for c in cases}
@@ -168,8 +173,6 @@ def main(argv=None) -> int:
 
     import warnings
 
-    import numpy as np
-
     from conformance.explain.diagnose import diagnose
     from conformance.explain.infer import evidence
     from tests.unit.fakes import OracleAdapter
@@ -184,13 +187,14 @@ def main(argv=None) -> int:
     print(f"bnconform harness speed: {len(cases)} realistic default-tier cases, {args.adapters} stand-in adapter(s) "
           f"of one convention in one process, median of {args.repeat}; CPU seconds (time.process_time); "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load average {os.getloadavg()[0]:.2f}")
-    print("\n| case | elements (all steps) | adapter | " + " | ".join(PHASES) + " | harness | adapter run() | verdicts |")
+    print("\n| case | elements (all steps) | adapter | " + " | ".join(PHASES)
+          + " | harness | adapter run() | verdicts |")
     print("|---|---:|---:|" + "---:|" * (len(PHASES) + 2) + "---|")
     totals = defaultdict(float)
     for case in cases:
         rows = measure(case, adapters, args.repeat, diagnose, evidence)
         for k, row in enumerate(rows):
-            print(f"| {case.id} | {int(np.prod(case.shape)) * len(case.modes):,} | {k + 1} | "
+            print(f"| {case.id} | {elements(case):,} | {k + 1} | "
                   + " | ".join(f"{row[ph]:.3f}" for ph in PHASES)
                   + f" | {row['harness']:.3f} | {row['adapter']:.3f} | {','.join(row['verdicts'])} |")
             for ph in (*PHASES, "harness", "adapter"):

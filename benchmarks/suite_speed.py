@@ -31,6 +31,8 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # conformance.outputs.results, which --analyze reads runs with
+    sys.path.insert(0, str(ROOT))
 
 
 def _cpu_of_children() -> float:
@@ -55,7 +57,6 @@ def _latest_run(out: Path) -> Path:
 def _load(run_dir: Path) -> tuple[dict, list[dict]]:
     """A run's metadata and records, read and checked against their schemas as `bnconform report` reads them;
     `run_dir` may also be a results directory (its latest run). Anything else ends the script with one message."""
-    sys.path.insert(0, str(ROOT))
     from conformance.outputs.results import META, RECORDS, ResultsError, read_meta, read_records, result_dirs
 
     warnings: list[str] = []
