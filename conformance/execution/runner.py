@@ -255,15 +255,17 @@ def _finish(opts, console, specs, registry, meta, got, run_dir, out, interrupted
         console.print(f"{len(unchecked)} registry entr{'y' if len(unchecked) == 1 else 'ies'} not checked by this "
                       f"run (no check of tier {opts.tier} is one they cover): {', '.join(unchecked[:6])}"
                       f"{', ...' if len(unchecked) > 6 else ''}", highlight=False, markup=False)
-    console.print(f"results: {run_dir}", highlight=False, markup=False)
+    # Lines that end in a path are never wrapped (soft_wrap): a path folded at the console's width is one a
+    # reader cannot copy, and $COLUMNS (80 under pytest-xdist, in many CI logs) sets that width in a pipe.
+    console.print(f"results: {run_dir}", highlight=False, markup=False, soft_wrap=True)
     if log_lines:
         console.print(f"framework output (kept off the terminal): {log_lines} lines in {logs}", highlight=False,
-                      markup=False)
+                      markup=False, soft_wrap=True)
     if report_error:
         console.print(report_error, highlight=False, markup=False)
         return 1
     if report_path is not None:
-        console.print(f"report:  {report_path}", highlight=False, markup=False)
+        console.print(f"report:  {report_path}", highlight=False, markup=False, soft_wrap=True)
     _next_steps(console, got.failing, opts, report_path)
     return exit_status(sum(got.counts.values(), Counter()), opts.strict, stale)
 
