@@ -50,9 +50,11 @@ class Evaluation:
         return sum(1 for r in self.ratios.values() if r <= 1.0)
 
 
-def _simulate(adapter, problem, convention, obs, compute_dtype=None, quantities=None):
+def _simulate(adapter, problem, convention, obs, compute_dtype=None, quantities=None, give_up=None):
     """(trace, {quantity: observed/bound ratio}) when the oracle runs `convention` on `problem`.
-    A name "q@k" restricts q to its step k (the first axis of per-step quantities)."""
+    A name "q@k" restricts q to its step k (the first axis of per-step quantities). `give_up`: (quantities,
+    limit), stop comparing once one of those quantities is over `limit` times its bound: the ratios then hold
+    the quantities compared so far (see CaseFit)."""
     steps = {}
     for name in quantities or obs.values:
         q, _, k = name.partition("@")
@@ -79,6 +81,8 @@ def _simulate(adapter, problem, convention, obs, compute_dtype=None, quantities=
             c = compare(q, exp, got, bound, expected_dtype=obs.dtypes[q], observed_dtype=obs.dtypes[q],
                         axis=problem.axis)
         out[q] = c.ratio if c.problem is None else float("inf")
+        if give_up is not None and q in give_up[0] and out[q] > give_up[1]:
+            break
     return trace, out
 
 
@@ -96,13 +100,14 @@ def ratios_under(adapter, problem, convention, obs, compute_dtype=None, quantiti
     return _simulate(adapter, problem, convention, obs, compute_dtype, quantities)[1]
 
 
-def _evaluate(adapter, problem, convention, obs, h: hyp.Hypothesis, changes=None, estimated=False) -> Evaluation:
+def _evaluate(adapter, problem, convention, obs, h: hyp.Hypothesis, changes=None, estimated=False,
+              give_up=None) -> Evaluation:
     changes = h.changes if changes is None else changes
     try:
         p, c = h(problem, convention)
     except (ValueError, TypeError):
         return Evaluation(h, {}, changes, estimated)
-    trace, ratios = _simulate(adapter, p, c, obs, h.compute_dtype)
+    trace, ratios = _simulate(adapter, p, c, obs, h.compute_dtype, give_up=give_up)
     return Evaluation(h, ratios, changes, estimated, trace, p, c)
 
 
@@ -118,7 +123,12 @@ def _then(h1: hyp.Hypothesis, h2: hyp.Hypothesis) -> hyp.Hypothesis:
 
 
 class CaseFit:
-    """Every candidate evaluated on one (adapter, problem, observation), shared by the case's quantities."""
+    """Every candidate evaluated on one (adapter, problem, observation), shared by the case's quantities.
+
+    A candidate stops being compared at its first required quantity over NEAR times its bound (`give_up`): its
+    fit ratio is then over NEAR for every quantity diagnosed, so it neither fits nor is shown as the closest,
+    and nothing reads its other ratios (the declared convention's are always complete). The diagnosis is the
+    same; most candidates of a pair search are far off, and their comparisons were a third of its time."""
 
     def __init__(self, adapter, problem, obs, trace=None, bounds=None):
         self.adapter, self.problem, self.obs = adapter, problem, obs
@@ -131,8 +141,10 @@ class CaseFit:
         self.trace = trace
         self.ill_posed = {q for q, b in (bounds or {}).items() if getattr(b, "ill_posed", None)}
         self.required = [q for q in self.declared if q not in self.ill_posed]
-        discrete = [_evaluate(adapter, problem, conv, obs, h) for h in hyp.for_declared(problem, conv)]
-        estimated = [_evaluate(adapter, problem, conv, obs, h, estimated=True)
+        self.give_up = (frozenset(self.required), NEAR)
+        discrete = [_evaluate(adapter, problem, conv, obs, h, give_up=self.give_up)
+                    for h in hyp.for_declared(problem, conv)]
+        estimated = [_evaluate(adapter, problem, conv, obs, h, estimated=True, give_up=self.give_up)
                      for h in hyp.estimated(problem, conv, trace, obs)] if trace is not None else []
         self.singles = discrete + estimated
         self.pairs: list[Evaluation] | None = None
@@ -143,14 +155,15 @@ class CaseFit:
             discrete = [e for e in self.singles if not e.estimated]
             hs = [e.hypothesis for e in discrete]
             combos = [hyp.combine(x, y) for i, x in enumerate(hs) for y in hs[i + 1:]]
-            pairs = [_evaluate(a, c, a.convention, obs, h) for h in combos if h is not None]
+            pairs = [_evaluate(a, c, a.convention, obs, h, give_up=self.give_up) for h in combos if h is not None]
             # continuous parameters refitted under every discrete alternative (a wrong eps together with the
             # unbiased normalization, a momentum estimate under a biased running variance, ...)
             for e in discrete:
                 if e.trace is None:
                     continue
                 for h in hyp.estimated(e.problem, e.convention, e.trace, obs):
-                    pairs.append(_evaluate(a, c, a.convention, obs, _then(e.hypothesis, h), estimated=True))
+                    pairs.append(_evaluate(a, c, a.convention, obs, _then(e.hypothesis, h), estimated=True,
+                                           give_up=self.give_up))
             self.pairs = pairs
         return self.pairs
 

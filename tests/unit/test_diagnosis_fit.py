@@ -78,3 +78,56 @@ def test_a_non_finite_result_the_oracle_can_represent_is_named_as_an_overflow():
     assert "non-finite at 24 of 72 elements where the oracle's is finite and representable in float64" in \
         rec["diagnosis"]["summary"], rec["diagnosis"]["summary"]
     assert _by_quantity(OracleAdapter("fake.oracle"), case)["d2x"]["verdict"] == "pass"
+
+
+def _case_fits(adapter, case, monkeypatch, give_up: bool):
+    """Every CaseFit the engine builds for `adapter` on `case`, the pair search done, with or without the give-up."""
+    from conformance.explain import diagnose as dg
+
+    fits, real = [], dg.CaseFit.__init__
+
+    def init(self, *a, **k):
+        real(self, *a, **k)
+        fits.append(self)
+
+    simulate_all = dg._simulate
+    with monkeypatch.context() as m:
+        m.setattr(dg.CaseFit, "__init__", init)
+        if not give_up:
+            m.setattr(dg, "_simulate", lambda *a, give_up=None, **k: simulate_all(*a, **k))
+        records = list(evaluate(adapter, case, diagnose=diagnose))
+        for f in fits:
+            f.search_pairs()
+    return records, fits
+
+
+def test_a_candidate_stops_being_compared_only_when_it_is_far_and_the_diagnosis_is_the_same(monkeypatch):
+    """CaseFit gives up on a candidate at its first required quantity over NEAR times its bound. Every candidate
+    that is near (fit ratio <= NEAR: it may fit, or be shown as the closest) keeps all its ratios, a truncated
+    one is over NEAR either way, and every record's diagnosis is the one the full comparison gives."""
+    compared = {True: 0, False: 0}
+    near_but_not_fitting = 0
+    # unexplained with candidates near the bound (n = 8 at |mean| ~ 1000; float16 outputs), and explained
+    for make, case in ((lambda: OracleAdapter("fake.scaled", scale_running_var=1.5),
+                        CASES["f32-8x4-ax1-TE-a0.1-eps1e-05-loc1000-s0"]),
+                       (lambda: OutputFromAnotherEps("fake.other_eps"), CASES["f16-32x8x4x4-ax1-TE-a0.1-eps1e-05-s0"]),
+                       (lambda: MomentumNobodyListed("fake.momentum"), CASE)):
+        fast, fast_fits = _case_fits(make(), case, monkeypatch, give_up=True)
+        full, full_fits = _case_fits(make(), case, monkeypatch, give_up=False)
+        assert [r.get("diagnosis") for r in fast] == [r.get("diagnosis") for r in full]
+        assert len(fast_fits) == len(full_fits)
+        for a, b in zip(fast_fits, full_fits):
+            assert a.declared == b.declared
+            for ea, eb in zip(a.singles + a.pairs, b.singles + b.pairs, strict=True):
+                assert ea.hypothesis.name == eb.hypothesis.name
+                compared[True] += len(ea.ratios)
+                compared[False] += len(eb.ratios)
+                for q in [*a.required, *a.ill_posed]:
+                    fit = eb.fit(b.required_for(q))
+                    near_but_not_fitting += 1.0 < fit <= NEAR
+                    if fit <= NEAR:
+                        assert ea.ratios == eb.ratios, (case.id, ea.hypothesis.name, q)
+                    else:  # over NEAR, or NaN (a NaN bound) as the full comparison's is
+                        assert not ea.fit(a.required_for(q)) <= NEAR, (case.id, ea.hypothesis.name, q)
+    assert near_but_not_fitting  # candidates a give-up at the bound (1, not NEAR) would truncate
+    assert compared[True] < compared[False] / 2  # and it saves comparisons
