@@ -105,6 +105,8 @@ def effective_eps(problem, trace, eps_placement: str, obs) -> float | None:
         return None
     est, cond = np.asarray(estimates), np.asarray(conditioning)
     best = cond <= 4.0 * max(float(np.min(cond)), 1e-300)
+    if not best.any():  # a NaN variance among them (a hypothesis that overflowed): no estimate, and no warning
+        return None
     value = float(np.median(est[best]))
     return max(value, 0.0) if np.isfinite(value) else None
 
