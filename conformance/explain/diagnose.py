@@ -142,28 +142,30 @@ class CaseFit:
         self.ill_posed = {q for q, b in (bounds or {}).items() if getattr(b, "ill_posed", None)}
         self.required = [q for q in self.declared if q not in self.ill_posed]
         self.give_up = (frozenset(self.required), NEAR)
-        discrete = [_evaluate(adapter, problem, conv, obs, h, give_up=self.give_up)
-                    for h in hyp.for_declared(problem, conv)]
-        estimated = [_evaluate(adapter, problem, conv, obs, h, estimated=True, give_up=self.give_up)
+        discrete = [self._candidate(h) for h in hyp.for_declared(problem, conv)]
+        estimated = [self._candidate(h, estimated=True)
                      for h in hyp.estimated(problem, conv, trace, obs)] if trace is not None else []
         self.singles = discrete + estimated
         self.pairs: list[Evaluation] | None = None
 
+    def _candidate(self, h: hyp.Hypothesis, estimated=False) -> Evaluation:
+        """`h` evaluated on this case, its comparison given up when it is far (above)."""
+        return _evaluate(self.adapter, self.problem, self.adapter.convention, self.obs, h, estimated=estimated,
+                         give_up=self.give_up)
+
     def search_pairs(self) -> list[Evaluation]:
         if self.pairs is None:
-            a, c, obs = self.adapter, self.problem, self.obs
             discrete = [e for e in self.singles if not e.estimated]
             hs = [e.hypothesis for e in discrete]
             combos = [hyp.combine(x, y) for i, x in enumerate(hs) for y in hs[i + 1:]]
-            pairs = [_evaluate(a, c, a.convention, obs, h, give_up=self.give_up) for h in combos if h is not None]
+            pairs = [self._candidate(h) for h in combos if h is not None]
             # continuous parameters refitted under every discrete alternative (a wrong eps together with the
             # unbiased normalization, a momentum estimate under a biased running variance, ...)
             for e in discrete:
                 if e.trace is None:
                     continue
-                for h in hyp.estimated(e.problem, e.convention, e.trace, obs):
-                    pairs.append(_evaluate(a, c, a.convention, obs, _then(e.hypothesis, h), estimated=True,
-                                           give_up=self.give_up))
+                for h in hyp.estimated(e.problem, e.convention, e.trace, self.obs):
+                    pairs.append(self._candidate(_then(e.hypothesis, h), estimated=True))
             self.pairs = pairs
         return self.pairs
 
