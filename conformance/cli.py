@@ -6,8 +6,6 @@ import os
 import signal
 import sys
 
-import numpy as np
-
 
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit status 2."""
@@ -31,6 +29,8 @@ def _cmd_oracle(args) -> int:
 
     from .core.cases import case_by_id, cases_for_tier
     from .core.inputs import materialize
+
+    import numpy as np
 
     cases = [case_by_id(i) for i in args.case] if args.case else cases_for_tier(args.tier)
     np.set_printoptions(precision=6, suppress=False, linewidth=110, threshold=12, edgeitems=3)
@@ -190,6 +190,8 @@ def _int_tuple(text: str, option: str) -> tuple[int, ...]:
 
 def _convert_state(args, result, shape) -> int:
     """`port --state IN --out OUT`: every BatchNorm layer of IN converted to the target's names and written."""
+    import numpy as np
+
     from .explain.state import History, StateError, convert_model, read_model, write_model
 
     mapping = {}
@@ -693,6 +695,9 @@ def _first_ten_minutes(p: argparse.ArgumentParser, sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .execution.worker import numpy_without_hugepage_advice
+
+    numpy_without_hugepage_advice()  # before NumPy is imported: this module imports it only where used
     previous = None
     if threading_is_main():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)

@@ -234,7 +234,10 @@ class Evaluator:
         self.evaluated = 0
 
     def start(self) -> None:
+        from .worker import numpy_without_hugepage_advice
+
         t0 = time.monotonic()
+        numpy_without_hugepage_advice()
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_eval_worker, args=(child, self.name, self.registry_path, self.threads, self.log),
@@ -496,6 +499,7 @@ def run(opts: FuzzOptions, print_=print) -> int:
     from ..outputs import runmeta
     from ..core.catalogue import select
     from ..core.registry import Registry, RegistryError
+    from .worker import numpy_without_hugepage_advice
 
     try:
         specs = select(opts.frameworks)
@@ -540,6 +544,7 @@ def run(opts: FuzzOptions, print_=print) -> int:
             work.append((s.name, seed, share, {**kwargs, "known": _known(corpus, s.name), "paths": chosen}))
     if not work:
         raise FuzzError(f"no selected adapter runs the paths {opts.paths!r}")
+    numpy_without_hugepage_advice()  # before the pool's processes import NumPy
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         reports = list(pool.map(_drive, work))
 

@@ -45,6 +45,23 @@ def limit_threads(threads: int) -> None:
                                    ).strip()
 
 
+def numpy_without_hugepage_advice() -> None:
+    """Tell NumPy, in this process's environment, not to ask Linux for transparent huge pages.
+
+    NumPy advises huge pages (madvise MADV_HUGEPAGE) for every array of 4 MB and more, when
+    /sys/kernel/mm/transparent_hugepage/enabled is "madvise". Where the `defrag` setting next to it is
+    "madvise" too (the kernel's default), the first touch of such an array compacts memory synchronously
+    to assemble 2 MB pages. bnconform's processes are short-lived and write most large arrays once (the
+    oracle's per-step results, the inputs of a realistic case), so they pay the compaction and gain little
+    from the larger pages. Measured on a 2-core CI host: the oracle and bounds of the 2000-step corpus case
+    took 4.5 CPU s with the advice and 1.6 s without, and a cold run's harness time halved; the bits
+    computed are the same. NumPy reads NUMPY_MADVISE_HUGEPAGE once, at import
+    (numpy.org/doc/stable/reference/global_state.html), so this is called before the processes bnconform
+    starts (workers, the fuzzer's) and by the command line before it imports NumPy. A value the user set
+    is kept (NUMPY_MADVISE_HUGEPAGE=1 restores NumPy's default)."""
+    os.environ.setdefault("NUMPY_MADVISE_HUGEPAGE", "0")
+
+
 def _own_group_dying_with(parent_pid: int) -> None:
     """Put this worker in its own process group (the parent kills the group: whatever an adapter forked goes
     too), and make the parent's death end the group: Linux sends us SIGTERM when the parent dies
@@ -350,6 +367,7 @@ class WorkerProcess:
         return self.proc is not None
 
     def _spawn(self) -> None:
+        numpy_without_hugepage_advice()
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
         c = self.config

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -274,6 +275,36 @@ def test_compiled_code_caches_go_under_the_results_directory_unless_chosen(monke
     persistent_caches(str(tmp_path / ".cache"))
     assert os.environ["BNCONFORM_CACHE_DIR"] == "/mine" and os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/mine/inductor"
     assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/mine/xla"
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").is_file(), reason="reads a process's environment in /proc")
+def test_numpy_is_told_not_to_advise_huge_pages_in_the_processes_bnconform_starts(monkeypatch):
+    """NumPy reads NUMPY_MADVISE_HUGEPAGE once, when imported: a worker starts with it set, the command line
+    sets it before it imports NumPy, and a value the user chose is kept (conformance/execution/worker.py
+    numpy_without_hugepage_advice)."""
+    from conformance.execution.worker import WorkerConfig, WorkerProcess
+
+    monkeypatch.delenv("NUMPY_MADVISE_HUGEPAGE", raising=False)
+    worker = WorkerProcess("fake", WorkerConfig())
+    worker._spawn()
+    try:
+        started_with = Path(f"/proc/{worker.proc.pid}/environ").read_bytes().split(b"\0")
+    finally:
+        worker.kill()
+    assert b"NUMPY_MADVISE_HUGEPAGE=0" in started_with
+    probe = ("import sys\n"
+             "from conformance.cli import main\n"
+             "assert 'numpy' not in sys.modules, 'the command line imported NumPy before main()'\n"
+             "main(['cases', '--tier', 'smoke'])\n"
+             "import numpy as np\n"
+             "print((getattr(np, '_core', None) or np.core).multiarray._get_madvise_hugepage())")
+    for chosen, advised in ((None, "False"), ("1", "True")):
+        e = {k: v for k, v in env().items() if k != "NUMPY_MADVISE_HUGEPAGE"}
+        if chosen is not None:
+            e["NUMPY_MADVISE_HUGEPAGE"] = chosen
+        r = subprocess.run([sys.executable, "-c", probe], env=e, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines()[-1] == advised
 
 
 def test_a_free_slot_helps_the_longest_run_and_every_case_is_recorded_once(tmp_path, monkeypatch):
