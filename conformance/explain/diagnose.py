@@ -43,11 +43,18 @@ class Evaluation:
         return self.ratios.get(quantity, np.inf) <= 1.0
 
     def fit(self, required) -> float:
-        """The case's fit ratio: the worst observed/bound ratio over the required quantities."""
-        return max((self.ratios.get(q, np.inf) for q in required), default=np.inf)
+        """The case's fit ratio: the worst observed/bound ratio over the required quantities. A NaN ratio (a
+        NaN bound under this hypothesis) counts as infinite, as compare() ranks it: max() and min() over
+        floats would keep or skip a NaN by its position, and a NaN-fit candidate listed first would hide a
+        near one from the "closest" line."""
+        return max((_nan_worst(self.ratios.get(q, np.inf)) for q in required), default=np.inf)
 
     def explained(self) -> int:
         return sum(1 for r in self.ratios.values() if r <= 1.0)
+
+
+def _nan_worst(ratio: float) -> float:
+    return np.inf if ratio != ratio else ratio
 
 
 def _simulate(adapter, problem, convention, obs, compute_dtype=None, quantities=None, give_up=None):
@@ -234,7 +241,7 @@ def diagnose(adapter, problem, quantity, obs, trace=None, bounds=None, *, pairs:
 
 
 def _worst(e: Evaluation, required) -> str:
-    q = max(required, key=lambda q: e.ratios.get(q, np.inf))
+    q = max(required, key=lambda q: _nan_worst(e.ratios.get(q, np.inf)))
     return f"{q} {e.ratios.get(q, np.inf):.3g}"
 
 

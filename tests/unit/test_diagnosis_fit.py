@@ -131,3 +131,27 @@ def test_a_candidate_stops_being_compared_only_when_it_is_far_and_the_diagnosis_
                         assert not ea.fit(a.required_for(q)) <= NEAR, (case.id, ea.hypothesis.name, q)
     assert near_but_not_fitting  # candidates a give-up at the bound (1, not NEAR) would truncate
     assert compared[True] < compared[False] / 2  # and it saves comparisons
+
+
+def test_a_nan_ratio_is_the_worst_fit_wherever_it_comes(monkeypatch):
+    """A NaN ratio (a hypothesis whose bound is NaN) is an infinite misfit in every order: max() and min() over
+    floats keep or skip a NaN by its position, which let a NaN-fit candidate listed first hide a near one."""
+    from types import SimpleNamespace
+
+    from conformance.explain import diagnose as D
+    from conformance.explain.hypotheses import Hypothesis
+
+    def candidate(name, ratios):
+        return D.Evaluation(Hypothesis(name, f"{name} holds", lambda p, c: (p, c)), ratios)
+
+    nan, inf = float("nan"), float("inf")
+    bound_is_nan = candidate("nan_bound", {"y": nan, "dx": 0.5})
+    near = candidate("near", {"y": 3.0, "dx": 2.0})
+    assert bound_is_nan.fit(["y", "dx"]) == bound_is_nan.fit(["dx", "y"]) == inf
+    for singles in ([bound_is_nan, near], [near, bound_is_nan]):
+        fit = SimpleNamespace(required=["y", "dx"], declared={"y": 40.0, "dx": 0.5}, singles=singles, trace=None,
+                              obs=SimpleNamespace(values={}), search_pairs=lambda: [],
+                              required_for=lambda q: ["y", "dx"])
+        monkeypatch.setattr(D, "case_fit", lambda *a, fit=fit, **k: fit)
+        summary = D.diagnose(None, None, "y", None)["summary"]
+        assert "closest: near holds (fit ratio 3, worst y 3)" in summary, summary
