@@ -54,8 +54,8 @@ def numpy_without_hugepage_advice() -> None:
     to assemble 2 MB pages. bnconform's processes are short-lived and write most large arrays once (the
     oracle's per-step results, the inputs of a realistic case), so they pay the compaction and gain little
     from the larger pages. Measured on a 2-core CI host: the oracle and bounds of the 2000-step corpus case
-    took 4.5 CPU s with the advice and 1.6 s without, and a cold run's harness time halved; the bits
-    computed are the same. NumPy reads NUMPY_MADVISE_HUGEPAGE once, at import
+    took 4.5 CPU s with the advice and 1.6 s without, and a cold default run 515 CPU s with it, 468 s without
+    (README, Speed); the bits computed are the same. NumPy reads NUMPY_MADVISE_HUGEPAGE once, at import
     (numpy.org/doc/stable/reference/global_state.html), so this is called before the processes bnconform
     starts (workers, the fuzzer's) and by the command line before it imports NumPy. A value the user set
     is kept (NUMPY_MADVISE_HUGEPAGE=1 restores NumPy's default)."""
