@@ -25,12 +25,12 @@ def _cmd_cases(args) -> int:
 
 
 def _cmd_oracle(args) -> int:
+    import numpy as np
+
     from reference import Convention, simulate
 
     from .core.cases import case_by_id, cases_for_tier
     from .core.inputs import materialize
-
-    import numpy as np
 
     cases = [case_by_id(i) for i in args.case] if args.case else cases_for_tier(args.tier)
     np.set_printoptions(precision=6, suppress=False, linewidth=110, threshold=12, edgeitems=3)
