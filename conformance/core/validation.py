@@ -206,6 +206,9 @@ def number(*, low: float | None = None, high: float | None = None, low_open: boo
     """An argparse `type=`: parses a finite number within [low, high] (open ends when asked), else one line
     naming the range. Used by every subcommand and the pytest plugin's options."""
 
+    def shown(bound: float) -> str:  # a whole-number bound in full (2**32, not 4.29497e+09)
+        return str(bound) if integer else f"{bound:g}"
+
     def parse(text: str):
         try:
             value = int(text) if integer else float(text)
@@ -214,16 +217,18 @@ def number(*, low: float | None = None, high: float | None = None, low_open: boo
         if not integer and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"must be a finite number, not {text!r}")
         if low is not None and (value < low or (low_open and value == low)):
-            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {low:g}, not {text}")
+            raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {shown(low)}, not {text}")
         if high is not None and (value > high or (high_open and value == high)):
-            raise argparse.ArgumentTypeError(f"must be {'<' if high_open else '<='} {high:g}, not {text}")
+            raise argparse.ArgumentTypeError(f"must be {'<' if high_open else '<='} {shown(high)}, not {text}")
         return value
 
     parse.__name__ = what_  # argparse names the type in its own messages
     return parse
 
 
-JOBS = number(low=0, integer=True, what_="a whole number of jobs")
+JOBS = number(low=0, integer=True, what_="a whole number of jobs")  # 0: the CPU count
+COUNT = number(low=1, integer=True, what_="a whole number")
+SEED = number(low=0, high=2**32, high_open=True, integer=True, what_="a whole number")  # NumPy's seed range
 SECONDS = number(low=0, low_open=True, what_="a number of seconds")
 FACTOR = number(low=1, low_open=True, what_="a factor")  # drift: a ratio moved by more than FACTOR x
 FLOOR = number(low=0, low_open=True, what_="a positive number")
