@@ -307,6 +307,28 @@ def test_numpy_is_told_not_to_advise_huge_pages_in_the_processes_bnconform_start
         assert r.stdout.splitlines()[-1] == advised
 
 
+def test_a_worker_freezes_what_an_adapter_set_up_out_of_later_garbage_collections(monkeypatch):
+    """What exists after an adapter's setup (its framework's modules, its state) is moved to the collector's
+    permanent generation, so the collections during its cases do not walk it again; objects made afterwards are
+    collected as before (conformance/execution/worker.py _Hosted.setup)."""
+    import gc
+
+    from conformance.execution.worker import _Hosted
+
+    from .clirun import FAKES
+
+    monkeypatch.setenv("BNCONFORM_EXTRA_ADAPTERS", FAKES)
+    gc.unfreeze()
+    try:
+        adapter = _Hosted(None, diagnose=False).setup("fake.oracle")
+        later = object.__new__(type(adapter))
+        walked = gc.get_objects()  # what a full collection walks: every generation but the permanent one
+        assert not any(o is adapter for o in walked)
+        assert any(o is later for o in walked)
+    finally:
+        gc.unfreeze()
+
+
 def test_a_free_slot_helps_the_longest_run_and_every_case_is_recorded_once(tmp_path, monkeypatch):
     """One slow adapter, two slots: the second starts a process of its own and takes cases from the same queue
     (Pool._to_help), every case is recorded exactly once with the verdicts of an unshared run, and the run
