@@ -452,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "names/globs such as 'compile*,export-onnx' (env BNCONFORM_PATHS)")
     r.add_argument("--out", default="reports",
                    help="output directory: results in OUT/runs/<run-id>/, the report at OUT/index.html")
-    r.add_argument("--jobs", type=JOBS, default=0, help="adapter worker processes at a time (default 0: the CPU count)")
+    r.add_argument("--jobs", type=JOBS, default=0,
+                   help="adapter worker processes at a time (default 0: the CPU count)")
     r.add_argument("--case-timeout", type=SECONDS, default=300.0,
                    help="seconds one adapter may spend on one case (its checks become errors past it)")
     r.add_argument("--adapter-timeout", type=SECONDS, default=3600.0,
@@ -512,7 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
     df.set_defaults(func=_cmd_diff)
     cv = sub.add_parser("conventions", help="declared vs inferred conventions of the installed frameworks")
     cv.add_argument("--frameworks", default="all", help="adapters, families or globs (default: all core)")
-    cv.add_argument("--jobs", type=JOBS, default=0, help="worker processes at a time (default 0: the CPU count)")
+    cv.add_argument("--jobs", type=JOBS, default=0,
+                    help="worker processes at a time (default 0: the CPU count)")
     cv.add_argument("--registry", default=None, help="registry dir or file")
     cv.set_defaults(func=_cmd_conventions)
     xpl = sub.add_parser("explain", help="say what a BatchNorm computation was, from its input and output "
@@ -552,15 +554,18 @@ def build_parser() -> argparse.ArgumentParser:
                                      "failure to a minimal case and keep it in the regression corpus")
     fz.add_argument("--frameworks", default="all", help="adapters, families or globs (default: all core)")
     fz.add_argument("--budget", type=SECONDS, default=600.0, help="seconds in all (default: %(default)s)")
-    fz.add_argument("--seed", type=SEED, help="master seed in [0, 2**32) (default: random, printed; the same seed "
-                                              "and budget search the same cases)")
-    fz.add_argument("--jobs", type=JOBS, default=0, help="adapters fuzzed at a time (default 0: the CPU count)")
+    fz.add_argument("--seed", type=SEED, help="master seed in [0, 2**32) (default: random, printed; the same "
+                                              "seed and budget search the same cases)")
+    fz.add_argument("--jobs", type=JOBS, default=0,
+                    help="adapters fuzzed at a time (default 0: the CPU count)")
     fz.add_argument("--out", default="reports", help="results go to OUT/fuzz/<run-id>/ (default: %(default)s)")
     fz.add_argument("--corpus", help="where minimal cases are written (default: conformance/corpus/fuzz)")
     fz.add_argument("--no-corpus", action="store_true", help="do not write corpus files")
     fz.add_argument("--registry", help="registry directory or TOML file (default: the bundled registry)")
-    fz.add_argument("--case-timeout", type=SECONDS, default=60.0, help="seconds one case may take (default: 60)")
-    fz.add_argument("--max-size", type=COUNT, default=1 << 20, help="largest input, in elements (default: 2**20)")
+    fz.add_argument("--case-timeout", type=SECONDS, default=60.0,
+                    help="seconds one case may take (default: 60)")
+    fz.add_argument("--max-size", type=COUNT, default=1 << 20,
+                    help="largest input, in elements (default: 2**20)")
     fz.add_argument("--max-steps", type=COUNT, default=2000, help="longest step sequence (default: 2000)")
     fz.add_argument("--paths", default="eager",
                     help="execution paths every drawn case runs on: eager (default), all, or names/globs "

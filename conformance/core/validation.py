@@ -219,7 +219,8 @@ def number(*, low: float | None = None, high: float | None = None, low_open: boo
         if low is not None and (value < low or (low_open and value == low)):
             raise argparse.ArgumentTypeError(f"must be {'>' if low_open else '>='} {shown(low)}, not {text}")
         if high is not None and (value > high or (high_open and value == high)):
-            raise argparse.ArgumentTypeError(f"must be {'<' if high_open else '<='} {shown(high)}, not {text}")
+            raise argparse.ArgumentTypeError(
+                f"must be {'<' if high_open else '<='} {shown(high)}, not {text}")
         return value
 
     parse.__name__ = what_  # argparse names the type in its own messages

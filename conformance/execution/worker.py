@@ -206,11 +206,12 @@ class _Hosted:
         adapter = load(name)
         adapter.setup()
         self.adapters[name] = adapter
-        # The framework's modules and the adapter's set-up state (JAX's and TensorFlow's: 300,000 to 800,000
-        # objects tracked by the garbage collector) live as long as the process; every full collection during the
-        # cases would walk them again. Frozen, they are left out of every later collection (what the cases create
-        # is collected as before). Measured on cold default runs: 5.3-6.6 s of collections in the workers, 3.6-4.0 s
-        # with this (the JAX family's process: 2.0-2.1 s, 0.8-0.9 s; README, Speed).
+        # The framework's modules and the adapter's set-up state (JAX's and TensorFlow's: 300,000 to
+        # 800,000 objects tracked by the garbage collector) live as long as the process; every full
+        # collection during the cases would walk them again. Frozen, they are left out of every later
+        # collection (what the cases create is collected as before). Measured on cold default runs: 5.3-6.6 s
+        # of collections in the workers, 3.6-4.0 s with this (the JAX family's process: 2.0-2.1 s, 0.8-0.9 s;
+        # README, Speed).
         gc.freeze()
         return adapter
 

@@ -101,10 +101,10 @@ def test_corpus_file_round_trip_and_validation(tmp_path):
         regressions.load(tmp_path)
 
 
-@pytest.mark.parametrize("args", [["--budget", "-1"], ["--budget", "nan"], ["--seed", "-3"], ["--seed", str(2**32)],
-                                  ["--case-timeout", "0"], ["--case-timeout", "inf"], ["--max-size", "0"],
-                                  ["--max-steps", "0"], ["--max-steps", "2.5"], ["--jobs", "-1"], ["--jobs", "1.5"],
-                                  ["--frameworks", "no.such.adapter"]])
+@pytest.mark.parametrize("args", [["--budget", "-1"], ["--budget", "nan"], ["--seed", "-3"],
+                                  ["--seed", str(2**32)], ["--case-timeout", "0"], ["--case-timeout", "inf"],
+                                  ["--max-size", "0"], ["--max-steps", "0"], ["--max-steps", "2.5"],
+                                  ["--jobs", "-1"], ["--jobs", "1.5"], ["--frameworks", "no.such.adapter"]])
 def test_bad_fuzz_options_are_one_line_and_exit_2(args, capsys):
     from conformance.cli import main
 

@@ -309,8 +309,8 @@ def test_numpy_is_told_not_to_advise_huge_pages_in_the_processes_bnconform_start
 
 def test_a_worker_freezes_what_an_adapter_set_up_out_of_later_garbage_collections(monkeypatch):
     """What exists after an adapter's setup (its framework's modules, its state) is moved to the collector's
-    permanent generation, so the collections during its cases do not walk it again; objects made afterwards are
-    collected as before (conformance/execution/worker.py _Hosted.setup)."""
+    permanent generation, so the collections during its cases do not walk it again; objects made afterwards
+    are collected as before (conformance/execution/worker.py _Hosted.setup)."""
     import gc
 
     from conformance.execution.worker import _Hosted
