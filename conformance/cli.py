@@ -86,6 +86,8 @@ def _cmd_run(args) -> int:
 
 def _baselines(run_dir, paths, args, fail_on, baseline, status: int) -> int:
     """After a run: compare it with a kept baseline (gate), then keep it as a baseline if asked."""
+    if not paths:  # neither asked: the run's records are not read again
+        return status
     from .outputs import diff as diffmod
     from .outputs import results
     from .outputs.diffview import baseline_json, print_terminal, render_html
