@@ -17,7 +17,8 @@
    end-to-end wall / framework time;
 3. with --xdist: the conformance tests serially and with `pytest -n 2 --dist loadgroup`, and whether every
    check gets the same verdict.
-The load average is printed with the figures: on a shared machine they are only comparable at similar load.
+The load average is printed with the figures of the runs it made (not with --analyze: a run's load is not
+recorded): on a shared machine they are only comparable at similar load.
 """
 from __future__ import annotations
 
@@ -166,11 +167,14 @@ def end_to_end(meta: dict) -> float:
         return 0.0
 
 
-def summary(args, cold: float, warm: float | None) -> None:
+def summary(args, cold: float, warm: float | None, measured_here: bool = True) -> None:
+    """The figures' header; the load average only for runs this invocation made (--analyze reads runs made
+    earlier, whose load was not recorded: today's would mislead, and would make two analyses differ)."""
+    load = os.getloadavg()
     print(f"\nbnconform suite speed: tier {args.tier}, paths {args.paths}"
           + (f", cases -k {args.k!r}" if args.k else "") + f", frameworks {args.frameworks}, jobs "
-          f"{args.jobs or os.cpu_count()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} "
-          f"{os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
+          f"{args.jobs or os.cpu_count()}, {os.cpu_count()} cores"
+          + (f", load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if measured_here else ""))
     line = f"  end to end (run + results + analysis + report): cold {cold:.1f} s"
     if warm is not None:
         line += f", warm rerun {warm:.1f} s ({_pct(warm, cold)} of cold)"
@@ -210,7 +214,7 @@ def main(argv=None) -> int:
         runs = [Path(d) for d in args.analyze[:2]]
         loaded = [_load(d) for d in runs]
         walls = [end_to_end(meta) for meta, _ in loaded]
-        summary(args, walls[0], walls[1] if len(walls) > 1 else None)
+        summary(args, walls[0], walls[1] if len(walls) > 1 else None, measured_here=False)
         for label, (meta, records), wall in zip(("cold", "warm"), loaded, walls):
             print_breakdown(f"{label} run {meta.get('run_id', '')}", wall, *breakdown(meta, records, 0.0))
         return 0
