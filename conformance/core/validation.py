@@ -229,7 +229,8 @@ def number(*, low: float | None = None, high: float | None = None, low_open: boo
 
 JOBS = number(low=0, integer=True, what_="a whole number of jobs")  # 0: the CPU count
 COUNT = number(low=1, integer=True, what_="a whole number")
-SEED = number(low=0, high=2**32, high_open=True, integer=True, what_="a whole number")  # NumPy's seed range
+# fuzz's master seed: the range of the random ones it draws and prints (4 bytes)
+SEED = number(low=0, high=2**32, high_open=True, integer=True, what_="a whole number")
 SECONDS = number(low=0, low_open=True, what_="a number of seconds")
 FACTOR = number(low=1, low_open=True, what_="a factor")  # drift: a ratio moved by more than FACTOR x
 FLOOR = number(low=0, low_open=True, what_="a positive number")
