@@ -1,7 +1,9 @@
 """How fast is the conformance suite itself? Prints the figures the README quotes.
 
-    python benchmarks/suite_speed.py [--frameworks all] [--tier default] [--paths default] [-k EXPR] [--jobs 2]
-                                     [--out reports/speed] [--xdist]
+    python benchmarks/suite_speed.py [--frameworks all] [--tier default] [--paths default]
+                                     [-k EXPR | --cases FILE] [--jobs 2] [--out reports/speed] [--xdist]
+    python benchmarks/suite_speed.py --paths eager --cases benchmarks/issue20_filing_cases.txt
+                                     (the workload issue 20 was filed on: its 38 cases, 7,164 checks)
     python benchmarks/suite_speed.py --analyze COLD_DIR [WARM_DIR]   (figures of runs already made: run directories,
                                                                     or results directories for their latest run)
 
@@ -74,6 +76,21 @@ def _load(run_dir: Path) -> tuple[dict, list[dict]]:
     return meta, records
 
 
+def case_ids(path: str) -> list[str]:
+    """The case ids a --cases file lists: one per line; blank lines and `#` comments are skipped. An
+    unreadable or empty file ends the script with one message; ids no case has are refused by `bnconform run`
+    itself."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        sys.exit(f"suite_speed: --cases {path}: cannot read it ({type(e).__name__}: {e})")
+    ids = [line.split("#", 1)[0].strip() for line in lines]
+    ids = [i for i in ids if i]
+    if not ids:
+        sys.exit(f"suite_speed: --cases {path}: lists no case id")
+    return ids
+
+
 def bnconform_run(args, out: Path, env: dict) -> tuple[float, float, Path]:
     """Wall seconds, CPU seconds (the run and every worker it started) and the run's directory. CPU time too:
     on a shared machine wall time moves with the neighbours' load (the same run measured 175-205 s cold
@@ -81,6 +98,7 @@ def bnconform_run(args, out: Path, env: dict) -> tuple[float, float, Path]:
     cmd = [sys.executable, "-m", "conformance", "run", "--frameworks", args.frameworks, "--tier", args.tier,
            "--out", str(out), "--paths", args.paths] + (["--jobs", str(args.jobs)] if args.jobs else [])
     cmd += ["-k", args.k] if args.k else []
+    cmd += [a for case in args.case_list for a in ("--case", case)]
     cpu = _cpu_of_children()
     wall, proc = _run(cmd, env)
     cpu = _cpu_of_children() - cpu
@@ -172,7 +190,9 @@ def summary(args, cold: float, warm: float | None, measured_here: bool = True) -
     earlier, whose load was not recorded: today's would mislead, and would make two analyses differ)."""
     load = os.getloadavg()
     print(f"\nbnconform suite speed: tier {args.tier}, paths {args.paths}"
-          + (f", cases -k {args.k!r}" if args.k else "") + f", frameworks {args.frameworks}, jobs "
+          + (f", cases -k {args.k!r}" if args.k else "")
+          + (f", the {len(args.case_list)} cases of {args.cases}" if args.cases else "")
+          + f", frameworks {args.frameworks}, jobs "
           f"{args.jobs or os.cpu_count()}, {os.cpu_count()} cores"
           + (f", load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}" if measured_here else ""))
     line = f"  end to end (run + results + analysis + report): cold {cold:.1f} s"
@@ -200,14 +220,19 @@ def main(argv=None) -> int:
     p.add_argument("--frameworks", default="all")
     p.add_argument("--tier", default="default")
     p.add_argument("--paths", default="default", help="execution paths, as `bnconform run --paths`")
-    p.add_argument("-k", metavar="EXPR", help="only these cases, as `bnconform run -k` (e.g. the suite before the "
-                   "realistic shapes: README, Speed)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("-k", metavar="EXPR", help="only these cases, as `bnconform run -k` (e.g. the suite "
+                       "before the realistic shapes: README, Speed)")
+    which.add_argument("--cases", metavar="FILE", help="exactly the cases this file lists, one id per line "
+                       "(as `bnconform run --case`, whatever their tier), e.g. "
+                       "benchmarks/issue20_filing_cases.txt")
     p.add_argument("--jobs", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "reports" / "speed"))
     p.add_argument("--xdist", action="store_true", help="also compare serial and pytest-xdist verdicts")
     p.add_argument("--analyze", nargs="+", metavar="RUN_DIR", help="only print the figures of these runs "
                    "or results directories (cold, then warm): their durations from meta.json, without report rendering")
     args = p.parse_args(argv)
+    args.case_list = case_ids(args.cases) if args.cases else []  # a bad file ends here, before any run
     out = Path(args.out)
     env = dict(os.environ)
     if args.analyze:

@@ -56,3 +56,64 @@ def test_unreadable_runs_get_one_message(results, tmp_path, damage, words):
 def test_a_directory_that_holds_no_run_gets_one_message(tmp_path):
     proc = _analyze(tmp_path)
     assert proc.returncode == 1 and "no results here" in proc.stderr and "Traceback" not in proc.stderr
+
+
+FILING = ROOT / "benchmarks" / "issue20_filing_cases.txt"
+
+
+def _speed(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite_speed.py"), *map(str, args)],
+                          check=False, capture_output=True, text=True, cwd=ROOT, env=env(), timeout=timeout)
+
+
+def test_the_filing_workload_is_the_38_cases_issue_20_was_filed_on_and_each_is_still_a_case():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.suite_speed import case_ids
+    from conformance.core.cases import case_by_id
+
+    ids = case_ids(str(FILING))
+    assert len(ids) == len(set(ids)) == 38
+    assert [case_by_id(i).id for i in ids] == ids  # a renamed or dropped case fails here, not in a benchmark
+
+
+def test_a_cases_file_runs_exactly_its_cases_cold_and_warm(tmp_path):
+    listed = ["f32-4x3x2x3-ax1-T2-a0.1-eps1e-05-rstats-s0", "f64-8x4-ax1-TE-a0.1-eps1e-05-rstats-s0"]
+    cases = tmp_path / "cases.txt"
+    cases.write_text(f"# two of the filing's cases\n\n{listed[0]}  # a training step twice\n{listed[1]}\n")
+    out = tmp_path / "speed"
+    proc = _speed("--frameworks", "fake.oracle", "--paths", "eager", "--cases", cases, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert f"the 2 cases of {cases}" in proc.stdout
+    for label in ("cold", "warm"):
+        lines = (run_dir(out / label) / "records.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines]
+        assert sorted({r["case"] for r in records}) == sorted(listed)
+
+
+@pytest.mark.parametrize("content,words", [
+    (None, "cannot read it"),
+    ("# only a comment\n\n", "lists no case id"),
+    (b"\xff\xfe not text", "cannot read it"),
+], ids=["missing", "no-ids", "not-utf8"])
+def test_a_bad_cases_file_gets_one_message_before_any_run(tmp_path, content, words):
+    cases = tmp_path / "cases.txt"
+    if isinstance(content, str):
+        cases.write_text(content)
+    elif content is not None:
+        cases.write_bytes(content)
+    out = tmp_path / "speed"
+    proc = _speed("--frameworks", "fake.oracle", "--cases", cases, "--out", out, timeout=60)
+    assert proc.returncode == 1 and proc.stderr.startswith("suite_speed: --cases ") and words in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+
+
+def test_an_unknown_case_id_stops_the_benchmark_with_bnconform_runs_message(tmp_path):
+    cases = tmp_path / "cases.txt"
+    cases.write_text("f32-no-such-case\n")
+    proc = _speed("--frameworks", "fake.oracle", "--cases", cases, "--out", tmp_path / "speed", timeout=60)
+    assert proc.returncode == 1 and "f32-no-such-case" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_k_and_cases_together_are_refused():
+    proc = _speed("-k", "f32", "--cases", FILING, timeout=60)
+    assert proc.returncode == 2 and "not allowed with" in proc.stderr
