@@ -500,17 +500,21 @@ def _table_cell(c):
     return {"text": c if isinstance(c, str) else json.dumps(c), "sort": c if isinstance(c, str) else ""}
 
 
-def _analysis_tables(rs: results.ResultSet) -> list[dict]:
-    """The tables computed from these records (conventions, equivalence, defaults hazard), then any other
-    table an analysis.json brought that the computation does not produce."""
+def _analysis_tables(rs: results.ResultSet, computed: list[dict] | None = None) -> list[dict]:
+    """The tables computed from these records (conventions, equivalence, defaults hazard; `computed` when the
+    caller has them already), then any other table an analysis.json brought that the computation does not
+    produce."""
     from ..explain import analysis
 
-    computed = analysis.tables(rs.records)
+    if computed is None:
+        computed = analysis.tables(rs.records)
     ids = {t["id"] for t in computed}
     return computed + [t for t in rs.tables if t["id"] not in ids]
 
 
-def build(rs: results.ResultSet) -> dict:
+def build(rs: results.ResultSet, analysis_tables: list[dict] | None = None) -> dict:
+    """The report's context. `analysis_tables`: conformance.explain.analysis.tables(rs.records), when the
+    caller computed them already (a run does, for its analysis.json: 0.2-0.5 s of a default run's end)."""
     records = rs.records
     counts = Counter(r["verdict"] for r in records)
     adapters, stale, _ = _adapters(records, rs.metas)
@@ -518,7 +522,7 @@ def build(rs: results.ResultSet) -> dict:
     rows, details = _checks(records)
     runs = _runs(rs.metas)
     interrupted = [r["run_id"] for r in runs if r["status"] not in ("complete", "")]
-    tables = _tables(_analysis_tables(rs))
+    tables = _tables(_analysis_tables(rs, analysis_tables))
     ratio_plots = _ratio_plots(records)
     for a in adapters:
         a["ratio_plot"] = ratio_plots.get(a["name"], "")
@@ -566,9 +570,9 @@ def _env() -> jinja2.Environment:
     return env
 
 
-def render(rs: results.ResultSet) -> str:
+def render(rs: results.ResultSet, analysis_tables: list[dict] | None = None) -> str:
     env = _env()
-    ctx = build(rs)
+    ctx = build(rs, analysis_tables)
     part = env.get_template("parts.html.j2").module
     ctx["data"] = {
         # bodies of one cause side by side: what the line pool leaves (their index lists, the lines that
@@ -585,6 +589,6 @@ def render(rs: results.ResultSet) -> str:
     return env.get_template("report.html.j2").render(**ctx)
 
 
-def write(rs: results.ResultSet, path: str | Path) -> Path:
-    html = render(rs)  # rendered completely before anything is written
+def write(rs: results.ResultSet, path: str | Path, analysis_tables: list[dict] | None = None) -> Path:
+    html = render(rs, analysis_tables)  # rendered completely before anything is written
     return results.write_atomic(path, html)

@@ -109,7 +109,7 @@ def test_write_is_atomic(records, tmp_path, monkeypatch):
     target = tmp_path / "index.html"
     target.write_text("previous report")
 
-    def broken(rs):
+    def broken(*args):
         raise RuntimeError("template bug")
 
     monkeypatch.setattr(report, "render", broken)

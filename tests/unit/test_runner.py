@@ -54,6 +54,19 @@ def test_passing_run_exits_0_and_writes_results_and_report(tmp_path):
     assert "\x1b[" not in r.stdout
 
 
+def test_a_runs_report_is_the_one_bnconform_report_makes_of_its_results(tmp_path):
+    # the run renders from the records it read once and the analysis tables it computed for analysis.json;
+    # `bnconform report` reads and computes everything again: the two pages are the same bytes
+    out = tmp_path / "out"
+    r = bnconform("run", "--frameworks", "fake.oracle,fake.wrong_var", "--tier", "smoke", "--out", out)
+    assert r.returncode == 1, r.stderr  # fake.wrong_var's running variance fails: findings, a diagnosis
+    tables = json.loads((run_dir(out) / "analysis.json").read_text())["tables"]
+    assert any(t["rows"] for t in tables)
+    again = tmp_path / "again.html"
+    assert bnconform("report", run_dir(out), "--out", again).returncode == 0
+    assert (out / "index.html").read_bytes() == again.read_bytes()
+
+
 def test_failing_check_exits_1_and_threads_are_capped(tmp_path):
     """Two workers side by side, each computing with one thread (recorded in meta.json)."""
     r = bnconform("run", "--frameworks", "fake.wrong_var,fake.oracle", "--tier", "smoke", "--out", tmp_path,
