@@ -246,13 +246,15 @@ def _cmd_conventions(args) -> int:
     from .explain.infer import BY_CASE_KNOB, EVAL_GRADIENT_CASE, table
     from .core.install import hint as install_hint
     from .core.registry import Registry, RegistryError
-    from .execution.worker import WORKER_THREADS, AdapterRun, Pool, WorkerConfig
+    from .execution.worker import WORKER_THREADS, AdapterRun, Pool, WorkerConfig, cache_problem
 
     specs = select(args.frameworks)
     try:
         Registry.load(args.registry)  # refuse a bad registry here, not as every worker's setup error
     except RegistryError as e:
         raise UsageError(f"bnconform conventions: {e}") from None
+    if why := cache_problem(None):  # likewise a cache directory the frameworks could not write
+        raise UsageError(f"bnconform conventions: {why}")
     missing = [s for s in specs if not s.available()]
     if len(missing) == len(specs):
         raise UsageError(f"bnconform conventions: no adapter of selection {args.frameworks!r} is installed ("

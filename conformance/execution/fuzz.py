@@ -499,7 +499,7 @@ def run(opts: FuzzOptions, print_=print) -> int:
     from ..outputs import runmeta
     from ..core.catalogue import select
     from ..core.registry import Registry, RegistryError
-    from .worker import numpy_without_hugepage_advice
+    from .worker import cache_problem, numpy_without_hugepage_advice
 
     try:
         specs = select(opts.frameworks)
@@ -509,6 +509,8 @@ def run(opts: FuzzOptions, print_=print) -> int:
         Registry.load(opts.registry)
     except RegistryError as e:
         raise FuzzError(str(e)) from None
+    if why := cache_problem(None):
+        raise FuzzError(why)
     available = [s for s in specs if not s.missing()]
     for s in specs:
         if s not in available:

@@ -68,6 +68,10 @@ def pytest_configure(config):
         registry = Registry.load(config.getoption("--bn-registry"))
     except RegistryError as e:
         raise pytest.UsageError(str(e)) from None
+    from .worker import cache_problem
+
+    if why := cache_problem(None):  # one usage error, not an error record for every check of the JAX adapters
+        raise pytest.UsageError(why)
     config.stash[STASH_KEY] = BNSession(config, registry)
     results = config.getoption("--bn-results")
     if results and not hasattr(config, "workerinput"):  # main process or xdist controller: start afresh

@@ -35,7 +35,7 @@ from ..core.install import hint as install_hint
 from ..core.paths import split
 from ..core.registry import Registry, RegistryError
 from ..core.textsafe import terminal
-from .worker import WORKER_THREADS, AdapterRun, Pool, WorkerConfig
+from .worker import WORKER_THREADS, AdapterRun, Pool, WorkerConfig, cache_problem
 
 FAILING = ("fail", "error")
 CACHE = ".cache"  # under --out: compiled-artifact caches (JAX, TorchInductor) a rerun reuses
@@ -195,6 +195,9 @@ def _run(opts: RunOptions, console: Console | None, streams: str | None) -> int:
     out = Path(opts.out)
     if opts.report:
         _prepare_dir(out)
+    cache_dir = str((out / CACHE).resolve())
+    if why := cache_problem(cache_dir):  # the default, once the results directory is known to be writable
+        raise RunError(why)
     run_dir = _claim_run_dir(out / "runs", meta["run_id"])
     meta["run_id"] = run_dir.name
     opts.run_dir = run_dir
@@ -210,7 +213,7 @@ def _run(opts: RunOptions, console: Console | None, streams: str | None) -> int:
     logs = run_dir / "logs"
     _prepare_dir(logs)
     cfg = WorkerConfig(registry_path=opts.registry, threads=threads, case_timeout=opts.case_timeout,
-                       adapter_timeout=opts.adapter_timeout, cache_dir=str((out / CACHE).resolve()),
+                       adapter_timeout=opts.adapter_timeout, cache_dir=cache_dir,
                        log_dir=str(logs), streams_dir=streams)
     pool = Pool([got.run_for(s.name, work[s.name], cfg) for s in available], jobs)
     # Signals are noted, never raised, from here to the end: Pool.wait stops the workers on the first; one
@@ -341,6 +344,8 @@ def _plan(opts: RunOptions):
     except RegistryError as e:
         raise RunError(str(e)) from None
     cases = _cases(opts)
+    if why := cache_problem(None):  # the user's BNCONFORM_CACHE_DIR, before anything is written
+        raise RunError(why)
     index = Path(opts.out) / "index.html"
     if opts.report and index.exists() and not index.is_file():
         raise RunError(f"{index} exists and is not a file; the report goes there (or pass --no-report)")

@@ -167,6 +167,35 @@ def _drain(caught: list[dict]) -> list[dict]:
     return out
 
 
+CACHE_VARIABLE = "BNCONFORM_CACHE_DIR"
+
+
+def cache_problem(default: str | None) -> str | None:
+    """Why the compiled-artifact caches cannot live where a run would put them, as one line, or None.
+
+    The place is $BNCONFORM_CACHE_DIR when set (not empty), else `default` (a run's: the results directory's
+    .cache; None: only the variable is checked, the adapters falling back to reports/.cache). Checked without
+    creating anything, before a worker starts: the JAX adapters create their directory in setup, and a path
+    through a file made every check of theirs an error record rather than one message."""
+    chosen = os.environ.get(CACHE_VARIABLE) or None
+    where = chosen or default
+    if where is None:
+        return None
+    origin = f" ({CACHE_VARIABLE})" if chosen else ""
+    path = Path(where).absolute()
+    try:
+        existing = next(p for p in (path, *path.parents) if p.exists())
+    except OSError as e:  # a parent that cannot be looked into (Path.exists lets EACCES through)
+        return f"cannot keep compiled code in {where}{origin}: {e.strerror or e}"
+    if not existing.is_dir():
+        why = "it is not a directory" if existing == path else f"{existing} is not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"{existing} is not writable"
+    else:
+        return None
+    return f"cannot keep compiled code in {where}{origin}: {why}"
+
+
 def persistent_caches(cache_dir: str | None) -> None:
     """Point the frameworks' compiled-artifact caches under `cache_dir` (the results directory's .cache), so
     a rerun reuses what the last run compiled: JAX (adapters read BNCONFORM_CACHE_DIR), TorchInductor and
@@ -174,8 +203,9 @@ def persistent_caches(cache_dir: str | None) -> None:
     directory the user already chose (the variable or flag set) is kept."""
     if not cache_dir:
         return
-    os.environ.setdefault("BNCONFORM_CACHE_DIR", cache_dir)
-    base = Path(os.environ["BNCONFORM_CACHE_DIR"])
+    if not os.environ.get(CACHE_VARIABLE):  # set but empty counts as unset, as the adapters read it
+        os.environ[CACHE_VARIABLE] = cache_dir
+    base = Path(os.environ[CACHE_VARIABLE])
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(base / "inductor"))
     flags = os.environ.get("TF_XLA_FLAGS", "")
     if "tf_xla_persistent_cache_directory" not in flags:

@@ -229,6 +229,20 @@ ARGS = [
     ("unknown-subcommand", "explode", "invalid choice: 'explode'"),
 ]
 
+# -- BNCONFORM_CACHE_DIR where compiled code cannot be kept (the JAX adapters made every check an error record)
+CACHE = "cannot keep compiled code in "
+ENV = [
+    ("run-cache-a-file", RUN, "{tmp}/file", CACHE + "{tmp}/file (BNCONFORM_CACHE_DIR): it is not a directory"),
+    ("run-cache-under-a-file", RUN, "{tmp}/file/cache", "{tmp}/file is not a directory"),
+    ("conventions-cache-a-file", "conventions --frameworks fake.oracle", "{tmp}/file",
+     "bnconform conventions: " + CACHE),
+    ("fuzz-cache-under-a-file", "fuzz --frameworks fake.oracle --budget 1 --out {tmp}/out", "{tmp}/file/c",
+     "bnconform fuzz: " + CACHE),
+    # not the variable: a results directory whose .cache is a file
+    ("run-default-cache-a-file", "run --frameworks fake.oracle --tier smoke --out {tmp}/cached", "",
+     CACHE + "{tmp}/cached/.cache: it is not a directory"),
+]
+
 # -- BNCONFORM_EXTRA_ADAPTERS naming a broken module
 EXTRA = [
     ("syntax-error", "def broken(:\n", "SyntaxError"),
@@ -260,7 +274,7 @@ def _case(kind, entry):
 CORPUS = ([_case("record", e) for e in RECORD] + [_case("meta", e) for e in META]
           + [_case("analysis", e) for e in ANALYSIS] + [_case("baseline", e) for e in BASELINE]
           + [_case("registry", e) for e in REGISTRY] + [_case("args", e) for e in ARGS]
-          + [_case("extra", e) for e in EXTRA] + [_case("raw", e) for e in RAW])
+          + [_case("extra", e) for e in EXTRA] + [_case("raw", e) for e in RAW] + [_case("env", e) for e in ENV])
 
 
 def _prepare(kind, entry, good, tmp: Path, monkeypatch) -> tuple[list[str], str]:
@@ -271,6 +285,8 @@ def _prepare(kind, entry, good, tmp: Path, monkeypatch) -> tuple[list[str], str]
     (tmp / "file").write_text("a regular file")
     (tmp / "blocked" / "index.html").mkdir(parents=True)
     (tmp / "broken.toml").write_text("[[deviation]\n")
+    (tmp / "cached").mkdir()
+    (tmp / "cached" / ".cache").write_text("a regular file")
     if kind == "record":
         _, dotted, value, expected = entry
         lines = (d / "records.jsonl").read_text().splitlines()
@@ -310,6 +326,10 @@ def _prepare(kind, entry, good, tmp: Path, monkeypatch) -> tuple[list[str], str]
         monkeypatch.syspath_prepend(str(modules))
         monkeypatch.setenv("BNCONFORM_EXTRA_ADAPTERS", f"{FAKES},{name}")
         return RUN.format(tmp=tmp).split(), expected
+    if kind == "env":
+        _, line, value, expected = entry
+        monkeypatch.setenv("BNCONFORM_CACHE_DIR", value.format(tmp=tmp))
+        return line.format(tmp=tmp).split(), expected.format(tmp=tmp)
     if kind == "raw":
         _, name, content, expected = entry
         path = d / name

@@ -50,6 +50,17 @@ def test_broken_registry_is_a_usage_error(suite):
     r.stderr.fnmatch_lines(["*r.toml: not valid TOML*"])
 
 
+def test_cache_directory_that_cannot_hold_compiled_code_is_a_usage_error(suite, monkeypatch):
+    blocker = suite.path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("BNCONFORM_CACHE_DIR", str(blocker / "cache"))
+    r = suite.runpytest_subprocess("-p", "no:cacheprovider")
+    assert r.ret == pytest.ExitCode.USAGE_ERROR
+    r.stderr.fnmatch_lines([f"*cannot keep compiled code in {blocker}/cache (BNCONFORM_CACHE_DIR): "
+                            f"{blocker} is not a directory*"])
+    assert "Traceback" not in r.stderr.str()
+
+
 @needs_torch
 def test_environment_selects_and_header_reports(suite, monkeypatch):
     monkeypatch.setenv("BNCONFORM_FRAMEWORKS", "torch.nn.functional.batch_norm")

@@ -287,6 +287,11 @@ def test_compiled_code_caches_go_under_the_results_directory_unless_chosen(monke
     persistent_caches(str(tmp_path / ".cache"))
     assert os.environ["BNCONFORM_CACHE_DIR"] == "/mine" and os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/mine/inductor"
     assert os.environ["TF_XLA_FLAGS"] == "--tf_xla_persistent_cache_directory=/mine/xla"
+    # set but empty: unset, as the adapters read it (it had sent Inductor's cache to ./inductor)
+    monkeypatch.setenv("BNCONFORM_CACHE_DIR", "")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    persistent_caches(str(tmp_path / ".cache"))
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".cache" / "inductor")
 
 
 def test_numpy_is_told_not_to_advise_huge_pages_in_the_processes_bnconform_starts(monkeypatch):
