@@ -17,8 +17,10 @@ path's convention, precision and run as the adapter's own, so nothing downstream
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -27,6 +29,14 @@ from reference import FIRST_ORDER, SECOND_ORDER, Convention, Problem
 
 
 EAGER = "eager"
+
+
+def compiled_code_dir(framework: str) -> Path:
+    """Where `framework`'s compiled code persists across runs: $BNCONFORM_CACHE_DIR/<framework> (`bnconform run`
+    sets the variable to its results directory's .cache; empty counts as unset), else reports/.cache/<framework>
+    in this checkout (ignored by git)."""
+    base = os.environ.get("BNCONFORM_CACHE_DIR")
+    return (Path(base) if base else Path(__file__).resolve().parents[1] / "reports" / ".cache") / framework
 
 
 @dataclass(frozen=True)

@@ -29,26 +29,16 @@ Every path has a repro snippet that runs the same transformation (adapters/jax_r
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
-from .base import EAGER, EAGER_PATH, Adapter, Observation, PathSpec
+from .base import EAGER, EAGER_PATH, Adapter, Observation, PathSpec, compiled_code_dir
 
 
 # XLA's CPU client runs compiled code with FTZ/DAZ "to match the default TF ThreadPool behavior"
 # (xla/pjrt/cpu/cpu_client.cc: tsl::port::ScopedFlushDenormal around every execution): subnormal results become
 # zero and subnormal inputs are read as zero. Found by `bnconform fuzz` (seed 20261202) on every JAX library.
 SUBNORMALS = "flush"
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def cache_dir() -> Path:
-    """Where compiled executables persist: $BNCONFORM_CACHE_DIR/jax, default reports/.cache/jax (ignored)."""
-    base = os.environ.get("BNCONFORM_CACHE_DIR")
-    return (Path(base) if base else ROOT / "reports" / ".cache") / "jax"
-
 
 def installed_at_least(dist: str, minimum: str) -> bool:
     """Whether the installed distribution `dist` is at least `minimum`. Without it installed (`bnconform
@@ -95,7 +85,7 @@ def import_jax():
 
     jax.config.update("jax_enable_x64", True)  # float64 cases; float32 code keeps float32 (weak typing)
     jax.config.update("jax_default_matmul_precision", "highest")
-    path = cache_dir()
+    path = compiled_code_dir("jax")
     path.mkdir(parents=True, exist_ok=True)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # cache every executable

@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from .base import compiled_code_dir
+
 
 class TensorFlowBackend:
     name = "tensorflow"
@@ -94,11 +96,9 @@ class JaxBackend:
         jax.config.update("jax_enable_x64", True)  # float64 cases; explicit dtypes everywhere else
         # Compiled executables persist across runs ($BNCONFORM_CACHE_DIR/jax, default reports/.cache/jax):
         # compiling is nearly all of this adapter's time.
-        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-        base = os.environ.get("BNCONFORM_CACHE_DIR") or os.path.join(root, "reports", ".cache")
-        path = os.path.join(base, "jax")
-        os.makedirs(path, exist_ok=True)
-        jax.config.update("jax_compilation_cache_dir", os.path.abspath(path))
+        path = compiled_code_dir("jax")
+        path.mkdir(parents=True, exist_ok=True)
+        jax.config.update("jax_compilation_cache_dir", str(path.absolute()))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
         self.jax = jax

@@ -24,7 +24,7 @@ import numpy as np
 from reference import FIRST_ORDER, SECOND_ORDER, Problem
 
 from . import torch_common as tc
-from .base import EAGER_PATH, Observation, PathSpec, Precision
+from .base import EAGER_PATH, Observation, PathSpec, Precision, compiled_code_dir
 
 MODULE_PATHS = (
     EAGER_PATH,
@@ -46,12 +46,6 @@ SYNC_NEEDS_GPU = ("torch.nn.SyncBatchNorm cannot run on CPU: with a process grou
                   "with BNCONFORM_DEVICE=cuda where a GPU is available")
 NO_DOUBLE_BACKWARD = "torch.compile (AOTAutograd) does not support double backward"
 _DYNAMO_REFUSALS = "fullgraph=True refused"
-
-
-def cache_dir() -> str:
-    base = os.environ.get("BNCONFORM_CACHE_DIR") or os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "reports", ".cache")
-    return os.path.join(base, "inductor")
 
 
 def unsupported(adapter, p: Problem, path: str) -> str | None:
@@ -131,7 +125,7 @@ def _synchronized(adapter, p: Problem) -> Observation:
 # -- compile, compile-aot
 def _compiled(adapter, p: Problem, backend: str) -> Observation:
     torch = adapter.torch
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache_dir())
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(compiled_code_dir("inductor")))
     from torch._dynamo.exc import TorchDynamoException
     from torch._dynamo.utils import counters
 

@@ -293,12 +293,16 @@ def test_a_new_shape_compiles_only_the_jitted_functions_and_a_rerun_nothing(name
 
 
 def test_compilation_cache_directory_follows_the_environment(monkeypatch, tmp_path):
-    from adapters import jax_common
+    from adapters.base import compiled_code_dir
 
     monkeypatch.setenv("BNCONFORM_CACHE_DIR", str(tmp_path))
-    assert jax_common.cache_dir() == tmp_path / "jax"
-    monkeypatch.delenv("BNCONFORM_CACHE_DIR")
-    assert jax_common.cache_dir() == ROOT / "reports" / ".cache" / "jax"
+    assert compiled_code_dir("jax") == tmp_path / "jax"
+    for unset in ("", None):  # empty counts as unset, as the workers read it
+        if unset is None:
+            monkeypatch.delenv("BNCONFORM_CACHE_DIR")
+        else:
+            monkeypatch.setenv("BNCONFORM_CACHE_DIR", unset)
+        assert compiled_code_dir("inductor") == ROOT / "reports" / ".cache" / "inductor"
 
 
 # -- evidence behind the registered deviations (conformance/registry/{jax,onnx}.toml)
