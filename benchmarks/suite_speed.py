@@ -232,6 +232,8 @@ def main(argv=None) -> int:
     p.add_argument("--analyze", nargs="+", metavar="RUN_DIR", help="only print the figures of these runs "
                    "or results directories (cold, then warm): their durations from meta.json, without report rendering")
     args = p.parse_args(argv)
+    if args.analyze and len(args.analyze) > 2:
+        p.error(f"--analyze takes one or two run directories (cold, then warm), not {len(args.analyze)}")
     args.case_list = case_ids(args.cases) if args.cases else []  # a bad file ends here, before any run
     out = Path(args.out)
     env = dict(os.environ)

@@ -66,6 +66,12 @@ def _speed(*args, timeout: float = 300) -> subprocess.CompletedProcess:
                           check=False, capture_output=True, text=True, cwd=ROOT, env=env(), timeout=timeout)
 
 
+def test_more_than_a_cold_and_a_warm_run_is_refused(results):
+    proc = _analyze(results, results, results)
+    assert proc.returncode == 2 and "--analyze takes one or two run directories (cold, then warm), not 3" in proc.stderr
+    assert proc.stdout == ""
+
+
 def test_the_filing_workload_is_the_38_cases_issue_20_was_filed_on_and_each_is_still_a_case(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))  # benchmarks/ is a folder of the checkout, not an installed package
     from benchmarks.suite_speed import case_ids
