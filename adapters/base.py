@@ -32,9 +32,9 @@ EAGER = "eager"
 
 
 def compiled_code_dir(framework: str) -> Path:
-    """Where `framework`'s compiled code persists across runs: $BNCONFORM_CACHE_DIR/<framework> (`bnconform run`
-    sets the variable to its results directory's .cache; empty counts as unset), else reports/.cache/<framework>
-    in this checkout (ignored by git)."""
+    """Where `framework`'s compiled code persists across runs: $BNCONFORM_CACHE_DIR/<framework> (`bnconform
+    run` sets the variable to its results directory's .cache; empty counts as unset), else
+    reports/.cache/<framework> in this checkout (ignored by git)."""
     base = os.environ.get("BNCONFORM_CACHE_DIR")
     return (Path(base) if base else Path(__file__).resolve().parents[1] / "reports" / ".cache") / framework
 

@@ -229,10 +229,11 @@ ARGS = [
     ("unknown-subcommand", "explode", "invalid choice: 'explode'"),
 ]
 
-# -- BNCONFORM_CACHE_DIR where compiled code cannot be kept (the JAX adapters made every check an error record)
+# -- BNCONFORM_CACHE_DIR where compiled code cannot be kept (the JAX adapters had made every check an error)
 CACHE = "cannot keep compiled code in "
 ENV = [
-    ("run-cache-a-file", RUN, "{tmp}/file", CACHE + "{tmp}/file (BNCONFORM_CACHE_DIR): it is not a directory"),
+    ("run-cache-a-file", RUN, "{tmp}/file",
+     CACHE + "{tmp}/file (BNCONFORM_CACHE_DIR): it is not a directory"),
     ("run-cache-under-a-file", RUN, "{tmp}/file/cache", "{tmp}/file is not a directory"),
     ("conventions-cache-a-file", "conventions --frameworks fake.oracle", "{tmp}/file",
      "bnconform conventions: " + CACHE),
@@ -274,7 +275,8 @@ def _case(kind, entry):
 CORPUS = ([_case("record", e) for e in RECORD] + [_case("meta", e) for e in META]
           + [_case("analysis", e) for e in ANALYSIS] + [_case("baseline", e) for e in BASELINE]
           + [_case("registry", e) for e in REGISTRY] + [_case("args", e) for e in ARGS]
-          + [_case("extra", e) for e in EXTRA] + [_case("raw", e) for e in RAW] + [_case("env", e) for e in ENV])
+          + [_case("extra", e) for e in EXTRA] + [_case("raw", e) for e in RAW]
+          + [_case("env", e) for e in ENV])
 
 
 def _prepare(kind, entry, good, tmp: Path, monkeypatch) -> tuple[list[str], str]:

@@ -278,7 +278,7 @@ def test_compiled_code_caches_go_under_the_results_directory_unless_chosen(monke
     for var in ("BNCONFORM_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR", "TF_XLA_FLAGS"):
         monkeypatch.delenv(var, raising=False)
     persistent_caches(str(tmp_path / ".cache"))
-    assert os.environ["BNCONFORM_CACHE_DIR"] == str(tmp_path / ".cache")  # JAX: adapters/jax_common.cache_dir
+    assert os.environ["BNCONFORM_CACHE_DIR"] == str(tmp_path / ".cache")  # adapters/base.py compiled_code_dir
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".cache" / "inductor")
     assert os.environ["TF_XLA_FLAGS"] == f"--tf_xla_persistent_cache_directory={tmp_path / '.cache' / 'xla'}"
     monkeypatch.setenv("BNCONFORM_CACHE_DIR", "/mine")

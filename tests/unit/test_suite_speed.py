@@ -68,7 +68,8 @@ def _speed(*args, timeout: float = 300) -> subprocess.CompletedProcess:
 
 def test_more_than_a_cold_and_a_warm_run_is_refused(results):
     proc = _analyze(results, results, results)
-    assert proc.returncode == 2 and "--analyze takes one or two run directories (cold, then warm), not 3" in proc.stderr
+    assert proc.returncode == 2
+    assert "--analyze takes one or two run directories (cold, then warm), not 3" in proc.stderr
     assert proc.stdout == ""
 
 
