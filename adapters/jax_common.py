@@ -32,7 +32,7 @@ import os
 
 import numpy as np
 
-from .base import EAGER, EAGER_PATH, Adapter, Observation, PathSpec, compiled_code_dir
+from .base import EAGER, Adapter, Observation, PathSpec, compiled_code_dir
 
 
 # XLA's CPU client runs compiled code with FTZ/DAZ "to match the default TF ThreadPool behavior"

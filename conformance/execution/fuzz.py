@@ -259,8 +259,6 @@ class Evaluator:
         self.startup_seconds += time.monotonic() - t0
 
     def __call__(self, case, full: bool = False) -> list[dict]:
-        from ..core.engine import records_for
-
         if self.proc is None:
             self.start()
         self.evaluated += 1
