@@ -294,6 +294,19 @@ def test_compiled_code_caches_go_under_the_results_directory_unless_chosen(monke
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / ".cache" / "inductor")
 
 
+def test_a_cache_directory_is_checked_without_creating_it(monkeypatch, tmp_path):
+    from conformance.execution import worker
+
+    monkeypatch.delenv("BNCONFORM_CACHE_DIR", raising=False)
+    assert worker.cache_problem(None) is None  # no variable, no default: the adapters' reports/.cache
+    assert worker.cache_problem(str(tmp_path / "a" / "b")) is None
+    assert not (tmp_path / "a").exists()
+    # root may write anywhere, so this machine reaches the permission branch only by being told so
+    monkeypatch.setattr(worker.os, "access", lambda path, mode: False)
+    assert worker.cache_problem(str(tmp_path / "a")) == (
+        f"cannot keep compiled code in {tmp_path / 'a'}: {tmp_path} is not writable")
+
+
 def test_numpy_is_told_not_to_advise_huge_pages_in_the_processes_bnconform_starts(monkeypatch):
     """NumPy reads NUMPY_MADVISE_HUGEPAGE once, when imported: a worker starts with it set (a spawned process
     inherits os.environ as it is at start()), the command line sets it before it imports NumPy, and a value the
