@@ -375,5 +375,7 @@ def test_bad_input_is_one_line_exit_2_nothing_written(kind, entry, good, tmp_pat
 
 
 def test_corpus_size():
-    """The issue asks for at least 100 bad inputs."""
+    """The issue asks for at least 100 bad inputs; the README says how many there are."""
     assert len(CORPUS) >= 100
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    assert f"test_bad_input_corpus.py` ({len(CORPUS)} bad inputs)" in readme, "README.md: update the count"
