@@ -631,8 +631,9 @@ DESCRIPTIONS = {
     "oracle": ("Print the oracle's answer (torch's convention) for cases.",
                ["bnconform oracle f32-4x3-ax1-T2E-a0.1-eps1e-05-rstats-s0"]),
 }
-TIERS_HELP = ("tiers: smoke (seconds: one case per knob), default (the CI matrix: every convention knob with a "
-              "discriminating case, minutes), nightly (larger shapes, more seeds; not in CI)")
+TIERS_HELP = ("tiers: smoke (2 cases, seconds per framework: is everything installed and sane?), default (the CI "
+              "matrix, minutes: every convention knob with a discriminating case, every dtype, realistic sizes, "
+              "the regression corpus), nightly (larger shapes, more seeds; not in CI)")
 
 
 def _version_text() -> str:

@@ -52,6 +52,9 @@ def test_the_readmes_tier_table_counts_the_cases_each_tier_has():
     stated = {tier: int(n) for tier, n in re.findall(r"^\| `(\w+)` \| (\d+) cases", readme, flags=re.M)}
     actual = {t: len(cases_for_tier(t)) for t in TIERS}
     assert stated == actual, f"README.md, Tiers: the tiers have {actual} cases (a corpus file adds one)"
+    from conformance.cli import TIERS_HELP  # `bnconform --help` and `run --help` say it too
+
+    assert f"smoke ({actual['smoke']} cases" in TIERS_HELP
 
 
 def test_every_knob_has_a_discriminating_case_in_the_default_tier():
