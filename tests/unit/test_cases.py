@@ -1,8 +1,12 @@
 """The case table: ids stable and unique, tiers nested, a discriminating case for every knob."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
+from conformance.cli import TIERS_HELP
 from conformance.core.cases import CASES, TIERS, Case, _modes_code, cases_for_tier, discriminating_cases, parse_modes
 
 # Knobs of reference.Convention and the case that separates their settings in the default tier.
@@ -45,16 +49,11 @@ def test_tiers_nest():
 def test_the_readmes_tier_table_counts_the_cases_each_tier_has():
     """The README's Tiers table said 38 default cases for days after the corpus and the realistic shapes made
     it 90: what it states is held to the table."""
-    import re
-    from pathlib import Path
-
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     stated = {tier: int(n) for tier, n in re.findall(r"^\| `(\w+)` \| (\d+) cases", readme, flags=re.M)}
     actual = {t: len(cases_for_tier(t)) for t in TIERS}
     assert stated == actual, f"README.md, Tiers: the tiers have {actual} cases (a corpus file adds one)"
-    from conformance.cli import TIERS_HELP  # `bnconform --help` and `run --help` say it too
-
-    assert f"smoke ({actual['smoke']} cases" in TIERS_HELP
+    assert f"smoke ({actual['smoke']} cases" in TIERS_HELP  # `bnconform --help` and `run --help` say it too
 
 
 def test_every_knob_has_a_discriminating_case_in_the_default_tier():

@@ -1,6 +1,7 @@
-"""benchmarks/suite_speed.py --analyze reads runs made elsewhere, checked against the results schemas as `bnconform
-report` reads them: a run directory, or a results directory for its latest run. Anything else ends with one
-message and exit status 1, no traceback."""
+"""benchmarks/suite_speed.py. --analyze reads runs made elsewhere, checked against the results schemas as
+`bnconform report` reads them: a run directory, or a results directory for its latest run. --cases times
+exactly the cases a file lists (the filing's workload: benchmarks/issue20_filing_cases.txt). Bad input ends
+with one message, no traceback."""
 from __future__ import annotations
 
 import json
@@ -22,9 +23,13 @@ def results(tmp_path_factory) -> Path:
     return out
 
 
+def _speed(*args, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite_speed.py"), *map(str, args)],
+                          check=False, capture_output=True, text=True, cwd=ROOT, env=env(), timeout=timeout)
+
+
 def _analyze(*dirs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite_speed.py"), "--analyze", *map(str, dirs)],
-                          capture_output=True, text=True, cwd=ROOT, env=env(), timeout=120)
+    return _speed("--analyze", *dirs, timeout=120)
 
 
 def test_a_results_directory_stands_for_its_latest_run(results):
@@ -59,11 +64,6 @@ def test_a_directory_that_holds_no_run_gets_one_message(tmp_path):
 
 
 FILING = ROOT / "benchmarks" / "issue20_filing_cases.txt"
-
-
-def _speed(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "suite_speed.py"), *map(str, args)],
-                          check=False, capture_output=True, text=True, cwd=ROOT, env=env(), timeout=timeout)
 
 
 def test_more_than_a_cold_and_a_warm_run_is_refused(results):
